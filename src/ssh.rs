@@ -1,0 +1,461 @@
+//! The staging host, through ssh2 (libssh2). Nothing outside this module imports ssh2.
+//!
+//! ssh2 is blocking; callers run these functions on a blocking thread
+//! (`tokio::task::spawn_blocking`). Every connect, read and command has a deadline.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::inputs::{HostSpec, KnownHost};
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {host}: {source}. Check `hosts` and that sshd listens there and the runner can reach it.")]
+    Connect {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SSH handshake with {host} failed: {source}")]
+    Handshake {
+        host: String,
+        #[source]
+        source: ssh2::Error,
+    },
+    #[error("HOST KEY MISMATCH for {host}: it presented {actual} ({key_type}), but the pinned keys are {expected}. Someone may be intercepting the connection, or the host was rebuilt. If the host key legitimately changed, verify it out of band and update `host-fingerprints` to `{actual}`.")]
+    HostKeyMismatch {
+        host: String,
+        actual: String,
+        expected: String,
+        key_type: String,
+    },
+    #[error("the host key of {host} is not pinned. It presented {actual} ({key_type}). If that is the host's real key (check on the host with `ssh-keygen -lf /etc/ssh/ssh_host_{key_file}_key.pub`), add this input line:\n  host-fingerprints: {actual}")]
+    HostKeyNotPinned {
+        host: String,
+        actual: String,
+        key_type: String,
+        key_file: String,
+    },
+    #[error("{host} rejected the key for user `{user}`: {source}. Check that the public half of `ssh-key` is in ~{user}/.ssh/authorized_keys on the host, and `ssh-key-passphrase` if the key has one.")]
+    Auth {
+        host: String,
+        user: String,
+        #[source]
+        source: ssh2::Error,
+    },
+    #[error(
+        "SSH channel to {host} failed while {doing}: {source}. The connection may have dropped."
+    )]
+    Channel {
+        host: String,
+        doing: &'static str,
+        #[source]
+        source: ssh2::Error,
+    },
+    #[error(
+        "the connection to {host} failed while {doing}: {source}. The connection may have dropped."
+    )]
+    Io {
+        host: String,
+        doing: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` on {host} did not finish within {timeout:?}")]
+    Timeout {
+        host: String,
+        command: String,
+        timeout: Duration,
+    },
+}
+
+/// How the host's key is trusted.
+#[derive(Debug, Clone)]
+pub enum HostTrust {
+    Pinned {
+        fingerprints: Vec<String>,
+        known_hosts: Vec<KnownHost>,
+    },
+    Insecure,
+}
+
+/// What the host presented, for the report and for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyInfo {
+    pub fingerprint: String,
+    pub key_type: String,
+}
+
+pub struct Credentials {
+    pub user: String,
+    pub key: Secret,
+    pub passphrase: Option<Secret>,
+}
+
+pub struct HostSession {
+    pub name: String,
+    pub host_key: HostKeyInfo,
+    session: ssh2::Session,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `SHA256:<base64 without padding>` of the key blob, as `ssh-keygen -l` prints it.
+pub fn fingerprint(blob: &[u8]) -> String {
+    let digest = Sha256::digest(blob);
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
+}
+
+fn key_type_name(t: ssh2::HostKeyType) -> (&'static str, &'static str) {
+    match t {
+        ssh2::HostKeyType::Rsa => ("ssh-rsa", "rsa"),
+        ssh2::HostKeyType::Dss => ("ssh-dss", "dsa"),
+        ssh2::HostKeyType::Ecdsa256 => ("ecdsa-sha2-nistp256", "ecdsa"),
+        ssh2::HostKeyType::Ecdsa384 => ("ecdsa-sha2-nistp384", "ecdsa"),
+        ssh2::HostKeyType::Ecdsa521 => ("ecdsa-sha2-nistp521", "ecdsa"),
+        ssh2::HostKeyType::Ed25519 => ("ssh-ed25519", "ed25519"),
+        ssh2::HostKeyType::Unknown => ("unknown", "*"),
+    }
+}
+
+/// A key is trusted when its blob equals a pinned known_hosts key or its fingerprint is
+/// pinned. The blob is what matters: only the holder of that host key can present it.
+pub fn check_host_key(
+    host: &str,
+    blob: &[u8],
+    key_type: &str,
+    key_file: &str,
+    trust: &HostTrust,
+) -> Result<HostKeyInfo, SshError> {
+    let actual = fingerprint(blob);
+    let info = HostKeyInfo {
+        fingerprint: actual.clone(),
+        key_type: key_type.to_string(),
+    };
+    let (fingerprints, known_hosts) = match trust {
+        HostTrust::Insecure => return Ok(info),
+        HostTrust::Pinned {
+            fingerprints,
+            known_hosts,
+        } => (fingerprints, known_hosts),
+    };
+    if fingerprints.iter().any(|f| f == &actual) || known_hosts.iter().any(|k| k.key == blob) {
+        return Ok(info);
+    }
+    if fingerprints.is_empty() && known_hosts.is_empty() {
+        return Err(SshError::HostKeyNotPinned {
+            host: host.into(),
+            actual,
+            key_type: key_type.into(),
+            key_file: key_file.into(),
+        });
+    }
+    let mut expected: Vec<String> = fingerprints.clone();
+    expected.extend(
+        known_hosts
+            .iter()
+            .map(|k| format!("{} ({})", fingerprint(&k.key), k.key_type)),
+    );
+    Err(SshError::HostKeyMismatch {
+        host: host.into(),
+        actual,
+        expected: expected.join(", "),
+        key_type: key_type.into(),
+    })
+}
+
+impl HostSession {
+    /// Connects, verifies the host key *before* authenticating, then authenticates.
+    pub fn connect(
+        spec: &HostSpec,
+        creds: &Credentials,
+        trust: &HostTrust,
+        timeout: Duration,
+    ) -> Result<HostSession, SshError> {
+        let name = spec.to_string();
+        let connect_err = |source| SshError::Connect {
+            host: name.clone(),
+            source,
+        };
+        let addr = (spec.host.as_str(), spec.port)
+            .to_socket_addrs()
+            .map_err(connect_err)?
+            .next()
+            .ok_or_else(|| {
+                connect_err(std::io::Error::new(
+                    ErrorKind::NotFound,
+                    "the name resolved to no address",
+                ))
+            })?;
+        let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
+        let mut session = ssh2::Session::new().map_err(|source| SshError::Handshake {
+            host: name.clone(),
+            source,
+        })?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+        // Prefer modern host keys; rsa signatures use SHA-2.
+        let _ = session.method_pref(
+            ssh2::MethodType::HostKey,
+            "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256,ssh-rsa",
+        );
+        session.handshake().map_err(|source| SshError::Handshake {
+            host: name.clone(),
+            source,
+        })?;
+        let (blob, kind) = session.host_key().ok_or_else(|| SshError::Handshake {
+            host: name.clone(),
+            source: ssh2::Error::unknown(),
+        })?;
+        let (key_type, key_file) = key_type_name(kind);
+        let host_key = check_host_key(&name, blob, key_type, key_file, trust)?;
+        session
+            .userauth_pubkey_memory(
+                &creds.user,
+                None,
+                creds.key.expose(),
+                creds.passphrase.as_ref().map(|p| p.expose()),
+            )
+            .map_err(|source| SshError::Auth {
+                host: name.clone(),
+                user: creds.user.clone(),
+                source,
+            })?;
+        session.set_keepalive(true, 15);
+        Ok(HostSession {
+            name,
+            host_key,
+            session,
+        })
+    }
+
+    /// Runs one command line (already quoted by [`quote_argv`]) with an optional stdin,
+    /// streaming each output line to `on_line` as it arrives.
+    pub fn exec(
+        &self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<ExecOutput, SshError> {
+        let host = self.name.clone();
+        let chan_err = |doing: &'static str| {
+            let host = host.clone();
+            move |source| SshError::Channel {
+                host,
+                doing,
+                source,
+            }
+        };
+        let mut channel = self
+            .session
+            .channel_session()
+            .map_err(chan_err("opening a channel"))?;
+        channel
+            .exec(command)
+            .map_err(chan_err("starting a command"))?;
+        if let Some(input) = stdin {
+            channel.write_all(input).map_err(|source| SshError::Io {
+                host: host.clone(),
+                doing: "writing stdin",
+                source,
+            })?;
+        }
+        channel.send_eof().map_err(chan_err("closing stdin"))?;
+
+        let deadline = Instant::now() + timeout;
+        self.session.set_blocking(false);
+        let result = (|| {
+            let (mut out, mut err) = (LineBuffer::default(), LineBuffer::default());
+            let mut buf = [0u8; 8192];
+            loop {
+                let mut progressed = false;
+                for (is_err, lines) in [(false, &mut out), (true, &mut err)] {
+                    let read = if is_err {
+                        channel.stderr().read(&mut buf)
+                    } else {
+                        channel.read(&mut buf)
+                    };
+                    match read {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            progressed = true;
+                            lines.push(&buf[..n], &mut on_line);
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(source) => {
+                            return Err(SshError::Io {
+                                host: host.clone(),
+                                doing: "reading output",
+                                source,
+                            })
+                        }
+                    }
+                }
+                if channel.eof() && !progressed {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(SshError::Timeout {
+                        host: host.clone(),
+                        command: command.to_string(),
+                        timeout,
+                    });
+                }
+                if !progressed {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            out.finish(&mut on_line);
+            err.finish(&mut on_line);
+            Ok((out.all, err.all))
+        })();
+        self.session.set_blocking(true);
+        let (stdout, stderr) = result?;
+        channel
+            .wait_close()
+            .map_err(chan_err("closing a channel"))?;
+        let status = channel
+            .exit_status()
+            .map_err(chan_err("reading the exit status"))?;
+        Ok(ExecOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// Splits a byte stream into lines as it arrives, keeping all of it too.
+#[derive(Default)]
+struct LineBuffer {
+    pending: Vec<u8>,
+    all: String,
+}
+
+impl LineBuffer {
+    fn push(&mut self, bytes: &[u8], on_line: &mut impl FnMut(&str)) {
+        self.pending.extend_from_slice(bytes);
+        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line);
+            on_line(text.trim_end_matches(['\n', '\r']));
+            self.all.push_str(&text);
+        }
+    }
+
+    fn finish(&mut self, on_line: &mut impl FnMut(&str)) {
+        if !self.pending.is_empty() {
+            let text = String::from_utf8_lossy(&self.pending).to_string();
+            on_line(&text);
+            self.all.push_str(&text);
+            self.pending.clear();
+        }
+    }
+}
+
+/// The one place an argv becomes a shell command line: every word in single quotes,
+/// with embedded single quotes closed, escaped and reopened.
+pub fn quote_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| quote_word(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn quote_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%^".contains(c))
+    {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_defuses_shell_syntax() {
+        let argv: Vec<String> = [
+            "docker",
+            "compose",
+            "-p",
+            "shop",
+            "run",
+            "it's $(rm -rf /) `x` ; &&",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            quote_argv(&argv),
+            r#"docker compose -p shop run 'it'\''s $(rm -rf /) `x` ; &&'"#
+        );
+        assert_eq!(quote_argv(&["".to_string()]), "''");
+    }
+
+    #[test]
+    fn quoted_words_round_trip_through_a_real_shell() {
+        let tricky = "a'b\"c $HOME `id` \\ \n!@#$%";
+        let cmd = quote_argv(&["printf".into(), "%s".into(), tricky.into()]);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), tricky);
+    }
+
+    #[test]
+    fn host_key_checks() {
+        let blob = b"key-blob".to_vec();
+        let fp = fingerprint(&blob);
+        let pinned = HostTrust::Pinned {
+            fingerprints: vec![fp.clone()],
+            known_hosts: vec![],
+        };
+        assert!(check_host_key("h", &blob, "ssh-ed25519", "ed25519", &pinned).is_ok());
+        let wrong = HostTrust::Pinned {
+            fingerprints: vec!["SHA256:other".into()],
+            known_hosts: vec![],
+        };
+        let err = check_host_key("h", &blob, "ssh-ed25519", "ed25519", &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MISMATCH") && err.contains(&fp) && err.contains("SHA256:other"));
+        let none = HostTrust::Pinned {
+            fingerprints: vec![],
+            known_hosts: vec![],
+        };
+        let err = check_host_key("h", &blob, "ssh-ed25519", "ed25519", &none)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("host-fingerprints: {fp}")));
+        let kh = HostTrust::Pinned {
+            fingerprints: vec![],
+            known_hosts: vec![KnownHost {
+                patterns: vec!["h".into()],
+                key_type: "ssh-ed25519".into(),
+                key: blob.clone(),
+            }],
+        };
+        assert!(check_host_key("h", &blob, "ssh-ed25519", "ed25519", &kh).is_ok());
+    }
+}

@@ -1,0 +1,488 @@
+//! The GitHub Actions workflow-command protocol: annotations, masks, groups, outputs and
+//! the step summary. Everything berth prints or writes for the runner goes through
+//! [`Runner`], which also scrubs every registered secret out of every byte it emits.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::secret::Secret;
+
+/// The runner records at most this many annotations of each level per step.
+pub const ANNOTATIONS_PER_LEVEL: usize = 10;
+/// The runner cuts annotation messages here.
+pub const MESSAGE_LIMIT: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    Error,
+    Warning,
+    Notice,
+}
+
+impl Level {
+    fn command(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warning => "warning",
+            Level::Notice => "notice",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub level: Level,
+    pub title: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub message: String,
+}
+
+impl Annotation {
+    pub fn new(level: Level, title: impl Into<String>, message: impl Into<String>) -> Self {
+        Annotation {
+            level,
+            title: Some(title.into()),
+            file: None,
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn in_file(mut self, file: impl Into<String>, line: Option<u32>) -> Self {
+        self.file = Some(file.into());
+        self.line = line;
+        self
+    }
+
+    /// The `::level props::message` line, escaped as the runner expects.
+    pub fn to_command(&self) -> String {
+        let mut props = Vec::new();
+        if let Some(file) = &self.file {
+            props.push(format!("file={}", escape_property(file)));
+        }
+        if let Some(line) = self.line {
+            props.push(format!("line={line}"));
+        }
+        if let Some(title) = &self.title {
+            props.push(format!("title={}", escape_property(title)));
+        }
+        let message = truncate_chars(&self.message, MESSAGE_LIMIT);
+        let props = if props.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", props.join(","))
+        };
+        format!(
+            "::{}{}::{}",
+            self.level.command(),
+            props,
+            escape_data(message)
+        )
+    }
+}
+
+/// `%` first, then CR and LF, as the runner's `CommandStringExtensions` unescape them.
+pub fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// Data escaping plus `:` and `,`, which would otherwise end a property.
+pub fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+pub fn truncate_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((idx, _)) => &s[..idx],
+        None => s,
+    }
+}
+
+/// Where the runner's file commands live; `None` on a local run.
+#[derive(Debug, Clone, Default)]
+pub struct FileCommands {
+    pub output: Option<PathBuf>,
+    pub summary: Option<PathBuf>,
+}
+
+impl FileCommands {
+    pub fn from_env(env: &HashMap<String, String>) -> Self {
+        let path = |name: &str| env.get(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        FileCommands {
+            output: path("GITHUB_OUTPUT"),
+            summary: path("GITHUB_STEP_SUMMARY"),
+        }
+    }
+}
+
+struct Inner {
+    out: Box<dyn Write + Send>,
+    err: Box<dyn Write + Send>,
+    files: FileCommands,
+    masks: Vec<String>,
+    annotations: HashMap<Level, usize>,
+}
+
+/// The one writer for stdout, stderr, `GITHUB_OUTPUT` and `GITHUB_STEP_SUMMARY`.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Runner {
+    /// Starts the protocol. The secrets are masked before anything else is printed.
+    pub fn start(
+        out: Box<dyn Write + Send>,
+        err: Box<dyn Write + Send>,
+        files: FileCommands,
+        secrets: &[&Secret],
+    ) -> Runner {
+        let runner = Runner {
+            inner: Arc::new(Mutex::new(Inner {
+                out,
+                err,
+                files,
+                masks: Vec::new(),
+                annotations: HashMap::new(),
+            })),
+        };
+        for secret in secrets {
+            runner.add_mask(secret);
+        }
+        runner
+    }
+
+    pub fn stdio(files: FileCommands, secrets: &[&Secret]) -> Runner {
+        Runner::start(
+            Box::new(std::io::stdout()),
+            Box::new(std::io::stderr()),
+            files,
+            secrets,
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while printing must not silence every later line.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a secret: `::add-mask::` for the runner, and local scrubbing for every
+    /// sink the runner does not mask (the summary, outputs, a local terminal).
+    pub fn add_mask(&self, secret: &Secret) {
+        let mut inner = self.lock();
+        for fragment in secret.fragments() {
+            if inner.masks.iter().any(|m| m == fragment) {
+                continue;
+            }
+            let _ = writeln!(inner.out, "::add-mask::{}", escape_data(fragment));
+            inner.masks.push(fragment.to_string());
+        }
+        // Longest first, so a fragment inside a longer secret does not leave a tail behind.
+        inner.masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    }
+
+    /// Replaces every registered secret fragment with `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub_with(&self.lock().masks, text)
+    }
+
+    pub fn line(&self, text: &str) {
+        let mut inner = self.lock();
+        let text = scrub_with(&inner.masks, text);
+        for line in text.lines() {
+            // A line that starts with `::` would be read as a command; break it up.
+            if line.starts_with("::") {
+                let _ = writeln!(inner.out, " {line}");
+            } else {
+                let _ = writeln!(inner.out, "{line}");
+            }
+        }
+        let _ = inner.out.flush();
+    }
+
+    pub fn debug_line(&self, text: &str) {
+        let mut inner = self.lock();
+        let text = scrub_with(&inner.masks, text);
+        let _ = writeln!(inner.err, "{text}");
+    }
+
+    /// Writes an annotation unless the runner's per-level cap is reached, in which case
+    /// the message still reaches the log as a plain line.
+    pub fn annotate(&self, annotation: &Annotation) {
+        let mut inner = self.lock();
+        let count = inner.annotations.entry(annotation.level).or_insert(0);
+        *count += 1;
+        let over_cap = *count > ANNOTATIONS_PER_LEVEL;
+        let mut a = annotation.clone();
+        a.message = scrub_with(&inner.masks, &a.message);
+        a.title = a.title.map(|t| scrub_with(&inner.masks, &t));
+        let line = if over_cap {
+            format!(
+                "{}: {}",
+                a.title.as_deref().unwrap_or(a.level.command()),
+                a.message
+            )
+        } else {
+            a.to_command()
+        };
+        let _ = writeln!(inner.out, "{line}");
+        let _ = inner.out.flush();
+    }
+
+    pub fn error(&self, title: &str, message: &str) {
+        self.annotate(&Annotation::new(Level::Error, title, message));
+    }
+
+    pub fn warning(&self, title: &str, message: &str) {
+        self.annotate(&Annotation::new(Level::Warning, title, message));
+    }
+
+    pub fn notice(&self, title: &str, message: &str) {
+        self.annotate(&Annotation::new(Level::Notice, title, message));
+    }
+
+    /// Opens a folded log section; it closes when the guard drops.
+    pub fn group(&self, title: &str) -> GroupGuard {
+        let mut inner = self.lock();
+        let title = scrub_with(&inner.masks, title);
+        let _ = writeln!(inner.out, "::group::{}", escape_data(&title));
+        let _ = inner.out.flush();
+        GroupGuard {
+            runner: self.clone(),
+        }
+    }
+
+    /// `name<<DELIM` heredoc with a random delimiter absent from the value.
+    pub fn set_output(&self, name: &str, value: &str) {
+        let mut inner = self.lock();
+        let value = scrub_with(&inner.masks, value);
+        match inner.files.output.clone() {
+            Some(path) => {
+                let record = heredoc(name, &value);
+                if let Err(e) = append(&path, &record) {
+                    let _ = writeln!(inner.err, "berth: cannot write output {name}: {e}");
+                }
+            }
+            None => {
+                let _ = writeln!(inner.err, "output {name}={value}");
+            }
+        }
+    }
+
+    pub fn append_summary(&self, markdown: &str) {
+        let mut inner = self.lock();
+        let markdown = scrub_with(&inner.masks, markdown);
+        match inner.files.summary.clone() {
+            Some(path) => {
+                if let Err(e) = append(&path, &markdown) {
+                    let _ = writeln!(inner.err, "berth: cannot write the job summary: {e}");
+                }
+            }
+            None => {
+                let _ = writeln!(inner.err, "{markdown}");
+            }
+        }
+    }
+}
+
+pub struct GroupGuard {
+    runner: Runner,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let mut inner = self.runner.lock();
+        let _ = writeln!(inner.out, "::endgroup::");
+        let _ = inner.out.flush();
+    }
+}
+
+fn scrub_with(masks: &[String], text: &str) -> String {
+    let mut text = text.to_string();
+    for mask in masks {
+        if text.contains(mask.as_str()) {
+            text = text.replace(mask.as_str(), "***");
+        }
+    }
+    text
+}
+
+fn append(path: &PathBuf, text: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub fn heredoc(name: &str, value: &str) -> String {
+    let delimiter = loop {
+        let candidate = format!("ghadelimiter_{:032x}", rand::random::<u128>());
+        if !value.contains(&candidate) {
+            break candidate;
+        }
+    };
+    format!("{name}<<{delimiter}\n{value}\n{delimiter}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn runner(files: FileCommands, secrets: &[&Secret]) -> (Runner, Captured, Captured) {
+        let (out, err) = (Captured::default(), Captured::default());
+        let r = Runner::start(Box::new(out.clone()), Box::new(err.clone()), files, secrets);
+        (r, out, err)
+    }
+
+    #[test]
+    fn data_escaping_vectors() {
+        assert_eq!(escape_data("100%"), "100%25");
+        assert_eq!(escape_data("a\r\nb"), "a%0D%0Ab");
+        // `%` goes first, so an already-escaped-looking value survives the round trip.
+        assert_eq!(escape_data("%0A"), "%250A");
+        assert_eq!(escape_data("a::b"), "a::b");
+    }
+
+    #[test]
+    fn property_escaping_vectors() {
+        assert_eq!(escape_property("a:b,c"), "a%3Ab%2Cc");
+        assert_eq!(escape_property("50%,\n"), "50%25%2C%0A");
+    }
+
+    #[test]
+    fn annotation_with_all_properties() {
+        let a = Annotation::new(
+            Level::Error,
+            "berth: invalid input hosts",
+            "bad\nhost: x, y",
+        )
+        .in_file("action.yml", Some(3));
+        assert_eq!(
+            a.to_command(),
+            "::error file=action.yml,line=3,title=berth%3A invalid input hosts::bad%0Ahost: x, y"
+        );
+    }
+
+    #[test]
+    fn annotation_message_is_cut_at_the_runner_limit() {
+        let a = Annotation::new(Level::Warning, "t", "é".repeat(5000));
+        let cmd = a.to_command();
+        assert_eq!(cmd.matches('é').count(), MESSAGE_LIMIT);
+    }
+
+    #[test]
+    fn masks_come_before_any_other_output() {
+        let key = Secret::new("-----BEGIN KEY-----\nAAAAsecretline\n-----END KEY-----");
+        let token = Secret::new("ghp_tokenvalue");
+        let (r, out, _) = runner(FileCommands::default(), &[&key, &token]);
+        r.line("hello ghp_tokenvalue");
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.starts_with("::add-mask::")));
+        assert!(lines.contains(&"::add-mask::AAAAsecretline"));
+        assert!(lines.contains(&"::add-mask::ghp_tokenvalue"));
+        assert_eq!(lines.last(), Some(&"hello ***"));
+    }
+
+    #[test]
+    fn a_logged_line_cannot_inject_a_command() {
+        let (r, out, _) = runner(FileCommands::default(), &[]);
+        r.line("::set-output name=x::y");
+        assert_eq!(out.text(), " ::set-output name=x::y\n");
+    }
+
+    #[test]
+    fn groups_close_on_drop() {
+        let (r, out, _) = runner(FileCommands::default(), &[]);
+        {
+            let _g = r.group("Build backend");
+            r.line("step");
+        }
+        assert_eq!(out.text(), "::group::Build backend\nstep\n::endgroup::\n");
+    }
+
+    #[test]
+    fn annotations_are_capped_per_level() {
+        let (r, out, _) = runner(FileCommands::default(), &[]);
+        for i in 0..12 {
+            r.error("t", &format!("e{i}"));
+        }
+        r.warning("t", "w");
+        let text = out.text();
+        assert_eq!(text.matches("::error").count(), ANNOTATIONS_PER_LEVEL);
+        assert!(text.contains("t: e11"));
+        assert_eq!(text.matches("::warning").count(), 1);
+    }
+
+    #[test]
+    fn outputs_use_a_heredoc_whose_delimiter_is_absent_from_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output");
+        let files = FileCommands {
+            output: Some(path.clone()),
+            summary: None,
+        };
+        let (r, _, _) = runner(files, &[]);
+        let value = "50% done\nline :: two\nghadelimiter_\nEOF";
+        r.set_output("images", value);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        let delim = first.strip_prefix("images<<").unwrap();
+        assert!(delim.starts_with("ghadelimiter_") && delim.len() > 20);
+        assert!(!value.contains(delim));
+        assert_eq!(text, format!("images<<{delim}\n{value}\n{delim}\n"));
+    }
+
+    #[test]
+    fn outputs_and_summary_are_scrubbed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileCommands {
+            output: Some(dir.path().join("o")),
+            summary: Some(dir.path().join("s")),
+        };
+        let pw = Secret::new("registry-pw-123");
+        let (r, _, _) = runner(files, &[&pw]);
+        r.set_output("x", "value registry-pw-123");
+        r.append_summary("# pw registry-pw-123");
+        let o = std::fs::read_to_string(dir.path().join("o")).unwrap();
+        let s = std::fs::read_to_string(dir.path().join("s")).unwrap();
+        assert!(!o.contains("registry-pw-123") && o.contains("value ***"));
+        assert_eq!(s, "# pw ***\n");
+    }
+
+    #[test]
+    fn without_file_commands_outputs_go_to_stderr() {
+        let (r, out, err) = runner(FileCommands::default(), &[]);
+        r.set_output("status", "deployed");
+        r.append_summary("## Summary");
+        assert_eq!(out.text(), "");
+        assert_eq!(err.text(), "output status=deployed\n## Summary\n");
+    }
+}

@@ -1,0 +1,9 @@
+//! berth's one integration-test binary. Tests drive the real binary through `INPUT_*`
+//! variables against real pieces (Docker engine, registry, sshd) from `support::rig`.
+
+mod support;
+
+mod image;
+mod inputs;
+mod rig_smoke;
+mod secrets;

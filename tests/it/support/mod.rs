@@ -1,0 +1,140 @@
+pub mod rig;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use tempfile::TempDir;
+
+pub const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A private-key-shaped text that is not a key; assembled so no key header is committed.
+pub fn fake_private_key(body: &str) -> String {
+    let kind = "OPENSSH PRIVATE KEY";
+    format!("-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n")
+}
+
+/// One run of the berth binary, built fluently:
+/// `Berth::new().input("hosts", "...").run()`.
+pub struct Berth {
+    dir: TempDir,
+    env: BTreeMap<String, String>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub output: String,
+    pub summary: String,
+}
+
+impl Run {
+    /// Everything berth printed or wrote for the runner.
+    pub fn everything(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n{}",
+            self.stdout, self.stderr, self.output, self.summary
+        )
+    }
+
+    pub fn errors(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with("::error"))
+            .collect()
+    }
+
+    /// The value of one output from the `GITHUB_OUTPUT` heredocs.
+    pub fn output(&self, name: &str) -> Option<String> {
+        let mut lines = self.output.lines();
+        while let Some(line) = lines.next() {
+            if let Some(delim) = line.strip_prefix(&format!("{name}<<")) {
+                let mut value = Vec::new();
+                for l in lines.by_ref() {
+                    if l == delim {
+                        return Some(value.join("\n"));
+                    }
+                    value.push(l);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Berth {
+    /// A push event with a valid compose file in the workspace and otherwise no inputs.
+    pub fn new() -> Berth {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ws = dir.path().join("workspace");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::write(
+            ws.join("docker-compose.staging.yml"),
+            "services:\n  web:\n    image: example/web\n",
+        )
+        .unwrap();
+        let mut env = BTreeMap::new();
+        let path = |p: &str| dir.path().join(p).to_string_lossy().to_string();
+        env.insert("GITHUB_ACTIONS".into(), "true".into());
+        env.insert("GITHUB_REPOSITORY".into(), "acme/shop".into());
+        env.insert("GITHUB_WORKSPACE".into(), ws.to_string_lossy().to_string());
+        env.insert("GITHUB_EVENT_NAME".into(), "push".into());
+        env.insert("GITHUB_SHA".into(), SHA.into());
+        env.insert("GITHUB_REF_NAME".into(), "main".into());
+        env.insert("GITHUB_RUN_ID".into(), "4242".into());
+        env.insert("GITHUB_RUN_NUMBER".into(), "17".into());
+        env.insert("GITHUB_ACTOR".into(), "octocat".into());
+        env.insert("GITHUB_OUTPUT".into(), path("output"));
+        env.insert("GITHUB_STEP_SUMMARY".into(), path("summary"));
+        // Nothing from GitHub is reachable in tests unless a test points here at a fake.
+        env.insert("GITHUB_API_URL".into(), "http://127.0.0.1:9".into());
+        Berth { dir, env }
+    }
+
+    /// A complete, valid set of deploy inputs (hosts unreachable unless overridden).
+    pub fn valid() -> Berth {
+        Berth::new()
+            .input("hosts", "deploy@127.0.0.1:1")
+            .input("ssh-key", &fake_private_key("AAAAnotarealkey"))
+            .input(
+                "host-fingerprints",
+                "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+            )
+            .input("health-url", "http://127.0.0.1:1/api/health")
+            .input("ci-workflows", "ci.yml")
+            .input("github-token", "ghs_testtoken")
+    }
+
+    pub fn input(mut self, name: &str, value: &str) -> Berth {
+        self.env
+            .insert(berth::inputs::env_name(name), value.to_string());
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Berth {
+        self.env.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// The environment as `inputs::parse` sees it.
+    pub fn env_map(&self) -> std::collections::HashMap<String, String> {
+        self.env.clone().into_iter().collect()
+    }
+
+    pub fn run(&self) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .output()
+            .expect("run berth");
+        let read = |p: &str| std::fs::read_to_string(self.dir.path().join(p)).unwrap_or_default();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+            output: read("output"),
+            summary: read("summary"),
+        }
+    }
+}
