@@ -3,7 +3,9 @@
 //! The deploy reads as one story (see `pipeline`):
 //! inputs -> CI gate -> images -> remote release -> health -> (rollback) -> report.
 
+pub mod ci_gate;
 pub mod docker;
+pub mod github;
 pub mod inputs;
 pub mod pipeline;
 pub mod report;

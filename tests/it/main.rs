@@ -3,6 +3,7 @@
 
 mod support;
 
+mod ci_gate;
 mod image;
 mod inputs;
 mod rig_smoke;

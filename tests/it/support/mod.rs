@@ -1,3 +1,4 @@
+pub mod fake_github;
 pub mod rig;
 
 use std::collections::BTreeMap;
@@ -136,5 +137,36 @@ impl Berth {
             output: read("output"),
             summary: read("summary"),
         }
+    }
+}
+
+/// A runner whose stdout is captured, for tests that call berth's library directly.
+pub fn captured_runner() -> (berth::workflow::Runner, Captured) {
+    let out = Captured::default();
+    let runner = berth::workflow::Runner::start(
+        Box::new(out.clone()),
+        Box::new(out.clone()),
+        berth::workflow::FileCommands::default(),
+        &[],
+    );
+    (runner, out)
+}
+
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into()
     }
 }

@@ -1,0 +1,392 @@
+//! The CI gate: berth deploys a commit only when CI succeeded for that exact commit,
+//! whatever triggered the deploy (workflow_run, push, manual dispatch, schedule).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::github::{GithubApi, GithubError, WorkflowRun};
+use crate::inputs::{Config, GithubContext};
+use crate::report::{CiRunRecord, Report};
+use crate::workflow::Runner;
+
+/// No run of a required workflow may take longer than this to appear.
+pub const DISCOVERY_WINDOW: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("cannot read the event payload at {path}: {detail}. berth needs GITHUB_EVENT_PATH under `on: workflow_run`.")]
+    Event { path: String, detail: String },
+    #[error("the workflow_run event payload has no `workflow_run.head_sha`, so berth cannot tell which commit CI tested.")]
+    NoHeadSha,
+    #[error("no commit to deploy: the `sha` input, the workflow_run payload and GITHUB_SHA are all empty. Set `sha: ${{{{ github.sha }}}}`.")]
+    NoSha,
+    #[error("CI workflow `{workflow}` concluded `{conclusion}` for commit {sha} (run #{run_number}, attempt {attempt}): {url}. berth deploys only commits whose CI succeeded: fix CI and re-run it, or deploy a commit that passed.")]
+    Failed {
+        workflow: String,
+        conclusion: String,
+        sha: String,
+        run_number: u64,
+        attempt: u64,
+        url: String,
+    },
+    #[error("no run of CI workflow `{workflow}` appeared for commit {sha} within {window:?}. Check that `ci-workflows` names the workflow exactly (its file, e.g. `ci.yml`, or its `name:`), and that CI is triggered for this commit (its `on:` events, branch and path filters).")]
+    NoRun {
+        workflow: String,
+        sha: String,
+        window: Duration,
+    },
+    #[error("timed out after {waited:?} (`ci-timeout`) waiting for CI workflow `{workflow}` on commit {sha}; it is still `{status}`: {url}. Raise `ci-timeout` if CI is slow, or re-run once CI has finished.")]
+    TimedOut {
+        workflow: String,
+        sha: String,
+        status: String,
+        url: String,
+        waited: Duration,
+    },
+    #[error("no workflow named `{name}` in this repository. Known workflows: {known}. Use a workflow file name (e.g. `ci.yml`) or its exact `name:`.")]
+    UnknownWorkflow { name: String, known: String },
+    #[error(transparent)]
+    Api(#[from] GithubError),
+}
+
+/// The commit to deploy and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitChoice {
+    pub sha: String,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateVerdict {
+    Passed,
+    /// CI did not succeed under workflow_run: no deploy, but not a second red run.
+    Skipped {
+        notice: String,
+    },
+}
+
+pub fn read_event(path: Option<&Path>) -> Result<Option<Value>, GateError> {
+    let Some(path) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| GateError::Event {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| GateError::Event {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// `sha` input, else `workflow_run.head_sha` under workflow_run (GITHUB_SHA is the default
+/// branch's head there, not the commit CI tested), else GITHUB_SHA.
+pub fn choose_commit(
+    input: Option<&str>,
+    ctx: &GithubContext,
+    event: Option<&Value>,
+) -> Result<CommitChoice, GateError> {
+    if let Some(sha) = input {
+        return Ok(CommitChoice {
+            sha: sha.into(),
+            source: "from the `sha` input".into(),
+        });
+    }
+    if ctx.event_name == "workflow_run" {
+        let sha = event
+            .and_then(|e| e["workflow_run"]["head_sha"].as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or(GateError::NoHeadSha)?;
+        return Ok(CommitChoice {
+            sha: sha.into(),
+            source: "from `workflow_run.head_sha`: under workflow_run, GITHUB_SHA is the default branch's head, not the commit CI tested".into(),
+        });
+    }
+    if ctx.sha.is_empty() {
+        return Err(GateError::NoSha);
+    }
+    Ok(CommitChoice {
+        sha: ctx.sha.clone(),
+        source: format!("from GITHUB_SHA ({} event)", or_local(&ctx.event_name)),
+    })
+}
+
+fn or_local(event: &str) -> &str {
+    if event.is_empty() {
+        "local"
+    } else {
+        event
+    }
+}
+
+/// Under workflow_run with no `ci-workflows`, the triggering run is the evidence.
+pub fn verdict_from_workflow_run(event: &Value, sha: &str, report: &mut Report) -> GateVerdict {
+    let run = &event["workflow_run"];
+    let record = CiRunRecord {
+        workflow: run["name"].as_str().unwrap_or("CI").into(),
+        run_number: run["run_number"].as_u64().unwrap_or(0),
+        attempt: run["run_attempt"].as_u64().unwrap_or(1),
+        status: run["status"].as_str().unwrap_or("completed").into(),
+        conclusion: run["conclusion"].as_str().map(String::from),
+        url: run["html_url"].as_str().unwrap_or("").into(),
+    };
+    report.ci.runs.push(record.clone());
+    match record.conclusion.as_deref() {
+        Some("success") => GateVerdict::Passed,
+        other => GateVerdict::Skipped {
+            notice: format!(
+                "Not deploying {sha}: workflow `{}` run #{} concluded `{}`. Run: {}",
+                record.workflow,
+                record.run_number,
+                other.unwrap_or("none"),
+                record.url
+            ),
+        },
+    }
+}
+
+fn record_of(workflow: &str, run: &WorkflowRun) -> CiRunRecord {
+    CiRunRecord {
+        workflow: workflow.into(),
+        run_number: run.run_number,
+        attempt: run.run_attempt,
+        status: run.status.clone().unwrap_or_default(),
+        conclusion: run.conclusion.clone(),
+        url: run.html_url.clone(),
+    }
+}
+
+/// The run that decides: the newest run (highest id) other than our own. The list API
+/// shows each run's latest attempt, so a re-run that succeeded counts and a failed later
+/// attempt fails.
+pub fn deciding_run(runs: &[WorkflowRun], own_run_id: Option<u64>) -> Option<&WorkflowRun> {
+    runs.iter()
+        .filter(|r| Some(r.id) != own_run_id)
+        .max_by_key(|r| (r.id, r.run_attempt))
+}
+
+struct Required {
+    label: String,
+    id: String,
+    decided: bool,
+}
+
+/// Waits until every required workflow succeeded for `sha`, or fails naming the one that
+/// did not. Records runs, wait time and request counts into the report.
+pub async fn wait_for_ci(
+    api: &GithubApi,
+    cfg: &Config,
+    ctx: &GithubContext,
+    sha: &str,
+    runner: &Runner,
+    report: &mut Report,
+) -> Result<(), GateError> {
+    let started = Instant::now();
+    let deadline = started + cfg.ci_timeout;
+    let window = DISCOVERY_WINDOW.min(cfg.ci_timeout);
+    let result = poll(
+        api, cfg, ctx, sha, runner, report, started, deadline, window,
+    )
+    .await;
+    let stats = api.stats();
+    report.ci.waited = started.elapsed();
+    report.ci.requests = stats.requests;
+    report.ci.not_modified = stats.not_modified;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn poll(
+    api: &GithubApi,
+    cfg: &Config,
+    ctx: &GithubContext,
+    sha: &str,
+    runner: &Runner,
+    report: &mut Report,
+    started: Instant,
+    deadline: Instant,
+    window: Duration,
+) -> Result<(), GateError> {
+    let short = &sha[..sha.len().min(7)];
+    let _group = runner.group(&format!(
+        "CI gate: {} on {short}",
+        cfg.ci_workflows.join(", ")
+    ));
+    let mut required = Vec::new();
+    for name in &cfg.ci_workflows {
+        required.push(Required {
+            label: name.clone(),
+            id: resolve_workflow(api, name, deadline).await?,
+            decided: false,
+        });
+    }
+    loop {
+        let elapsed = started.elapsed();
+        for wf in required.iter_mut().filter(|w| !w.decided) {
+            let runs = api.workflow_runs(&wf.id, sha, deadline).await?;
+            let Some(run) = deciding_run(&runs, ctx.run_id) else {
+                runner.line(&format!(
+                    "{}: no run for {short} yet ({}s)",
+                    wf.label,
+                    elapsed.as_secs()
+                ));
+                if elapsed >= window {
+                    return Err(GateError::NoRun {
+                        workflow: wf.label.clone(),
+                        sha: sha.into(),
+                        window,
+                    });
+                }
+                continue;
+            };
+            let record = record_of(&wf.label, run);
+            report.ci.runs.retain(|r| r.workflow != wf.label);
+            report.ci.runs.push(record.clone());
+            runner.line(&format!(
+                "{}: {} (run #{}, attempt {}) {}s",
+                wf.label,
+                match &record.conclusion {
+                    Some(c) if record.status == "completed" => format!("completed, {c}"),
+                    _ => record.status.clone(),
+                },
+                record.run_number,
+                record.attempt,
+                elapsed.as_secs()
+            ));
+            if record.status == "completed" {
+                match record.conclusion.as_deref() {
+                    Some("success") => wf.decided = true,
+                    other => {
+                        return Err(GateError::Failed {
+                            workflow: wf.label.clone(),
+                            conclusion: other.unwrap_or("none").into(),
+                            sha: sha.into(),
+                            run_number: record.run_number,
+                            attempt: record.attempt,
+                            url: record.url,
+                        })
+                    }
+                }
+            }
+        }
+        if required.iter().all(|w| w.decided) {
+            return Ok(());
+        }
+        if Instant::now() + cfg.ci_poll_interval > deadline {
+            let wf = required
+                .iter()
+                .find(|w| !w.decided)
+                .expect("one is undecided");
+            return Err(
+                match report.ci.runs.iter().find(|r| r.workflow == wf.label) {
+                    Some(r) => GateError::TimedOut {
+                        workflow: wf.label.clone(),
+                        sha: sha.into(),
+                        status: r.status.clone(),
+                        url: r.url.clone(),
+                        waited: started.elapsed(),
+                    },
+                    None => GateError::NoRun {
+                        workflow: wf.label.clone(),
+                        sha: sha.into(),
+                        window: started.elapsed(),
+                    },
+                },
+            );
+        }
+        tokio::time::sleep(cfg.ci_poll_interval).await;
+    }
+}
+
+/// A file name (`ci.yml`) or numeric id is used as-is; a name (`CI`) is looked up.
+async fn resolve_workflow(
+    api: &GithubApi,
+    name: &str,
+    deadline: Instant,
+) -> Result<String, GateError> {
+    let is_file = name.ends_with(".yml") || name.ends_with(".yaml");
+    if is_file || name.chars().all(|c| c.is_ascii_digit()) {
+        return Ok(name.rsplit('/').next().unwrap_or(name).to_string());
+    }
+    let workflows = api.workflows(deadline).await?;
+    let found = workflows
+        .iter()
+        .find(|w| w.name == name)
+        .or_else(|| workflows.iter().find(|w| w.name.eq_ignore_ascii_case(name)));
+    match found {
+        Some(w) => Ok(w.id.to_string()),
+        None => Err(GateError::UnknownWorkflow {
+            name: name.into(),
+            known: workflows
+                .iter()
+                .map(|w| format!("`{}` ({})", w.name, w.path))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: u64, attempt: u64, conclusion: &str) -> WorkflowRun {
+        WorkflowRun {
+            id,
+            name: Some("CI".into()),
+            run_number: id,
+            run_attempt: attempt,
+            head_sha: "x".into(),
+            status: Some("completed".into()),
+            conclusion: Some(conclusion.into()),
+            html_url: format!("https://github.com/a/b/actions/runs/{id}"),
+            event: "push".into(),
+            workflow_id: 1,
+            path: ".github/workflows/ci.yml".into(),
+        }
+    }
+
+    #[test]
+    fn the_newest_run_decides_and_our_own_run_is_ignored() {
+        let runs = vec![
+            run(10, 1, "failure"),
+            run(12, 2, "success"),
+            run(11, 1, "failure"),
+        ];
+        assert_eq!(deciding_run(&runs, None).unwrap().id, 12);
+        assert_eq!(deciding_run(&runs, Some(12)).unwrap().id, 11);
+        assert!(deciding_run(&[run(5, 1, "success")], Some(5)).is_none());
+    }
+
+    #[test]
+    fn commit_choice_prefers_input_then_payload_then_github_sha() {
+        let ctx = GithubContext {
+            event_name: "workflow_run".into(),
+            sha: "default-head".into(),
+            ..Default::default()
+        };
+        let event = serde_json::json!({"workflow_run": {"head_sha": "tested"}});
+        assert_eq!(
+            choose_commit(Some("input"), &ctx, Some(&event))
+                .unwrap()
+                .sha,
+            "input"
+        );
+        assert_eq!(
+            choose_commit(None, &ctx, Some(&event)).unwrap().sha,
+            "tested"
+        );
+        let push = GithubContext {
+            event_name: "push".into(),
+            sha: "pushed".into(),
+            ..Default::default()
+        };
+        assert_eq!(choose_commit(None, &push, None).unwrap().sha, "pushed");
+        assert!(matches!(
+            choose_commit(None, &ctx, None),
+            Err(GateError::NoHeadSha)
+        ));
+    }
+}

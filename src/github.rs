@@ -1,0 +1,395 @@
+//! The GitHub REST API, through octocrab. Nothing outside this module imports octocrab.
+//!
+//! GETs are conditional (`If-None-Match` with the last ETag): a 304 does not count against
+//! the 1,000 requests/hour of `GITHUB_TOKEN`. GETs honour `retry-after`, an exhausted
+//! `x-ratelimit-remaining` and back off on 5xx; POSTs are never re-sent.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderMap, HeaderValue};
+use octocrab::Octocrab;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const SERVER_ERROR_RETRIES: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GithubError {
+    #[error("cannot set up the GitHub client for {api_url}: {detail}")]
+    Client { api_url: String, detail: String },
+    #[error("GET {path} failed: {detail}. Check GITHUB_API_URL and the runner's network.")]
+    Request { path: String, detail: String },
+    #[error("GET {path} got no answer within {REQUEST_TIMEOUT:?}.")]
+    Timeout { path: String },
+    #[error("GitHub rejected the token (401) for {path}. Pass a valid `github-token` (the default `${{{{ github.token }}}}` works).")]
+    Unauthorized { path: String },
+    #[error("GitHub refused {path} (403): {message}. The token lacks a permission: add `permissions: actions: read` (CI gate) or `deployments: write` to the job.")]
+    Forbidden { path: String, message: String },
+    #[error("GitHub has no {path} (404). Check the workflow name or file and that the token can see this repository.")]
+    NotFound { path: String },
+    #[error("GitHub's rate limit is exhausted until {reset_in:?} from now, past berth's deadline. Re-run later, or lower `ci-poll-interval` traffic by gating on fewer workflows.")]
+    RateLimited { reset_in: Duration },
+    #[error("GitHub answered {status} for {path} after {SERVER_ERROR_RETRIES} retries.")]
+    Server { path: String, status: u16 },
+    #[error("GitHub answered {path} with a body berth cannot read: {detail}")]
+    Decode { path: String, detail: String },
+}
+
+/// Request counts, for the report: requests sent and how many were answered 304.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApiStats {
+    pub requests: u32,
+    pub not_modified: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct WorkflowRun {
+    pub id: u64,
+    pub name: Option<String>,
+    pub run_number: u64,
+    #[serde(default = "one")]
+    pub run_attempt: u64,
+    pub head_sha: String,
+    pub status: Option<String>,
+    pub conclusion: Option<String>,
+    pub html_url: String,
+    pub event: String,
+    pub workflow_id: u64,
+    #[serde(default)]
+    pub path: String,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Workflow {
+    pub id: u64,
+    pub name: String,
+    pub path: String,
+}
+
+pub struct GithubApi {
+    client: Octocrab,
+    repository: String,
+    api_url: String,
+    cache: Mutex<HashMap<String, (String, String)>>,
+    stats: Mutex<ApiStats>,
+}
+
+impl GithubApi {
+    pub fn new(api_url: &str, token: &Secret, repository: &str) -> Result<GithubApi, GithubError> {
+        let client_err = |detail: String| GithubError::Client {
+            api_url: api_url.into(),
+            detail,
+        };
+        let mut builder = Octocrab::builder()
+            .base_uri(api_url)
+            .map_err(|e| client_err(e.to_string()))?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(REQUEST_TIMEOUT));
+        if !token.is_empty() {
+            builder = builder.personal_token(token.expose().to_string());
+        }
+        let client = builder.build().map_err(|e| client_err(e.to_string()))?;
+        Ok(GithubApi {
+            client,
+            repository: repository.into(),
+            api_url: api_url.trim_end_matches('/').into(),
+            cache: Mutex::new(HashMap::new()),
+            stats: Mutex::new(ApiStats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> ApiStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, not_modified: bool) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.requests += 1;
+        if not_modified {
+            s.not_modified += 1;
+        }
+    }
+
+    /// A conditional GET of `path` (relative to the API root), retried on rate limits and
+    /// 5xx until `deadline`. Returns the body and the `rel="next"` path, if any.
+    async fn get(
+        &self,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<(String, Option<String>), GithubError> {
+        let mut server_errors = 0;
+        loop {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "accept",
+                HeaderValue::from_static("application/vnd.github+json"),
+            );
+            headers.insert(
+                "x-github-api-version",
+                HeaderValue::from_static("2022-11-28"),
+            );
+            let cached = self
+                .cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .cloned();
+            if let Some((etag, _)) = &cached {
+                if let Ok(v) = HeaderValue::from_str(etag) {
+                    headers.insert("if-none-match", v);
+                }
+            }
+            let sent = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                self.client._get_with_headers(path, Some(headers)),
+            )
+            .await;
+            let response = match sent {
+                Err(_) => {
+                    self.count(false);
+                    return Err(GithubError::Timeout { path: path.into() });
+                }
+                Ok(Err(e)) => {
+                    self.count(false);
+                    return Err(GithubError::Request {
+                        path: path.into(),
+                        detail: error_chain(&e),
+                    });
+                }
+                Ok(Ok(r)) => r,
+            };
+            let status = response.status().as_u16();
+            self.count(status == 304);
+            let head = response.headers().clone();
+            let next = next_link(&head).map(|u| self.relative(&u));
+            if status == 304 {
+                if let Some((_, body)) = cached {
+                    return Ok((body, next));
+                }
+            }
+            let body =
+                self.client
+                    .body_to_string(response)
+                    .await
+                    .map_err(|e| GithubError::Request {
+                        path: path.into(),
+                        detail: error_chain(&e),
+                    })?;
+            match status {
+                200..=299 => {
+                    if let Some(etag) = head.get("etag").and_then(|v| v.to_str().ok()) {
+                        self.cache
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(path.into(), (etag.into(), body.clone()));
+                    }
+                    return Ok((body, next));
+                }
+                401 => return Err(GithubError::Unauthorized { path: path.into() }),
+                404 => return Err(GithubError::NotFound { path: path.into() }),
+                403 | 429 => match rate_limit_wait(&head) {
+                    Some(wait) if Instant::now() + wait <= deadline => {
+                        tracing::info!("GitHub rate limit on {path}: waiting {wait:?}");
+                        tokio::time::sleep(wait).await;
+                    }
+                    Some(wait) => return Err(GithubError::RateLimited { reset_in: wait }),
+                    None => {
+                        return Err(GithubError::Forbidden {
+                            path: path.into(),
+                            message: api_message(&body),
+                        })
+                    }
+                },
+                500..=599 if server_errors < SERVER_ERROR_RETRIES => {
+                    server_errors += 1;
+                    let backoff = Duration::from_millis(500 * 2u64.pow(server_errors - 1));
+                    if Instant::now() + backoff > deadline {
+                        return Err(GithubError::Server {
+                            path: path.into(),
+                            status,
+                        });
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+                500..=599 => {
+                    return Err(GithubError::Server {
+                        path: path.into(),
+                        status,
+                    })
+                }
+                _ => {
+                    return Err(GithubError::Forbidden {
+                        path: path.into(),
+                        message: format!("HTTP {status}: {}", api_message(&body)),
+                    })
+                }
+            }
+        }
+    }
+
+    /// An absolute `Link` URL as a path relative to the API root, so the token is sent.
+    fn relative(&self, url: &str) -> String {
+        match url.strip_prefix(&self.api_url) {
+            Some(rest) => rest.to_string(),
+            None => url::Url::parse(url)
+                .map(|u| {
+                    format!(
+                        "{}{}",
+                        u.path(),
+                        u.query().map(|q| format!("?{q}")).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|_| url.to_string()),
+        }
+    }
+
+    /// Every run of one workflow (file name or id) for `head_sha`, across all pages.
+    pub async fn workflow_runs(
+        &self,
+        workflow: &str,
+        head_sha: &str,
+        deadline: Instant,
+    ) -> Result<Vec<WorkflowRun>, GithubError> {
+        #[derive(Deserialize)]
+        struct Page {
+            workflow_runs: Vec<WorkflowRun>,
+        }
+        let mut path = Some(format!(
+            "/repos/{}/actions/workflows/{}/runs?head_sha={head_sha}&per_page=100",
+            self.repository,
+            urlencode(workflow)
+        ));
+        let mut runs = Vec::new();
+        while let Some(p) = path.take() {
+            let (body, next) = self.get(&p, deadline).await?;
+            let page: Page = serde_json::from_str(&body).map_err(|e| GithubError::Decode {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?;
+            runs.extend(page.workflow_runs);
+            path = next;
+        }
+        Ok(runs)
+    }
+
+    /// The repository's workflows, across all pages.
+    pub async fn workflows(&self, deadline: Instant) -> Result<Vec<Workflow>, GithubError> {
+        #[derive(Deserialize)]
+        struct Page {
+            workflows: Vec<Workflow>,
+        }
+        let mut path = Some(format!(
+            "/repos/{}/actions/workflows?per_page=100",
+            self.repository
+        ));
+        let mut out = Vec::new();
+        while let Some(p) = path.take() {
+            let (body, next) = self.get(&p, deadline).await?;
+            let page: Page = serde_json::from_str(&body).map_err(|e| GithubError::Decode {
+                path: p.clone(),
+                detail: e.to_string(),
+            })?;
+            out.extend(page.workflows);
+            path = next;
+        }
+        Ok(out)
+    }
+}
+
+/// How long GitHub asks us to wait: `retry-after` (secondary limits), or until
+/// `x-ratelimit-reset` when `x-ratelimit-remaining` is 0. `None` for a plain 403.
+pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if let Some(secs) = num("retry-after") {
+        return Some(Duration::from_secs(secs));
+    }
+    if num("x-ratelimit-remaining") == Some(0) {
+        let reset = num("x-ratelimit-reset")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        return Some(Duration::from_secs(reset.saturating_sub(now) + 1));
+    }
+    None
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
+fn api_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(String::from))
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "link",
+            HeaderValue::from_static("<https://api.github.com/x?page=1>; rel=\"prev\", <https://api.github.com/x?page=3>; rel=\"next\""),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/x?page=3")
+        );
+    }
+
+    #[test]
+    fn retry_after_wins_and_plain_403_does_not_wait() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(rate_limit_wait(&h), Some(Duration::from_secs(2)));
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("10"));
+        assert_eq!(rate_limit_wait(&h), None);
+    }
+}

@@ -1,0 +1,388 @@
+//! The one fake: a local GitHub API that serves GitHub's own example bodies
+//! (../shared/fixtures/github-api) with ids, shas and statuses adjusted per test, and real
+//! behaviour: ETag/304 (not counted against the rate limit), rate-limit headers,
+//! pagination, scripted status transitions, injected 403/500 answers. It records every
+//! request so tests can assert what berth sent.
+
+use std::collections::{hash_map::DefaultHasher, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde_json::{json, Value};
+use tiny_http::{Header, Response, Server};
+
+pub const REPO: &str = "acme/shop";
+
+pub fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../shared/fixtures/github-api/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeRun {
+    pub id: u64,
+    pub attempt: u64,
+    pub head_sha: String,
+    pub event: String,
+    /// (status, conclusion) per poll of this workflow's runs; the last one sticks.
+    pub script: Vec<(&'static str, Option<&'static str>)>,
+}
+
+impl FakeRun {
+    pub fn new(
+        id: u64,
+        head_sha: &str,
+        script: &[(&'static str, Option<&'static str>)],
+    ) -> FakeRun {
+        FakeRun {
+            id,
+            attempt: 1,
+            head_sha: head_sha.into(),
+            event: "push".into(),
+            script: script.to_vec(),
+        }
+    }
+
+    pub fn attempt(mut self, n: u64) -> FakeRun {
+        self.attempt = n;
+        self
+    }
+}
+
+pub const SUCCESS: (&str, Option<&str>) = ("completed", Some("success"));
+pub const FAILURE: (&str, Option<&str>) = ("completed", Some("failure"));
+pub const CANCELLED: (&str, Option<&str>) = ("completed", Some("cancelled"));
+pub const IN_PROGRESS: (&str, Option<&str>) = ("in_progress", None);
+pub const QUEUED: (&str, Option<&str>) = ("queued", None);
+
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    SecondaryRateLimit { retry_after: u64 },
+    ServerError,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub url: String,
+    pub status: u16,
+    pub if_none_match: Option<String>,
+    pub authorization: Option<String>,
+    pub body: String,
+    pub at: std::time::Instant,
+}
+
+struct Workflow {
+    id: u64,
+    name: String,
+    file: String,
+    runs: Vec<FakeRun>,
+    polls: usize,
+}
+
+#[derive(Default)]
+struct State {
+    workflows: Vec<Workflow>,
+    faults: VecDeque<Fault>,
+    requests: Vec<Recorded>,
+    remaining: u64,
+    per_page_cap: Option<usize>,
+}
+
+pub struct FakeGithub {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    server: Arc<Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeGithub {
+    pub fn start() -> FakeGithub {
+        let server = Arc::new(Server::http("127.0.0.1:0").expect("bind fake GitHub"));
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            remaining: 1000,
+            ..Default::default()
+        }));
+        let (srv, st, base) = (server.clone(), state.clone(), url.clone());
+        let thread = std::thread::spawn(move || {
+            for mut req in srv.incoming_requests() {
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                let header = |name: &'static str| {
+                    req.headers()
+                        .iter()
+                        .find(|h| h.field.equiv(name))
+                        .map(|h| h.value.as_str().to_string())
+                };
+                let (if_none_match, authorization) =
+                    (header("If-None-Match"), header("Authorization"));
+                let (status, headers, text) = handle(
+                    &mut st.lock().unwrap(),
+                    &base,
+                    req.method().as_str(),
+                    req.url(),
+                    if_none_match.as_deref(),
+                );
+                st.lock().unwrap().requests.push(Recorded {
+                    method: req.method().to_string(),
+                    url: req.url().to_string(),
+                    status,
+                    if_none_match,
+                    authorization,
+                    body,
+                    at: std::time::Instant::now(),
+                });
+                let mut resp = Response::from_string(text).with_status_code(status);
+                for (k, v) in headers {
+                    resp.add_header(Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap());
+                }
+                let _ = req.respond(resp);
+            }
+        });
+        FakeGithub {
+            url,
+            state,
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn workflow(&self, id: u64, name: &str, file: &str) -> &Self {
+        self.state.lock().unwrap().workflows.push(Workflow {
+            id,
+            name: name.into(),
+            file: file.into(),
+            runs: vec![],
+            polls: 0,
+        });
+        self
+    }
+
+    pub fn run(&self, file: &str, run: FakeRun) -> &Self {
+        let mut st = self.state.lock().unwrap();
+        let wf = st
+            .workflows
+            .iter_mut()
+            .find(|w| w.file == file)
+            .expect("declare the workflow first");
+        wf.runs.push(run);
+        self
+    }
+
+    pub fn fault(&self, fault: Fault) -> &Self {
+        self.state.lock().unwrap().faults.push_back(fault);
+        self
+    }
+
+    pub fn per_page_cap(&self, n: usize) -> &Self {
+        self.state.lock().unwrap().per_page_cap = Some(n);
+        self
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests that counted against the rate limit: everything but 304s.
+    pub fn counted(&self) -> usize {
+        self.requests().iter().filter(|r| r.status != 304).count()
+    }
+}
+
+impl Drop for FakeGithub {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Answer = (u16, Vec<(String, String)>, String);
+
+fn query(url: &str) -> Vec<(String, String)> {
+    url.split_once('?')
+        .map(|(_, q)| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rate_headers(st: &State) -> Vec<(String, String)> {
+    let reset = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    vec![
+        ("x-ratelimit-limit".into(), "1000".into()),
+        ("x-ratelimit-remaining".into(), st.remaining.to_string()),
+        ("x-ratelimit-used".into(), (1000 - st.remaining).to_string()),
+        ("x-ratelimit-reset".into(), reset.to_string()),
+        ("x-ratelimit-resource".into(), "core".into()),
+        (
+            "content-type".into(),
+            "application/json; charset=utf-8".into(),
+        ),
+    ]
+}
+
+fn handle(
+    st: &mut State,
+    base: &str,
+    method: &str,
+    url: &str,
+    if_none_match: Option<&str>,
+) -> Answer {
+    let path = url.split('?').next().unwrap_or("");
+    let q = query(url);
+    let param = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let runs_prefix = format!("/repos/{REPO}/actions/workflows/");
+    if method == "GET" && path.starts_with(&runs_prefix) && path.ends_with("/runs") {
+        if let Some(fault) = st.faults.pop_front() {
+            return fault_answer(st, fault);
+        }
+        let key = &path[runs_prefix.len()..path.len() - "/runs".len()];
+        let Some(wf) = st
+            .workflows
+            .iter_mut()
+            .find(|w| w.file == key || w.id.to_string() == key)
+        else {
+            return (
+                404,
+                rate_headers(st),
+                json!({"message": "Not Found"}).to_string(),
+            );
+        };
+        let template =
+            fixture("list-workflow-runs-for-workflow.200.json")["workflow_runs"][0].clone();
+        let step = wf.polls;
+        wf.polls += 1;
+        let sha = param("head_sha");
+        let mut runs: Vec<Value> = wf
+            .runs
+            .iter()
+            .filter(|r| sha.as_deref().is_none_or(|s| s == r.head_sha))
+            .map(|r| {
+                let (status, conclusion) = r.script[step.min(r.script.len() - 1)];
+                let mut v = template.clone();
+                v["id"] = json!(r.id);
+                v["name"] = json!(wf.name);
+                v["run_number"] = json!(r.id);
+                v["run_attempt"] = json!(r.attempt);
+                v["head_sha"] = json!(r.head_sha);
+                v["head_commit"]["id"] = json!(r.head_sha);
+                v["status"] = json!(status);
+                v["conclusion"] = json!(conclusion);
+                v["event"] = json!(r.event);
+                v["workflow_id"] = json!(wf.id);
+                v["path"] = json!(format!(".github/workflows/{}", wf.file));
+                v["html_url"] = json!(format!("https://github.com/{REPO}/actions/runs/{}", r.id));
+                v["url"] = json!(format!("{base}/repos/{REPO}/actions/runs/{}", r.id));
+                v
+            })
+            .collect();
+        runs.sort_by_key(|r| std::cmp::Reverse(r["id"].as_u64()));
+        let total = runs.len();
+        let per_page: usize = param("per_page").and_then(|p| p.parse().ok()).unwrap_or(30);
+        let per_page = st
+            .per_page_cap
+            .map_or(per_page, |cap| per_page.min(cap))
+            .max(1);
+        let page: usize = param("page")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1)
+            .max(1);
+        let slice: Vec<Value> = runs
+            .into_iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .collect();
+        let body = json!({"total_count": total, "workflow_runs": slice}).to_string();
+        let mut headers = rate_headers(st);
+        if page * per_page < total {
+            let mut next = url::Url::parse(&format!("{base}{url}")).unwrap();
+            let kept: Vec<(String, String)> =
+                q.iter().filter(|(k, _)| k != "page").cloned().collect();
+            next.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept)
+                .append_pair("page", &(page + 1).to_string());
+            headers.push(("link".into(), format!("<{next}>; rel=\"next\"")));
+        }
+        return conditional(st, headers, body, if_none_match);
+    }
+    if method == "GET" && path == format!("/repos/{REPO}/actions/workflows") {
+        let workflows: Vec<Value> = st
+            .workflows
+            .iter()
+            .map(|w| {
+                json!({
+                    "id": w.id, "node_id": format!("W_{}", w.id), "name": w.name,
+                    "path": format!(".github/workflows/{}", w.file), "state": "active",
+                    "created_at": "2020-01-08T23:48:37.000-08:00", "updated_at": "2020-01-08T23:50:21.000-08:00",
+                    "url": format!("{base}/repos/{REPO}/actions/workflows/{}", w.id),
+                    "html_url": format!("https://github.com/{REPO}/blob/main/.github/workflows/{}", w.file),
+                    "badge_url": format!("https://github.com/{REPO}/workflows/{}/badge.svg", w.name)
+                })
+            })
+            .collect();
+        let body = json!({"total_count": workflows.len(), "workflows": workflows}).to_string();
+        let headers = rate_headers(st);
+        return conditional(st, headers, body, if_none_match);
+    }
+    (
+        404,
+        rate_headers(st),
+        json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})
+            .to_string(),
+    )
+}
+
+fn conditional(
+    st: &mut State,
+    mut headers: Vec<(String, String)>,
+    body: String,
+    if_none_match: Option<&str>,
+) -> Answer {
+    let mut h = DefaultHasher::new();
+    body.hash(&mut h);
+    let etag = format!("W/\"{:016x}\"", h.finish());
+    headers.push(("etag".into(), etag.clone()));
+    if if_none_match == Some(etag.as_str()) {
+        // A 304 is free: it does not count against the rate limit.
+        return (304, headers, String::new());
+    }
+    st.remaining = st.remaining.saturating_sub(1);
+    let idx = headers
+        .iter()
+        .position(|(k, _)| k == "x-ratelimit-remaining")
+        .unwrap();
+    headers[idx].1 = st.remaining.to_string();
+    (200, headers, body)
+}
+
+fn fault_answer(st: &mut State, fault: Fault) -> Answer {
+    st.remaining = st.remaining.saturating_sub(1);
+    match fault {
+        Fault::SecondaryRateLimit { retry_after } => {
+            let mut h = rate_headers(st);
+            h.push(("retry-after".into(), retry_after.to_string()));
+            let body = json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.", "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"});
+            (403, h, body.to_string())
+        }
+        Fault::ServerError => (
+            500,
+            rate_headers(st),
+            json!({"message": "Server Error"}).to_string(),
+        ),
+    }
+}
