@@ -108,6 +108,10 @@ fn push_waits_through_in_progress_polls_and_counts_304s() {
     assert!(reqs
         .iter()
         .all(|r| r.authorization.as_deref() == Some("Bearer ghs_testtoken")));
+    assert!(
+        reqs.iter().all(|r| r.method == "GET" && r.body.is_empty()),
+        "the gate is read-only"
+    );
     assert_eq!(log.matches("ci.yml: in_progress").count(), 2, "{log}");
     assert!(
         log.starts_with("Commit ")
