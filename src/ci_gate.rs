@@ -125,7 +125,12 @@ fn or_local(event: &str) -> &str {
 pub fn verdict_from_workflow_run(event: &Value, sha: &str, report: &mut Report) -> GateVerdict {
     let run = &event["workflow_run"];
     let record = CiRunRecord {
-        workflow: run["name"].as_str().unwrap_or("CI").into(),
+        // Webhook payloads may leave `workflow_run.name` empty; `workflow.name` has it.
+        workflow: [&run["name"], &event["workflow"]["name"], &run["path"]]
+            .iter()
+            .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
+            .unwrap_or("CI")
+            .into(),
         run_number: run["run_number"].as_u64().unwrap_or(0),
         attempt: run["run_attempt"].as_u64().unwrap_or(1),
         status: run["status"].as_str().unwrap_or("completed").into(),

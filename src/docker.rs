@@ -1,5 +1,7 @@
 //! The Docker engine, through bollard. Nothing outside this module imports bollard.
 
+use std::collections::HashMap;
+
 use futures_util::StreamExt;
 
 use crate::secret::Secret;
@@ -27,6 +29,12 @@ pub enum DockerError {
     Push { reference: String, detail: String },
     #[error("the engine pushed {reference} but reported no digest; cannot deploy by digest.")]
     NoDigest { reference: String },
+    #[error("building {tag} failed: {message}")]
+    Build {
+        tag: String,
+        message: String,
+        line: Option<u32>,
+    },
 }
 
 pub struct RegistryAuth {
@@ -39,7 +47,76 @@ pub struct Engine {
     docker: bollard::Docker,
 }
 
+/// One image build: the context as a tar, and how to build it.
+pub struct BuildRequest<'a> {
+    pub context_tar: Vec<u8>,
+    pub dockerfile: &'a str,
+    pub tag: &'a str,
+    pub target: Option<&'a str>,
+    pub build_args: &'a HashMap<String, String>,
+    pub labels: &'a HashMap<String, String>,
+}
+
 impl Engine {
+    /// Builds with the engine's classic builder, streaming each output line to `on_line`
+    /// as it arrives. Returns the image id.
+    pub async fn build(
+        &self,
+        req: BuildRequest<'_>,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<String, DockerError> {
+        let mut opts = bollard::query_parameters::BuildImageOptionsBuilder::default()
+            .dockerfile(req.dockerfile)
+            .t(req.tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(req.build_args)
+            .labels(req.labels);
+        if let Some(target) = req.target {
+            opts = opts.target(target);
+        }
+        let body = bollard::body_full(req.context_tar.into());
+        let mut stream = self.docker.build_image(opts.build(), None, Some(body));
+        let mut image_id = None;
+        let mut pending = String::new();
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(build_error(req.tag, &error))
+                }
+                Err(e) => return Err(build_error(req.tag, &e.to_string())),
+            };
+            if let Some(err) = info.error.or(info.error_detail.and_then(|d| d.message)) {
+                return Err(build_error(req.tag, &err));
+            }
+            if let Some(text) = info.stream {
+                pending.push_str(&text);
+                while let Some(pos) = pending.find('\n') {
+                    let line: String = pending.drain(..=pos).collect();
+                    on_line(line.trim_end());
+                }
+            }
+            if let Some(id) = info.aux {
+                image_id = id.id;
+            }
+        }
+        if !pending.trim().is_empty() {
+            on_line(pending.trim_end());
+        }
+        image_id.ok_or_else(|| build_error(req.tag, "the engine reported no image id"))
+    }
+
+    /// The labels of a local image.
+    pub async fn image_labels(&self, image: &str) -> Result<HashMap<String, String>, DockerError> {
+        let inspect = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(DockerError::Engine)?;
+        Ok(inspect.config.and_then(|c| c.labels).unwrap_or_default())
+    }
+
     pub async fn connect() -> Result<Engine, DockerError> {
         let docker = bollard::Docker::connect_with_defaults().map_err(DockerError::Engine)?;
         let docker = docker
@@ -117,6 +194,24 @@ impl Engine {
             }
         }
         digest.ok_or(DockerError::NoDigest { reference })
+    }
+}
+
+/// Builder errors name the Dockerfile line when the engine knows it
+/// (`dockerfile parse error on line 3: ...`).
+fn build_error(tag: &str, message: &str) -> DockerError {
+    let line = regex::Regex::new(r"line (\d+)")
+        .expect("built-in regex")
+        .captures(message)
+        .and_then(|c| c[1].parse().ok());
+    let mut message = message.trim().to_string();
+    if message.contains("--mount") || message.contains("requires BuildKit") {
+        message.push_str(". This Dockerfile needs BuildKit, which berth cannot drive on this engine; use a Dockerfile without BuildKit-only syntax (such as `RUN --mount`), or build it in an earlier step.");
+    }
+    DockerError::Build {
+        tag: tag.into(),
+        message,
+        line,
     }
 }
 

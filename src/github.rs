@@ -304,6 +304,117 @@ impl GithubApi {
     }
 }
 
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeploymentRequest {
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub environment: String,
+    pub description: String,
+    pub auto_merge: bool,
+    pub required_contexts: Vec<String>,
+    pub transient_environment: bool,
+    pub production_environment: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeploymentStatus {
+    pub state: String,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<String>,
+    pub environment: String,
+}
+
+/// What creating a deployment gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentCreated {
+    Created(u64),
+    /// 202: GitHub merged the default branch instead and made no deployment.
+    NotCreated(String),
+}
+
+impl GithubApi {
+    /// One POST, never re-sent: a retried POST could create a second deployment.
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<(u16, String), GithubError> {
+        let sent = tokio::time::timeout(REQUEST_TIMEOUT, self.client._post(path, Some(body))).await;
+        self.count(false);
+        let response = match sent {
+            Err(_) => return Err(GithubError::Timeout { path: path.into() }),
+            Ok(Err(e)) => {
+                return Err(GithubError::Request {
+                    path: path.into(),
+                    detail: error_chain(&e),
+                })
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status().as_u16();
+        let text =
+            self.client
+                .body_to_string(response)
+                .await
+                .map_err(|e| GithubError::Request {
+                    path: path.into(),
+                    detail: error_chain(&e),
+                })?;
+        match status {
+            200..=299 => Ok((status, text)),
+            401 => Err(GithubError::Unauthorized { path: path.into() }),
+            403 => Err(GithubError::Forbidden {
+                path: path.into(),
+                message: api_message(&text),
+            }),
+            404 => Err(GithubError::NotFound { path: path.into() }),
+            500..=599 => Err(GithubError::Server {
+                path: path.into(),
+                status,
+            }),
+            _ => Err(GithubError::Forbidden {
+                path: path.into(),
+                message: format!("HTTP {status}: {}", api_message(&text)),
+            }),
+        }
+    }
+
+    pub async fn create_deployment(
+        &self,
+        req: &DeploymentRequest,
+    ) -> Result<DeploymentCreated, GithubError> {
+        let path = format!("/repos/{}/deployments", self.repository);
+        let (status, body) = self.post(&path, req).await?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| GithubError::Decode {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        if status == 202 {
+            return Ok(DeploymentCreated::NotCreated(api_message(&body)));
+        }
+        v["id"]
+            .as_u64()
+            .map(DeploymentCreated::Created)
+            .ok_or(GithubError::Decode {
+                path,
+                detail: "no `id` in the answer".into(),
+            })
+    }
+
+    pub async fn create_deployment_status(
+        &self,
+        id: u64,
+        status: &DeploymentStatus,
+    ) -> Result<(), GithubError> {
+        let path = format!("/repos/{}/deployments/{id}/statuses", self.repository);
+        self.post(&path, status).await.map(|_| ())
+    }
+}
+
 /// How long GitHub asks us to wait: `retry-after` (secondary limits), or until
 /// `x-ratelimit-reset` when `x-ratelimit-remaining` is 0. `None` for a plain 403.
 pub fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {

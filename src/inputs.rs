@@ -345,13 +345,19 @@ pub fn raw_secrets(env: &Env) -> Vec<Secret> {
     out
 }
 
-/// The values of a `.env` body, unquoted, so each is masked on its own.
+/// The values of a `.env` body, unquoted, so each is masked on its own. A value is masked
+/// when it has at least 8 characters, or at least 3 under a secret-looking key. Shorter
+/// values (`3000`, `true`, `fail`) are not secrets, and masking them would garble every log
+/// line, output and summary that contains the word (and make GitHub drop job outputs).
 pub fn env_file_values(body: &str) -> Vec<String> {
+    let secret_key =
+        static_regex(r"(?i)(pass|secret|token|key|dsn|url|auth|cred|private|salt|cert)");
     body.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_once('='))
-        .map(|(_, v)| v.trim().trim_matches(['"', '\'']).to_string())
-        .filter(|v| v.len() >= 3)
+        .map(|(k, v)| (k.trim(), v.trim().trim_matches(['"', '\'']).to_string()))
+        .filter(|(k, v)| v.len() >= 8 || (v.len() >= 3 && secret_key.is_match(k)))
+        .map(|(_, v)| v)
         .collect()
 }
 
@@ -1311,6 +1317,12 @@ mod tests {
         assert_eq!(parse_image_line("web=Dockerfile").unwrap().context, ".");
         assert!(parse_image_line("Web=Dockerfile").is_err());
         assert!(parse_image_line("web=../Dockerfile").is_err());
+    }
+
+    #[test]
+    fn env_values_are_masked_unless_short_and_plain() {
+        let v = env_file_values("PORT=3000\nMIGRATE=fail\nDB_PASS=abc\nNODE_ENV=production\n# X=commented-out-secret\nJWT=\"long-enough-secret\"\n");
+        assert_eq!(v, vec!["abc", "production", "long-enough-secret"]);
     }
 
     #[test]

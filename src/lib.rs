@@ -6,8 +6,12 @@
 pub mod ci_gate;
 pub mod docker;
 pub mod github;
+pub mod health;
+pub mod images;
 pub mod inputs;
 pub mod pipeline;
+pub mod release;
+pub mod remote;
 pub mod report;
 pub mod secret;
 pub mod ssh;
@@ -60,9 +64,45 @@ pub async fn run(env: HashMap<String, String>) -> i32 {
         FileCommands::from_env(&env),
         &raw_secrets.iter().collect::<Vec<_>>(),
     );
-    let report = pipeline::run(&env, &runner).await;
+    let report = tokio::select! {
+        report = pipeline::run(&env, &runner) => report,
+        signal = shutdown_signal() => cancelled(signal).await,
+    };
     report.render(&runner);
-    report.outcome().exit_code()
+    report.exit_code()
+}
+
+/// SIGTERM or SIGINT: how a runner cancels a step.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// A cancelled run releases its deploy locks before it exits.
+async fn cancelled(signal: &str) -> report::Report {
+    let released = tokio::task::spawn_blocking(release::release_held_locks)
+        .await
+        .unwrap_or(0);
+    let mut report = report::Report::default();
+    report.fail(
+        report::Phase::Connect,
+        "berth: cancelled",
+        format!(
+            "berth received {signal} (the run was cancelled) and released {released} deploy lock(s). \
+             A host may have been mid-deploy: check `docker compose ps` there, or re-run berth, which restores a consistent release."
+        ),
+    );
+    report.outcome = Some(report::Outcome::Failed);
+    report
 }
 
 pub fn help_text() -> String {

@@ -1,13 +1,33 @@
-//! The deploy state machine: inputs -> CI gate -> images -> remote release -> health ->
-//! (rollback) -> report. Every phase records into the [`Report`].
+//! The deploy state machine:
+//! inputs -> CI gate -> images -> remote release (lock, upload, pull, pre-deploy, up,
+//! verify) -> health -> (rollback) -> report.
+//!
+//! The pipeline owns the decision to roll back: once any host's containers may have
+//! changed, every failure goes through [`Deploy::fail_and_restore`], the one rollback path.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 use crate::ci_gate::{self, GateError, GateVerdict};
 use crate::github::GithubApi;
-use crate::inputs::{self, Config, Env, GithubContext, Mode};
-use crate::report::{Outcome, Phase, PhaseResult, Report};
+use crate::health::{HealthProbe, HealthRecord};
+use crate::images;
+use crate::inputs::{self, Config, Env, GithubContext, Mode, RollbackPolicy};
+use crate::release::{self, Access, HostRelease, RegistryLogin, ReleaseError, ReleaseSpec};
+use crate::remote::{Layout, LockHolder};
+use crate::report::{HostReport, Outcome, Phase, PhaseResult, Report, RollbackReport};
+use crate::secret::Secret;
+use crate::ssh::HostTrust;
 use crate::workflow::{Annotation, Level, Runner};
+
+/// At most this many hosts are worked on at once.
+pub const MAX_PARALLEL_HOSTS: usize = 8;
+/// How often the crash-loop watch looks at the containers while health is probed.
+pub const CRASH_WATCH_EVERY: Duration = Duration::from_secs(1);
+const LOG_LINES: usize = 100;
 
 pub async fn run(env: &Env, runner: &Runner) -> Report {
     let started = Instant::now();
@@ -38,11 +58,16 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
         runner.add_mask(s);
     }
     report.environment = config.environment.clone();
+    report.environment_url = config.environment_url.as_ref().map(|u| u.to_string());
+    report.manual_rollback = config.mode == Mode::Rollback;
     report.record(
         Phase::Inputs,
         started.elapsed(),
         PhaseResult::Ok("all inputs valid".into()),
     );
+    if config.health_insecure_tls {
+        report.warn("berth: insecure TLS", "`health-insecure-tls: true`: the health check does not verify the server's certificate.");
+    }
 
     match ci_gate(&config, &ctx, runner, &mut report).await {
         Ok(GateVerdict::Passed) => {}
@@ -63,15 +88,161 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
             return report;
         }
     }
+    let sha = report.sha.clone().unwrap_or_default();
 
-    report.fail(
-        Phase::Build,
-        "berth: not implemented",
-        "This build of berth stops after the CI gate; the image and remote-release phases are not built yet.",
-    );
-    report.outcome = Some(Outcome::Failed);
+    let built = if config.mode == Mode::Deploy {
+        match images::build_and_push(&config, &ctx, &sha, runner, &mut report).await {
+            Ok(built) => built,
+            Err(failure) => {
+                report.failure = Some(failure);
+                report.outcome = Some(Outcome::Failed);
+                report.elapsed = started.elapsed();
+                return report;
+            }
+        }
+    } else {
+        BTreeMap::new()
+    };
+    report.images = built.clone();
+
+    let tracker = GithubDeployment::create(&config, &ctx, &sha, &mut report).await;
+    if let Some(t) = &tracker {
+        t.post(
+            "in_progress",
+            &format!(
+                "berth is deploying {} to {}",
+                short(&sha),
+                config.environment
+            ),
+            &mut report,
+        )
+        .await;
+    }
+    let deploy = Deploy::new(&config, &ctx, runner, &sha, built);
+    deploy.run(&mut report).await;
     report.elapsed = started.elapsed();
+    if let Some(t) = &tracker {
+        let (state, description) = deployment_state(&report);
+        t.post(state, &description, &mut report).await;
+    }
     report
+}
+
+/// The GitHub Deployment of this run: reporting only, so its failures warn and never stop
+/// the deploy.
+struct GithubDeployment {
+    api: GithubApi,
+    id: u64,
+    environment: String,
+    environment_url: Option<String>,
+    log_url: Option<String>,
+}
+
+impl GithubDeployment {
+    async fn create(
+        cfg: &Config,
+        ctx: &GithubContext,
+        sha: &str,
+        report: &mut Report,
+    ) -> Option<GithubDeployment> {
+        if !cfg.create_deployment || cfg.dry_run || cfg.mode != Mode::Deploy {
+            return None;
+        }
+        let api = match GithubApi::new(&ctx.api_url, &cfg.github_token, &ctx.repository) {
+            Ok(api) => api,
+            Err(e) => {
+                report.warn("berth: GitHub Deployment not created", e.to_string());
+                return None;
+            }
+        };
+        let req = crate::github::DeploymentRequest {
+            git_ref: sha.into(),
+            environment: cfg.environment.clone(),
+            description: clip(
+                &format!("berth: {} to {}", short(sha), cfg.environment),
+                140,
+            ),
+            auto_merge: false,
+            required_contexts: vec![],
+            transient_environment: false,
+            production_environment: false,
+        };
+        match api.create_deployment(&req).await {
+            Ok(crate::github::DeploymentCreated::Created(id)) => {
+                report.deployment_id = Some(id);
+                Some(GithubDeployment {
+                    api,
+                    id,
+                    environment: cfg.environment.clone(),
+                    environment_url: cfg.environment_url.as_ref().map(|u| u.to_string()),
+                    log_url: ctx.run_url(),
+                })
+            }
+            Ok(crate::github::DeploymentCreated::NotCreated(why)) => {
+                report.warn(
+                    "berth: GitHub Deployment not created",
+                    format!("GitHub answered 202 and created no deployment: {why}"),
+                );
+                None
+            }
+            Err(crate::github::GithubError::Forbidden { message, .. }) => {
+                report.warn(
+                    "berth: Deployments not permitted",
+                    format!("GitHub refused to create a Deployment ({message}). Add `permissions: deployments: write` to the job; the deploy goes on without one."),
+                );
+                None
+            }
+            Err(e) => {
+                report.warn(
+                    "berth: GitHub Deployment not created",
+                    format!("{e} The deploy goes on without one."),
+                );
+                None
+            }
+        }
+    }
+
+    async fn post(&self, state: &str, description: &str, report: &mut Report) {
+        let status = crate::github::DeploymentStatus {
+            state: state.into(),
+            description: clip(description, 140),
+            environment_url: self
+                .environment_url
+                .clone()
+                .filter(|_| state == "success" || state == "in_progress"),
+            log_url: self.log_url.clone(),
+            environment: self.environment.clone(),
+        };
+        if let Err(e) = self.api.create_deployment_status(self.id, &status).await {
+            report.warn(
+                "berth: Deployment status not posted",
+                format!("Posting `{state}` to deployment {} failed: {e}", self.id),
+            );
+        }
+    }
+}
+
+/// `success`, `failure` for a release that failed (rolled back or not), `error` when
+/// berth or the infrastructure failed before the release could be judged.
+fn deployment_state(report: &Report) -> (&'static str, String) {
+    let headline = report.headline().replace('`', "");
+    match report.outcome() {
+        Outcome::Deployed => ("success", headline),
+        Outcome::Skipped => ("inactive", headline),
+        Outcome::RolledBack => ("failure", headline),
+        Outcome::Failed => match report.failure.as_ref().map(|f| f.phase) {
+            Some(Phase::Connect | Phase::Lock | Phase::Upload | Phase::Inputs | Phase::CiGate)
+            | None => ("error", headline),
+            Some(_) => ("failure", headline),
+        },
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
 }
 
 fn gate_title(e: &GateError) -> &'static str {
@@ -159,4 +330,730 @@ pub async fn ci_gate(
     }
     report.record(Phase::CiGate, started.elapsed(), result);
     verdict
+}
+
+type Host = Arc<Mutex<HostRelease>>;
+
+/// Runs `f` on each item on a blocking thread (ssh2 blocks), at most
+/// [`MAX_PARALLEL_HOSTS`] at once, and returns the results in item order.
+async fn blocking_all<I, T, F>(items: Vec<I>, f: F) -> Vec<T>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(I) -> T + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    futures_util::stream::iter(items.into_iter().map(|item| {
+        let f = f.clone();
+        tokio::task::spawn_blocking(move || f(item))
+    }))
+    .buffered(MAX_PARALLEL_HOSTS)
+    .map(|r| r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
+    .collect()
+    .await
+}
+
+/// Runs `f` on every host, in parallel (bounded), results in host order.
+async fn on_hosts<T, F>(hosts: &[Host], f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(&mut HostRelease) -> T + Send + Sync + 'static,
+{
+    blocking_all(hosts.to_vec(), move |h: Host| {
+        f(&mut h.lock().unwrap_or_else(|e| e.into_inner()))
+    })
+    .await
+}
+
+/// One run's remote work across all hosts.
+struct Deploy<'a> {
+    cfg: &'a Config,
+    runner: &'a Runner,
+    spec: ReleaseSpec,
+    accesses: Vec<Access>,
+    layout: Layout,
+}
+
+impl<'a> Deploy<'a> {
+    fn new(
+        cfg: &'a Config,
+        ctx: &GithubContext,
+        runner: &'a Runner,
+        sha: &str,
+        built: BTreeMap<String, String>,
+    ) -> Deploy<'a> {
+        let now = time::OffsetDateTime::now_utc();
+        let trust = if cfg.insecure_skip_host_key_check {
+            HostTrust::Insecure
+        } else {
+            HostTrust::Pinned {
+                fingerprints: cfg.host_fingerprints.clone(),
+                known_hosts: cfg.known_hosts.clone(),
+            }
+        };
+        let accesses = cfg
+            .hosts
+            .iter()
+            .map(|h| Access {
+                spec: h.clone(),
+                key: cfg.ssh_key.clone(),
+                passphrase: cfg.ssh_key_passphrase.clone(),
+                trust: trust.clone(),
+            })
+            .collect();
+        let compose = std::fs::read_to_string(&cfg.compose_file).unwrap_or_default();
+        let registry = (!cfg.registry_password.is_empty()).then(|| RegistryLogin {
+            server: cfg.registry.clone(),
+            username: cfg.registry_username.clone(),
+            password: cfg.registry_password.clone(),
+        });
+        let spec = ReleaseSpec {
+            id: crate::remote::release_id(now, sha),
+            sha: sha.into(),
+            compose,
+            env_file: cfg.env_file.clone().unwrap_or_else(|| Secret::new("")),
+            built,
+            pre_deploy: cfg.pre_deploy.clone(),
+            // Only log in when berth pushed images there; otherwise the host pulls as it can.
+            registry: None,
+            holder: LockHolder {
+                token: release::random_token(),
+                run_url: ctx.run_url().unwrap_or_default(),
+                actor: ctx.actor.clone(),
+                sha: sha.into(),
+                started_at: now
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            },
+            lock_timeout: cfg.lock_timeout,
+            keep_releases: cfg.keep_releases,
+            image_prefix: cfg.image_prefix.clone(),
+        };
+        let spec = ReleaseSpec {
+            registry: if spec.built.is_empty() {
+                None
+            } else {
+                registry
+            },
+            ..spec
+        };
+        Deploy {
+            cfg,
+            runner,
+            spec,
+            accesses,
+            layout: Layout {
+                deploy_dir: cfg.deploy_dir.clone(),
+                project: cfg.project_name.clone(),
+            },
+        }
+    }
+
+    async fn run(&self, report: &mut Report) {
+        let Some(hosts) = self.connect_and_lock(report).await else {
+            return;
+        };
+        if self.cfg.dry_run {
+            self.plan(&hosts, report).await;
+        } else if self.cfg.mode == Mode::Rollback {
+            self.manual_rollback(&hosts, report).await;
+        } else {
+            self.deploy(&hosts, report).await;
+        }
+        self.unlock(&hosts, report).await;
+        for h in &hosts {
+            let h = h.lock().unwrap_or_else(|e| e.into_inner());
+            report.hosts.push(HostReport {
+                host: h.name().to_string(),
+                fingerprint: h.conn.host_key.fingerprint.clone(),
+                release: h.release.clone(),
+                previous: h.previous.clone(),
+                result: report.outcome().as_str().to_string(),
+            });
+        }
+    }
+
+    /// Connects to every host (checking host keys before authenticating) and takes each
+    /// host's lock. On any failure, releases what was taken and reports it.
+    async fn connect_and_lock(&self, report: &mut Report) -> Option<Vec<Host>> {
+        let started = Instant::now();
+        let (layout, runner) = (self.layout.clone(), self.runner.clone());
+        let connected = blocking_all(self.accesses.clone(), move |a| {
+            HostRelease::connect(a, layout.clone(), runner.clone())
+        })
+        .await;
+        let mut hosts = Vec::new();
+        let mut first_error = None;
+        for c in connected {
+            match c {
+                Ok(h) => hosts.push(Arc::new(Mutex::new(h))),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            report.record(
+                Phase::Connect,
+                started.elapsed(),
+                PhaseResult::Failed(e.to_string()),
+            );
+            report.fail(Phase::Connect, connect_title(&e), e.to_string());
+            report.outcome = Some(Outcome::Failed);
+            return None;
+        }
+        report.record(
+            Phase::Connect,
+            started.elapsed(),
+            PhaseResult::Ok(format!("{} host(s), host keys verified", hosts.len())),
+        );
+
+        let started = Instant::now();
+        let spec = self.spec.clone();
+        let dry_run = self.cfg.dry_run;
+        let locked = on_hosts(&hosts, move |h| {
+            if dry_run {
+                h.peek_lock().map(|_| None)
+            } else {
+                h.lock(&spec)
+            }
+        })
+        .await;
+        let mut failed = None;
+        for r in locked {
+            match r {
+                Ok(Some(w)) => report.warn("berth: stale deploy lock taken over", w),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            report.record(
+                Phase::Lock,
+                started.elapsed(),
+                PhaseResult::Failed(e.to_string()),
+            );
+            report.fail(Phase::Lock, "berth: deploy lock is held", e.to_string());
+            report.outcome = Some(Outcome::Failed);
+            self.unlock(&hosts, report).await;
+            return None;
+        }
+        report.record(
+            Phase::Lock,
+            started.elapsed(),
+            PhaseResult::Ok(
+                if dry_run {
+                    "free (not taken: dry run)"
+                } else {
+                    "taken"
+                }
+                .into(),
+            ),
+        );
+        Some(hosts)
+    }
+
+    async fn unlock(&self, hosts: &[Host], report: &mut Report) {
+        for r in on_hosts(hosts, |h| {
+            h.unlock().map_err(|e| format!("{}: {e}", h.name()))
+        })
+        .await
+        {
+            if let Err(e) = r {
+                report.warn(
+                    "berth: lock not released",
+                    format!(
+                        "{e}. Remove `{}` on the host if no deploy is running.",
+                        self.layout.lock_dir()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Dry run: every remote command that would run, with secrets redacted. Changes nothing.
+    async fn plan(&self, hosts: &[Host], report: &mut Report) {
+        let spec = self.spec.clone();
+        let plans = on_hosts(hosts, move |h| h.plan(&spec)).await;
+        for (host, steps) in plans {
+            for step in steps {
+                let line = format!("[{host}] {step}");
+                self.runner.line(&format!("would run: {line}"));
+                report.plan.push(line);
+            }
+        }
+        report.outcome = Some(Outcome::Skipped);
+        report.notices.push(Annotation::new(
+            Level::Notice,
+            "berth: dry run",
+            "Dry run: nothing was changed. The plan is in the job summary.",
+        ));
+    }
+
+    async fn deploy(&self, hosts: &[Host], report: &mut Report) {
+        let snapshots = on_hosts(hosts, |h| h.snapshot()).await;
+        if let Some(e) = snapshots.into_iter().find_map(Result::err) {
+            report.fail(
+                Phase::Upload,
+                "berth: cannot read the host's current release",
+                e.to_string(),
+            );
+            report.outcome = Some(Outcome::Failed);
+            return;
+        }
+        report.previous_release = hosts[0]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .previous
+            .clone();
+        report.release = Some(self.spec.id.clone());
+
+        let spec = self.spec.clone();
+        let results = on_hosts(hosts, move |h| h.deploy(&spec).map_err(|e| (h.phase, e))).await;
+        let failed = results.into_iter().find_map(Result::err);
+        self.record_host_timings(
+            hosts,
+            report,
+            failed.as_ref().map(|(p, e)| (*p, e.to_string())),
+        );
+        if let Some((phase, e)) = failed {
+            let title = match phase {
+                Phase::Pull => "berth: pull failed",
+                Phase::PreDeploy => "berth: pre-deploy command failed",
+                Phase::Up => "berth: docker compose up failed",
+                Phase::Verify => "berth: running images do not match the deploy",
+                _ => "berth: remote release failed",
+            };
+            self.fail_and_restore(hosts, report, phase, title, e.to_string())
+                .await;
+            return;
+        }
+
+        let health_started = Instant::now();
+        match self.health_gate(hosts, report, health_started).await {
+            Ok(record) => {
+                report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
+                report.record(
+                    Phase::Health,
+                    health_started.elapsed(),
+                    PhaseResult::Ok(format!(
+                        "healthy after {} attempt(s)",
+                        record.attempts.len()
+                    )),
+                );
+                report.health = Some(record);
+                let spec = self.spec.clone();
+                let finals = on_hosts(hosts, move |h| {
+                    h.write_record(&spec, "deployed")?;
+                    h.prune(&spec)
+                })
+                .await;
+                for r in finals {
+                    if let Err(e) = r {
+                        report.warn(
+                            "berth: cleanup failed",
+                            format!("The release is deployed and healthy, but pruning failed: {e}"),
+                        );
+                    }
+                }
+                report.outcome = Some(Outcome::Deployed);
+                let url = report.environment_url.clone().unwrap_or_default();
+                report.notices.push(Annotation::new(
+                    Level::Notice,
+                    "berth: deployed",
+                    format!(
+                        "Deployed {} ({}) to {} and it is healthy. {url}",
+                        short(&self.spec.sha),
+                        self.spec.id,
+                        self.cfg.environment
+                    ),
+                ));
+            }
+            Err((phase, title, message, record)) => {
+                report.record(
+                    Phase::Health,
+                    health_started.elapsed(),
+                    PhaseResult::Failed(message.clone()),
+                );
+                report.health = record;
+                self.fail_and_restore(hosts, report, phase, title, message)
+                    .await;
+            }
+        }
+    }
+
+    /// Probes `health-url` until healthy, while watching every host for crash loops.
+    async fn health_gate(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        started: Instant,
+    ) -> Result<HealthRecord, (Phase, &'static str, String, Option<HealthRecord>)> {
+        let Some(url) = &self.cfg.health_url else {
+            return Ok(HealthRecord {
+                healthy_after: Some(Duration::ZERO),
+                ..Default::default()
+            });
+        };
+        let probe = HealthProbe::from_config(self.cfg, url).map_err(|e| {
+            (
+                Phase::Health,
+                "berth: health check failed",
+                e.to_string(),
+                None,
+            )
+        })?;
+        let _group = self.runner.group(&format!("Health: {url}"));
+        let runner = self.runner.clone();
+        let wait = probe.wait(started, move |a| {
+            runner.line(&format!("{:>6.1}s {}", a.offset.as_secs_f64(), a.outcome))
+        });
+        tokio::pin!(wait);
+        let mut baseline: Option<Vec<BTreeMap<String, i64>>> = None;
+        loop {
+            tokio::select! {
+                record = &mut wait => {
+                    return if record.healthy_after.is_some() {
+                        Ok(record)
+                    } else {
+                        let msg = format!("{url} was not healthy within {:?} (`health-timeout`); {}", probe.timeout, record.failure_summary());
+                        Err((Phase::Health, "berth: health check failed", msg, Some(record)))
+                    };
+                }
+                _ = tokio::time::sleep(CRASH_WATCH_EVERY) => {
+                    let states = on_hosts(hosts, |h| h.containers().unwrap_or_default()).await;
+                    let base = baseline.get_or_insert_with(|| {
+                        states.iter().map(|s| s.iter().map(|c| (c.name.clone(), c.restart_count)).collect()).collect()
+                    });
+                    for (i, s) in states.iter().enumerate() {
+                        let failing = release::failing_containers(s, &base[i]);
+                        if !failing.is_empty() {
+                            let msg = format!(
+                                "{} after {:.1}s, before the health deadline: {}",
+                                hosts[i].lock().unwrap_or_else(|e| e.into_inner()).name(),
+                                started.elapsed().as_secs_f64(),
+                                failing.iter().map(|c| release::describe_failing(c)).collect::<Vec<_>>().join("; ")
+                            );
+                            report.warn("berth: crash loop", msg.clone());
+                            return Err((Phase::Health, "berth: service crash-looping", msg, None));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one rollback path: collect diagnostics, then restore the previous release on
+    /// every host whose containers may have changed, and prove it healthy.
+    async fn fail_and_restore(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        phase: Phase,
+        title: &str,
+        message: String,
+    ) {
+        report.fail(phase, title, message.clone());
+        let diagnostics = on_hosts(hosts, |h| h.diagnostics(LOG_LINES)).await;
+        report.excerpt = telling_lines(&diagnostics, 5);
+        if !report.excerpt.is_empty() {
+            if let Some(f) = report.failure.as_mut() {
+                f.message.push_str("\nLog excerpt:\n");
+                f.message.push_str(&report.excerpt.join("\n"));
+            }
+        }
+        report.diagnostics = diagnostics;
+        report.outcome = Some(Outcome::Failed);
+
+        let touched: Vec<Host> = hosts
+            .iter()
+            .filter(|h| h.lock().unwrap_or_else(|e| e.into_inner()).touched)
+            .cloned()
+            .collect();
+        let spec = self.spec.clone();
+        let mark = |outcome: &'static str| {
+            let spec = spec.clone();
+            move |h: &mut HostRelease| {
+                let _ = h.write_record(&spec, outcome);
+            }
+        };
+        if touched.is_empty() {
+            on_hosts(hosts, mark("failed")).await;
+            report.record(
+                Phase::Rollback,
+                Duration::ZERO,
+                PhaseResult::Skipped(
+                    "nothing was switched; the previous release still runs".into(),
+                ),
+            );
+            return;
+        }
+        if self.cfg.rollback == RollbackPolicy::Off {
+            on_hosts(hosts, mark("failed")).await;
+            report.record(
+                Phase::Rollback,
+                Duration::ZERO,
+                PhaseResult::Skipped("`rollback: off`: the host is left as it is".into()),
+            );
+            return;
+        }
+        let missing: Vec<String> = touched
+            .iter()
+            .filter_map(|h| {
+                let h = h.lock().unwrap_or_else(|e| e.into_inner());
+                h.previous.is_none().then(|| h.name().to_string())
+            })
+            .collect();
+        if !missing.is_empty() {
+            on_hosts(hosts, mark("failed")).await;
+            report.record(
+                Phase::Rollback,
+                Duration::ZERO,
+                PhaseResult::Skipped(format!("first deploy on {}: nothing to restore; the failed release is left in place for diagnosis", missing.join(", "))),
+            );
+            return;
+        }
+        let started = Instant::now();
+        let restored = on_hosts(&touched, |h| {
+            let prev = h.previous.clone().expect("checked above");
+            h.activate(&prev).or_else(|e| {
+                // The connection may have died with the deploy; one fresh try.
+                h.reconnect()?;
+                h.activate(&prev).map_err(|_| e)
+            })
+        })
+        .await;
+        on_hosts(&touched, mark("rolled-back")).await;
+        let previous = report.previous_release.clone();
+        let mut rb = RollbackReport {
+            restored: previous.clone(),
+            ..Default::default()
+        };
+        if let Some(e) = restored.into_iter().find_map(Result::err) {
+            rb.detail = format!("restoring the previous release failed: {e}");
+        } else {
+            match self.health_gate(&touched, report, Instant::now()).await {
+                Ok(record) => {
+                    rb.healthy = true;
+                    rb.detail = format!(
+                        "the previous release {} is serving and healthy",
+                        previous.as_deref().unwrap_or("")
+                    );
+                    rb.health = Some(record);
+                }
+                Err((_, _, msg, record)) => {
+                    rb.detail = format!("the restored release is not healthy either: {msg}");
+                    rb.health = record;
+                }
+            }
+        }
+        rb.duration = started.elapsed();
+        if rb.healthy {
+            report.outcome = Some(Outcome::RolledBack);
+            report.record(
+                Phase::Rollback,
+                rb.duration,
+                PhaseResult::Ok(rb.detail.clone()),
+            );
+            if let Some(f) = report.failure.as_mut() {
+                f.message
+                    .push_str(&format!("\nRolled back: {}.", rb.detail));
+            }
+        } else {
+            report.record(
+                Phase::Rollback,
+                rb.duration,
+                PhaseResult::Failed(rb.detail.clone()),
+            );
+            let prev = previous.unwrap_or_default();
+            let cmds: Vec<String> = touched
+                .iter()
+                .map(|h| {
+                    let h = h.lock().unwrap_or_else(|e| e.into_inner());
+                    let up = crate::ssh::quote_argv(
+                        &h.layout.compose(&prev, &["up", "-d", "--remove-orphans"]).0,
+                    );
+                    format!(
+                        "ssh -p {} {}@{} {}",
+                        h.access.spec.port,
+                        h.access.spec.user,
+                        h.access.spec.host,
+                        crate::ssh::quote_argv(&[up])
+                    )
+                })
+                .collect();
+            report.recovery = Some(cmds.join("\n"));
+            if let Some(f) = report.failure.as_mut() {
+                f.title = "berth: deploy failed AND rollback failed".into();
+                f.message = format!(
+                    "DEPLOY FAILED AND ROLLBACK FAILED. Deploy: {message}\nRollback: {}\nRecover by hand:\n{}",
+                    rb.detail,
+                    cmds.join("\n")
+                );
+            }
+        }
+        report.rollback = Some(rb);
+    }
+
+    /// `mode: rollback`: re-activate the release before current (or `release`), then prove
+    /// it healthy.
+    async fn manual_rollback(&self, hosts: &[Host], report: &mut Report) {
+        let wanted = self.cfg.release.clone();
+        let started = Instant::now();
+        let results = on_hosts(hosts, move |h| {
+            h.snapshot()?;
+            let target = match &wanted {
+                Some(id) => id.clone(),
+                None => h.release_before_current()?,
+            };
+            h.activate(&target)?;
+            h.release = Some(target.clone());
+            Ok::<String, ReleaseError>(target)
+        })
+        .await;
+        let targets: Vec<String> = match results.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(t) => t,
+            Err(e) => {
+                report.record(
+                    Phase::Rollback,
+                    started.elapsed(),
+                    PhaseResult::Failed(e.to_string()),
+                );
+                report.fail(Phase::Rollback, "berth: rollback failed", e.to_string());
+                report.outcome = Some(Outcome::Failed);
+                return;
+            }
+        };
+        report.release = targets.first().cloned();
+        report.previous_release = hosts[0]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .previous
+            .clone();
+        report.record(
+            Phase::Rollback,
+            started.elapsed(),
+            PhaseResult::Ok(format!("re-activated {}", targets.join(", "))),
+        );
+        let health_started = Instant::now();
+        match self.health_gate(hosts, report, health_started).await {
+            Ok(record) => {
+                report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
+                report.record(
+                    Phase::Health,
+                    health_started.elapsed(),
+                    PhaseResult::Ok("healthy".into()),
+                );
+                report.health = Some(record);
+                report.outcome = Some(Outcome::RolledBack);
+                report.notices.push(Annotation::new(
+                    Level::Notice,
+                    "berth: rolled back",
+                    format!(
+                        "Release {} is serving again and healthy.",
+                        targets.first().cloned().unwrap_or_default()
+                    ),
+                ));
+            }
+            Err((phase, title, message, record)) => {
+                report.record(
+                    Phase::Health,
+                    health_started.elapsed(),
+                    PhaseResult::Failed(message.clone()),
+                );
+                report.health = record;
+                report.fail(phase, title, message);
+                report.diagnostics = on_hosts(hosts, |h| h.diagnostics(LOG_LINES)).await;
+                report.outcome = Some(Outcome::Failed);
+            }
+        }
+    }
+
+    /// Records each phase's time (the slowest host's) and marks the failed phase.
+    fn record_host_timings(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        failed: Option<(Phase, String)>,
+    ) {
+        let mut per_phase: Vec<(Phase, Duration)> = Vec::new();
+        for h in hosts {
+            let h = h.lock().unwrap_or_else(|e| e.into_inner());
+            for (phase, d) in &h.timings {
+                match per_phase.iter_mut().find(|(p, _)| p == phase) {
+                    Some((_, max)) => *max = (*max).max(*d),
+                    None => per_phase.push((*phase, *d)),
+                }
+            }
+        }
+        for (phase, d) in per_phase.into_iter().filter(|(p, _)| *p != Phase::Lock) {
+            let result = match &failed {
+                Some((p, why)) if *p == phase => PhaseResult::Failed(why.clone()),
+                _ => PhaseResult::Ok(
+                    match phase {
+                        Phase::Upload => {
+                            "compose file, digest pins, env file (0600), release record"
+                        }
+                        Phase::Pull => "images pulled by digest",
+                        Phase::PreDeploy => "pre-deploy command succeeded",
+                        Phase::Up => "containers up; `current` switched",
+                        Phase::Verify => "running containers match the pinned digests",
+                        _ => "",
+                    }
+                    .into(),
+                ),
+            };
+            report.record(phase, d, result);
+        }
+    }
+}
+
+fn connect_title(e: &ReleaseError) -> &'static str {
+    match e {
+        ReleaseError::Ssh(crate::ssh::SshError::HostKeyMismatch { .. }) => {
+            "berth: host key mismatch"
+        }
+        ReleaseError::Ssh(crate::ssh::SshError::HostKeyNotPinned { .. }) => {
+            "berth: host key not pinned"
+        }
+        ReleaseError::Ssh(crate::ssh::SshError::Auth { .. }) => "berth: SSH authentication failed",
+        _ => "berth: cannot connect to the host",
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+/// The most telling lines of the failing containers' logs: errors first, else the tail.
+pub fn telling_lines(diagnostics: &[crate::report::Diagnostics], n: usize) -> Vec<String> {
+    let keywords = [
+        "fatal",
+        "error",
+        "panic",
+        "exception",
+        "refused",
+        "denied",
+        "failed",
+        "cannot",
+        "killed",
+    ];
+    let mut telling = Vec::new();
+    let mut tail = Vec::new();
+    for d in diagnostics {
+        for (container, log) in &d.logs {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let tagged = format!("{container}: {}", line.trim());
+                let lower = line.to_ascii_lowercase();
+                if keywords.iter().any(|k| lower.contains(k)) {
+                    telling.push(tagged.clone());
+                }
+                tail.push(tagged);
+            }
+        }
+    }
+    let pick = if telling.is_empty() { tail } else { telling };
+    pick[pick.len().saturating_sub(n)..].to_vec()
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::health::HealthRecord;
 use crate::workflow::{Annotation, Level, Runner};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub enum Phase {
     Build,
     Push,
     Connect,
+    Lock,
     Upload,
     Pull,
     PreDeploy,
@@ -57,6 +59,7 @@ impl Phase {
             Phase::Build => "build",
             Phase::Push => "push",
             Phase::Connect => "connect",
+            Phase::Lock => "lock",
             Phase::Upload => "upload",
             Phase::Pull => "pull",
             Phase::PreDeploy => "pre-deploy",
@@ -119,6 +122,34 @@ pub struct Failure {
     pub line: Option<u32>,
 }
 
+/// One host's part in the run.
+#[derive(Debug, Clone, Default)]
+pub struct HostReport {
+    pub host: String,
+    pub fingerprint: String,
+    pub release: Option<String>,
+    pub previous: Option<String>,
+    pub result: String,
+}
+
+/// The state of the services and the log tails of the failing ones, from one host.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnostics {
+    pub host: String,
+    pub ps: String,
+    /// container -> last lines of its log
+    pub logs: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RollbackReport {
+    pub restored: Option<String>,
+    pub healthy: bool,
+    pub detail: String,
+    pub health: Option<HealthRecord>,
+    pub duration: Duration,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub outcome: Option<Outcome>,
@@ -128,6 +159,8 @@ pub struct Report {
     pub phases: Vec<PhaseRecord>,
     pub ci: CiReport,
     pub images: BTreeMap<String, String>,
+    /// The tags pushed for every image.
+    pub image_tags: Vec<String>,
     pub release: Option<String>,
     pub previous_release: Option<String>,
     pub health_seconds: Option<f64>,
@@ -140,6 +173,16 @@ pub struct Report {
     pub notices: Vec<Annotation>,
     pub plan: Vec<String>,
     pub elapsed: Duration,
+    pub hosts: Vec<HostReport>,
+    pub health: Option<HealthRecord>,
+    pub diagnostics: Vec<Diagnostics>,
+    pub rollback: Option<RollbackReport>,
+    /// The most telling log lines of a failure, for the error annotation.
+    pub excerpt: Vec<String>,
+    /// The exact command to recover by hand, when berth could not.
+    pub recovery: Option<String>,
+    /// Whether this run was `mode: rollback` (a successful one exits 0).
+    pub manual_rollback: bool,
 }
 
 impl Report {
@@ -164,6 +207,14 @@ impl Report {
             file: None,
             line: None,
         });
+    }
+
+    /// A rolled-back deploy failed (exit 1); a successful `mode: rollback` did its job.
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome() {
+            Outcome::RolledBack if self.manual_rollback => 0,
+            other => other.exit_code(),
+        }
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -191,12 +242,17 @@ impl Report {
         match self.outcome() {
             Outcome::Deployed => format!("Deployed `{sha}` to {env} in {}", secs(self.elapsed)),
             Outcome::Skipped => format!("Skipped: `{sha}` was not deployed to {env}"),
+            Outcome::RolledBack if self.manual_rollback => format!(
+                "Rolled back {env} to `{}`; it is serving and healthy",
+                self.release.as_deref().unwrap_or("the requested release")
+            ),
             Outcome::RolledBack => format!(
-                "Rolled back: `{sha}` failed at {}; `{}` is serving",
-                self.failure
-                    .as_ref()
-                    .map(|f| f.phase.label())
-                    .unwrap_or("an unknown phase"),
+                "Rolled back: `{sha}` failed {}; `{}` is serving and healthy",
+                match self.failure.as_ref().map(|f| f.phase) {
+                    Some(Phase::Health) => "its health check".to_string(),
+                    Some(p) => format!("at {}", p.label()),
+                    None => "to deploy".to_string(),
+                },
                 self.previous_release
                     .as_deref()
                     .unwrap_or("the previous release")
@@ -255,9 +311,21 @@ impl Report {
 
     pub fn summary_markdown(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(md, "## berth: {}\n", self.headline());
+        let icon = match self.outcome() {
+            Outcome::Deployed => "✅",
+            Outcome::RolledBack => "↩️",
+            Outcome::Failed => "❌",
+            Outcome::Skipped => "⏭️",
+        };
+        let _ = writeln!(md, "## {icon} berth: {}\n", self.headline());
         if let Some(f) = &self.failure {
-            let _ = writeln!(md, "**{}**\n\n{}\n", f.title, f.message);
+            let _ = writeln!(md, "**{}**\n", f.title);
+            let _ = writeln!(md, "```\n{}\n```\n", truncate_lines(&f.message, 40));
+            let _ = writeln!(
+                md,
+                "**What to do next:** {}\n",
+                next_step(f.phase, self.outcome(), self.recovery.is_some())
+            );
         }
         for e in &self.errors {
             let _ = writeln!(
@@ -270,6 +338,17 @@ impl Report {
         if !self.errors.is_empty() {
             md.push('\n');
         }
+        for w in &self.warnings {
+            let _ = writeln!(
+                md,
+                "> ⚠️ **{}**: {}",
+                w.title.as_deref().unwrap_or("warning"),
+                one_line(&w.message)
+            );
+        }
+        if !self.warnings.is_empty() {
+            md.push('\n');
+        }
         if let Some(src) = &self.sha_source {
             let _ = writeln!(
                 md,
@@ -278,7 +357,7 @@ impl Report {
             );
         }
         if !self.phases.is_empty() {
-            md.push_str("| phase | time | result |\n|---|---:|---|\n");
+            md.push_str("### Phases\n\n| phase | time | result |\n|---|---:|---|\n");
             for p in &self.phases {
                 let (icon, text) = match &p.result {
                     PhaseResult::Ok(t) => ("✅", t),
@@ -290,10 +369,68 @@ impl Report {
                     "| {} | {} | {icon} {} |",
                     p.phase.label(),
                     secs(p.duration),
-                    one_line(text)
+                    cell(text, 300)
                 );
             }
             md.push('\n');
+        }
+        if !self.images.is_empty() {
+            md.push_str("### Images\n\n| service | tags | deployed by digest |\n|---|---|---|\n");
+            for (svc, img) in &self.images {
+                let tags = self
+                    .image_tags
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let _ = writeln!(md, "| {svc} | {tags} | `{img}` |");
+            }
+            md.push('\n');
+        }
+        if !self.hosts.is_empty() {
+            md.push_str(
+                "### Hosts\n\n| host | host key | release | previous |\n|---|---|---|---|\n",
+            );
+            for h in &self.hosts {
+                let _ = writeln!(
+                    md,
+                    "| {} | `{}` | {} | {} |",
+                    h.host,
+                    h.fingerprint,
+                    h.release
+                        .as_deref()
+                        .map(|r| format!("`{r}`"))
+                        .unwrap_or("–".into()),
+                    h.previous
+                        .as_deref()
+                        .map(|r| format!("`{r}`"))
+                        .unwrap_or("none (first deploy)".into())
+                );
+            }
+            md.push('\n');
+        }
+        if let Some(h) = &self.health {
+            md.push_str("### Health\n\n");
+            let _ = writeln!(md, "{}", health_line(h));
+            md.push('\n');
+        }
+        if let Some(rb) = &self.rollback {
+            md.push_str("### Rollback\n\n");
+            let _ = writeln!(
+                md,
+                "{} Restored `{}` in {}: {}.",
+                if rb.healthy { "✅" } else { "❌" },
+                rb.restored.as_deref().unwrap_or("?"),
+                secs(rb.duration),
+                rb.detail
+            );
+            if let Some(h) = &rb.health {
+                let _ = writeln!(md, "\n{}", health_line(h));
+            }
+            md.push('\n');
+        }
+        if let Some(cmd) = &self.recovery {
+            let _ = writeln!(md, "### Recover by hand\n\n```sh\n{cmd}\n```\n");
         }
         if !self.ci.runs.is_empty() || self.ci.requests > 0 {
             md.push_str("### CI runs checked\n\n| workflow | run | status | conclusion |\n|---|---|---|---|\n");
@@ -317,20 +454,42 @@ impl Report {
                 self.ci.not_modified
             );
         }
-        if !self.images.is_empty() {
-            md.push_str("### Images\n\n| service | image |\n|---|---|\n");
-            for (svc, img) in &self.images {
-                let _ = writeln!(md, "| {svc} | `{img}` |");
-            }
-            md.push('\n');
-        }
         if !self.plan.is_empty() {
             md.push_str("### Plan (dry run)\n\n```\n");
             for step in &self.plan {
                 let _ = writeln!(md, "{step}");
             }
-            md.push_str("```\n");
+            md.push_str("```\n\n");
         }
+        let mut diagnostics = String::new();
+        for d in &self.diagnostics {
+            let _ = writeln!(
+                diagnostics,
+                "<details><summary>Diagnostics from {}: services and log tails</summary>\n",
+                d.host
+            );
+            let _ = writeln!(
+                diagnostics,
+                "```\n{}\n```\n",
+                truncate_lines(d.ps.trim_end(), 60)
+            );
+            for (container, log) in &d.logs {
+                let _ = writeln!(
+                    diagnostics,
+                    "**{container}** (last lines of its log)\n\n```\n{}\n```\n",
+                    truncate_bytes(log.trim_end(), LOG_BYTES)
+                );
+            }
+            diagnostics.push_str("</details>\n\n");
+        }
+        if md.len() + diagnostics.len() > SUMMARY_BUDGET {
+            let room = SUMMARY_BUDGET.saturating_sub(md.len());
+            diagnostics = format!(
+                "{}\n\n_Diagnostics truncated to keep the job summary under GitHub's 1 MiB limit._\n",
+                truncate_bytes(&diagnostics, room.saturating_sub(200))
+            );
+        }
+        md.push_str(&diagnostics);
         md
     }
 
@@ -346,6 +505,98 @@ impl Report {
     }
 }
 
+/// GitHub drops a step summary over 1 MiB; stay well under it.
+pub const SUMMARY_BUDGET: usize = 900 * 1024;
+/// One container's log tail in the summary.
+const LOG_BYTES: usize = 64 * 1024;
+
+fn health_line(h: &HealthRecord) -> String {
+    let counts = h
+        .counts()
+        .into_iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first_ok = h
+        .healthy_after
+        .map(|d| format!("healthy after {}", secs(d)))
+        .unwrap_or_else(|| "never healthy".into());
+    let last = h
+        .last_failure()
+        .map(|a| {
+            format!(
+                "; last failure at {}: {}",
+                secs(a.offset),
+                cell(&a.outcome.to_string(), 300)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "`{}`: {} attempt(s) ({counts}); {first_ok}{last}.",
+        h.url,
+        h.attempts.len()
+    )
+}
+
+/// The advice line for the common failures.
+fn next_step(phase: Phase, outcome: Outcome, recovery: bool) -> &'static str {
+    match phase {
+        Phase::Inputs => "fix the inputs named above; nothing was changed on any host.",
+        Phase::CiGate => "fix CI for this commit (or wait for it) and re-run; berth deploys only commits whose CI succeeded.",
+        Phase::Build => "fix the Dockerfile at the line shown; nothing was pushed or deployed.",
+        Phase::Push => "check `registry`, `registry-username` and `registry-password` (for ghcr.io: `permissions: packages: write`).",
+        Phase::Connect => "check `hosts`, the host key pin and that the runner can reach sshd; nothing was changed.",
+        Phase::Lock => "wait for the other deploy named above to finish, or raise `lock-timeout`.",
+        Phase::Upload | Phase::Pull => "check that the host can reach the registry and the images exist; the previous release still runs.",
+        Phase::PreDeploy => "fix the pre-deploy command (its output is above); nothing was switched.",
+        Phase::Up | Phase::Verify | Phase::Health if outcome == Outcome::RolledBack => {
+            "the previous release is serving again. Read the log tails below, fix, and deploy again."
+        }
+        Phase::Up | Phase::Verify | Phase::Health if recovery => "run the recovery command below to restore service, then read the log tails.",
+        Phase::Up | Phase::Verify | Phase::Health => {
+            "read the log tails below, fix, and deploy again; with no earlier release (or `rollback: off`) the failed release is left in place."
+        }
+        Phase::Rollback => "run the recovery command below, then read the log tails.",
+    }
+}
+
+fn cell(s: &str, max: usize) -> String {
+    let flat = one_line(s);
+    match flat.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
+/// The last `n` lines, saying how many were dropped.
+pub fn truncate_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    if lines.len() <= n {
+        return s.to_string();
+    }
+    format!(
+        "[{} earlier lines not shown]\n{}",
+        lines.len() - n,
+        lines[lines.len() - n..].join("\n")
+    )
+}
+
+/// The last `max` bytes (on a char boundary), saying that it was cut.
+pub fn truncate_bytes(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!(
+        "[truncated: {} earlier bytes not shown]\n{}",
+        start,
+        &s[start..]
+    )
+}
+
 fn one_line(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
@@ -356,5 +607,44 @@ pub fn secs(d: Duration) -> String {
         format!("{s:.1} s")
     } else {
         format!("{} s", s.round() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_log_tail_is_truncated_and_the_summary_stays_under_1_mib() {
+        let mut r = Report::default();
+        r.fail(Phase::Health, "berth: health check failed", "HTTP 500");
+        r.diagnostics = (0..20)
+            .map(|i| Diagnostics {
+                host: format!("host{i}"),
+                ps: "NAME STATUS".into(),
+                logs: vec![(
+                    "backend-1".into(),
+                    format!("{}\nLAST LINE {i}", "x".repeat(200_000)),
+                )],
+            })
+            .collect();
+        let md = r.summary_markdown();
+        assert!(md.len() < 1024 * 1024, "{} bytes", md.len());
+        assert!(md.contains("[truncated:"), "a cut log says so");
+        assert!(
+            md.contains("under GitHub's 1 MiB limit"),
+            "a cut summary says so"
+        );
+        assert!(md.contains("LAST LINE 19"), "tails keep their end");
+    }
+
+    #[test]
+    fn line_truncation_keeps_the_last_lines() {
+        let text = (1..=50)
+            .map(|i| format!("line {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cut = truncate_lines(&text, 5);
+        assert!(cut.starts_with("[45 earlier lines not shown]") && cut.ends_with("line 50"));
     }
 }

@@ -155,7 +155,11 @@ pub fn check_host_key(
     if fingerprints.iter().any(|f| f == &actual) || known_hosts.iter().any(|k| k.key == blob) {
         return Ok(info);
     }
-    if fingerprints.is_empty() && known_hosts.is_empty() {
+    // Known-hosts lines pin the hosts they name; a host none of them names is unpinned.
+    let names_this_host = known_hosts
+        .iter()
+        .any(|k| k.patterns.iter().any(|p| pattern_matches(p, host)));
+    if fingerprints.is_empty() && !names_this_host {
         return Err(SshError::HostKeyNotPinned {
             host: host.into(),
             actual,
@@ -175,6 +179,17 @@ pub fn check_host_key(
         expected: expected.join(", "),
         key_type: key_type.into(),
     })
+}
+
+/// Whether a known_hosts pattern names `host` (given as `user@host:port`). Hashed
+/// patterns (`|1|...`) cannot be read without the salt's HMAC, so they count as naming it.
+fn pattern_matches(pattern: &str, host: &str) -> bool {
+    let hostport = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let (name, port) = hostport.rsplit_once(':').unwrap_or((hostport, "22"));
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    pattern.starts_with('|')
+        || pattern == name && port == "22"
+        || pattern == format!("[{name}]:{port}")
 }
 
 impl HostSession {
@@ -336,6 +351,78 @@ impl HostSession {
             stdout,
             stderr,
         })
+    }
+}
+
+impl HostSession {
+    /// Runs one argv; the only place berth turns an argv into a remote command line.
+    pub fn run(
+        &self,
+        cmd: &crate::remote::Cmd,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        on_line: impl FnMut(&str),
+    ) -> Result<ExecOutput, SshError> {
+        self.exec(&quote_argv(&cmd.0), stdin, timeout, on_line)
+    }
+
+    /// Writes a file over SFTP: to a temporary name with `mode` set before any byte is
+    /// written, then renamed over the target, so a reader never sees a partial file.
+    pub fn upload(&self, path: &str, contents: &[u8], mode: i32) -> Result<(), SshError> {
+        let host = self.name.clone();
+        let err = |doing: &'static str| {
+            let host = host.clone();
+            move |source| SshError::Channel {
+                host,
+                doing,
+                source,
+            }
+        };
+        let sftp = self.session.sftp().map_err(err(
+            "starting SFTP (is the sftp subsystem enabled in sshd?)",
+        ))?;
+        let tmp = format!("{path}.berth-upload");
+        let target = std::path::Path::new(path);
+        let tmp_path = std::path::Path::new(&tmp);
+        {
+            let mut file = sftp
+                .open_mode(
+                    tmp_path,
+                    ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::TRUNCATE,
+                    mode,
+                    ssh2::OpenType::File,
+                )
+                .map_err(err("creating a file over SFTP"))?;
+            // The server's umask may widen nothing but can narrow; set the mode exactly.
+            file.setstat(ssh2::FileStat {
+                size: None,
+                uid: None,
+                gid: None,
+                perm: Some(mode as u32),
+                atime: None,
+                mtime: None,
+            })
+            .map_err(err("setting a file mode over SFTP"))?;
+            file.write_all(contents).map_err(|source| SshError::Io {
+                host: host.clone(),
+                doing: "writing a file over SFTP",
+                source,
+            })?;
+        }
+        // SFTP v3 (OpenSSH) cannot rename over an existing file; rename(2) on the host can,
+        // atomically.
+        if sftp.rename(tmp_path, target, None).is_err() {
+            let mv = quote_argv(&["mv".into(), "-f".into(), tmp.clone(), path.into()]);
+            let out = self.exec(&mv, None, Duration::from_secs(30), |_| {})?;
+            if out.status != 0 {
+                return Err(SshError::Io {
+                    host: host.clone(),
+                    doing: "renaming an uploaded file",
+                    source: std::io::Error::other(out.stderr.trim().to_string()),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

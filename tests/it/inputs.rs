@@ -365,3 +365,27 @@ fn fake_keys_are_key_shaped() {
     // public-key test pass for the wrong reason.
     assert!(fake_private_key("x").starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
 }
+
+#[test]
+fn the_readme_documents_every_input_and_output_of_action_yml() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/action.yml")).unwrap();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    for section in ["inputs", "outputs"] {
+        for (name, _) in doc[section].as_mapping().unwrap() {
+            let name = name.as_str().unwrap();
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "README does not document {section} `{name}`"
+            );
+        }
+    }
+    let row = regex::Regex::new(r"^\| `[a-z-]+` \|").unwrap();
+    let documented = readme.lines().filter(|l| row.is_match(l)).count();
+    assert_eq!(
+        documented,
+        inputs::INPUTS.len() + inputs::OUTPUTS.len(),
+        "README lists something action.yml does not"
+    );
+}

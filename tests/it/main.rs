@@ -4,7 +4,10 @@
 mod support;
 
 mod ci_gate;
+mod health;
 mod image;
 mod inputs;
+mod release;
+mod report;
 mod rig_smoke;
 mod secrets;

@@ -92,6 +92,8 @@ struct State {
     requests: Vec<Recorded>,
     remaining: u64,
     per_page_cap: Option<usize>,
+    deployments_forbidden: bool,
+    next_deployment: u64,
 }
 
 pub struct FakeGithub {
@@ -128,6 +130,7 @@ impl FakeGithub {
                     req.method().as_str(),
                     req.url(),
                     if_none_match.as_deref(),
+                    &body,
                 );
                 st.lock().unwrap().requests.push(Recorded {
                     method: req.method().to_string(),
@@ -183,6 +186,27 @@ impl FakeGithub {
     pub fn per_page_cap(&self, n: usize) -> &Self {
         self.state.lock().unwrap().per_page_cap = Some(n);
         self
+    }
+
+    /// Answer deployment POSTs 403, as for a token without `deployments: write`.
+    pub fn forbid_deployments(&self) -> &Self {
+        self.state.lock().unwrap().deployments_forbidden = true;
+        self
+    }
+
+    /// The (method, path, JSON body) of every deployment request, in order.
+    pub fn deployment_requests(&self) -> Vec<(String, String, Value)> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.url.contains("/deployments"))
+            .map(|r| {
+                (
+                    r.method,
+                    r.url,
+                    serde_json::from_str(&r.body).unwrap_or(Value::Null),
+                )
+            })
+            .collect()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -241,8 +265,38 @@ fn handle(
     method: &str,
     url: &str,
     if_none_match: Option<&str>,
+    body: &str,
 ) -> Answer {
     let path = url.split('?').next().unwrap_or("");
+    let deployments = format!("/repos/{REPO}/deployments");
+    if method == "POST" && path.starts_with(&deployments) {
+        st.remaining = st.remaining.saturating_sub(1);
+        if st.deployments_forbidden {
+            let msg = json!({"message": "Resource not accessible by integration", "documentation_url": "https://docs.github.com/rest/deployments/deployments#create-a-deployment"});
+            return (403, rate_headers(st), msg.to_string());
+        }
+        let req: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        if path == deployments {
+            st.next_deployment += 1;
+            let id = 1000 + st.next_deployment;
+            let mut v = fixture("create-deployment.201.json");
+            v["id"] = json!(id);
+            v["sha"] = req["ref"].clone();
+            v["ref"] = req["ref"].clone();
+            v["environment"] = req["environment"].clone();
+            v["description"] = req["description"].clone();
+            v["url"] = json!(format!("{base}/repos/{REPO}/deployments/{id}"));
+            return (201, rate_headers(st), v.to_string());
+        }
+        if path.ends_with("/statuses") {
+            let mut v = fixture("create-deployment-status.201.json");
+            v["state"] = req["state"].clone();
+            v["description"] = req["description"].clone();
+            v["environment_url"] = req["environment_url"].clone();
+            v["log_url"] = req["log_url"].clone();
+            return (201, rate_headers(st), v.to_string());
+        }
+    }
     let q = query(url);
     let param = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
     let runs_prefix = format!("/repos/{REPO}/actions/workflows/");

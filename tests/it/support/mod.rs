@@ -1,5 +1,6 @@
 pub mod fake_github;
 pub mod rig;
+pub mod stage;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -120,6 +121,10 @@ impl Berth {
     /// The environment as `inputs::parse` sees it.
     pub fn env_map(&self) -> std::collections::HashMap<String, String> {
         self.env.clone().into_iter().collect()
+    }
+
+    pub fn workspace(&self) -> std::path::PathBuf {
+        self.dir.path().join("workspace")
     }
 
     pub fn run(&self) -> Run {

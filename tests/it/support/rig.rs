@@ -71,11 +71,29 @@ impl Registry {
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        // Unique per registry, and given to htpasswd on stdin: tests sample `ps` for it.
         let (user, password) = (
             "berth".to_string(),
-            format!("reg-pw-{}", std::process::id()),
+            format!("reg-pw-{port}-{:08x}", rand::random::<u32>()),
         );
-        let htpasswd = sh(Command::new("htpasswd").args(["-Bbn", &user, &password]));
+        let htpasswd = {
+            use std::io::Write;
+            let mut child = Command::new("htpasswd")
+                .args(["-iBn", &user])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("htpasswd (apache2-utils); run scripts/test");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(password.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "htpasswd failed");
+            String::from_utf8(out.stdout).unwrap()
+        };
         std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
         let cfg = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: rig-secret\nauth:\n  htpasswd:\n    realm: berth-rig\n    path: {htp}\n",
@@ -214,7 +232,7 @@ impl Sshd {
         let cfg = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-             StrictModes no\nUsePAM no\nLogLevel VERBOSE\n",
+             StrictModes no\nUsePAM no\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
             hk = host_key.private.display(),
             pid = dir.path().join("sshd.pid").display(),
             ak = dir.path().join("authorized_keys").display(),
@@ -258,6 +276,13 @@ impl Sshd {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("sshd is running")
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,383 @@
+//! The HTTP health probe, through reqwest (rustls). Nothing outside this module imports
+//! reqwest.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+use crate::inputs::{Config, JsonExpectation, StatusMatcher};
+
+/// No single probe waits longer than this, and never past the deadline.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const BODY_EXCERPT: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("`health-ca-cert` is not a usable PEM certificate: {0}")]
+    BadCa(String),
+    #[error("cannot build the HTTP client for the health check: {0}")]
+    Client(String),
+}
+
+/// What one probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Healthy {
+        status: u16,
+    },
+    Dns(String),
+    Refused(String),
+    Tls(String),
+    Timeout,
+    Http {
+        status: u16,
+        body: String,
+    },
+    JsonMismatch {
+        pointer: String,
+        expected: String,
+        actual: String,
+    },
+    Other(String),
+}
+
+impl ProbeOutcome {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeOutcome::Healthy { .. } => "healthy",
+            ProbeOutcome::Dns(_) => "DNS failure",
+            ProbeOutcome::Refused(_) => "connection refused",
+            ProbeOutcome::Tls(_) => "TLS error",
+            ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::Http { .. } => "HTTP status",
+            ProbeOutcome::JsonMismatch { .. } => "JSON mismatch",
+            ProbeOutcome::Other(_) => "other error",
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeOutcome::Healthy { status } => write!(f, "healthy (HTTP {status})"),
+            ProbeOutcome::Dns(d) => write!(f, "DNS failure: {d}"),
+            ProbeOutcome::Refused(d) => write!(f, "connection refused: {d}"),
+            ProbeOutcome::Tls(d) => write!(f, "TLS error: {d}"),
+            ProbeOutcome::Timeout => write!(f, "timeout: no answer within the probe timeout"),
+            ProbeOutcome::Http { status, body } => write!(f, "HTTP {status}, body: {body}"),
+            ProbeOutcome::JsonMismatch {
+                pointer,
+                expected,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "JSON mismatch at {pointer}: expected {expected}, got {actual}"
+                )
+            }
+            ProbeOutcome::Other(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub offset: Duration,
+    pub outcome: ProbeOutcome,
+}
+
+/// The record of one health wait.
+#[derive(Debug, Clone, Default)]
+pub struct HealthRecord {
+    pub url: String,
+    pub attempts: Vec<Attempt>,
+    pub healthy_after: Option<Duration>,
+    pub deadline: Duration,
+}
+
+impl HealthRecord {
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for a in &self.attempts {
+            *m.entry(a.outcome.kind()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub fn last_failure(&self) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .rev()
+            .find(|a| !matches!(a.outcome, ProbeOutcome::Healthy { .. }))
+    }
+
+    /// "last: HTTP 500 ...; 12 attempts: 3 connection refused, 9 HTTP status".
+    pub fn failure_summary(&self) -> String {
+        let counts = self
+            .counts()
+            .into_iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let last = self
+            .last_failure()
+            .map(|a| a.outcome.to_string())
+            .unwrap_or_else(|| "no attempt".into());
+        format!(
+            "last: {last}; {} attempt(s) in {:.1}s: {counts}",
+            self.attempts.len(),
+            self.deadline.as_secs_f64()
+        )
+    }
+}
+
+pub struct HealthProbe {
+    client: reqwest::Client,
+    url: Url,
+    status: StatusMatcher,
+    json: Vec<JsonExpectation>,
+    headers: Vec<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl HealthProbe {
+    pub fn from_config(cfg: &Config, url: &Url) -> Result<HealthProbe, HealthError> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(PROBE_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &cfg.health_ca_cert {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| HealthError::BadCa(e.to_string()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if cfg.health_insecure_tls {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        Ok(HealthProbe {
+            client: builder
+                .build()
+                .map_err(|e| HealthError::Client(e.to_string()))?,
+            url: url.clone(),
+            status: cfg.health_status.clone(),
+            json: cfg.health_json.clone(),
+            headers: cfg
+                .health_headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                .collect(),
+            interval: cfg.health_interval,
+            timeout: cfg.health_timeout,
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// One GET, bounded by `limit`.
+    pub async fn probe(&self, limit: Duration) -> ProbeOutcome {
+        let mut req = self.client.get(self.url.clone()).timeout(limit);
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return classify(&e),
+        };
+        let status = resp.status().as_u16();
+        let body = match tokio::time::timeout(limit, resp.bytes()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return classify(&e),
+            Err(_) => return ProbeOutcome::Timeout,
+        };
+        judge(status, &body, &self.status, &self.json)
+    }
+
+    /// Probes until healthy or the deadline. Each probe is bounded by the time left, so the
+    /// wait never overruns; the first passing answer ends it.
+    pub async fn wait(
+        &self,
+        started: Instant,
+        mut on_attempt: impl FnMut(&Attempt),
+    ) -> HealthRecord {
+        let deadline = started + self.timeout;
+        let mut record = HealthRecord {
+            url: self.url.to_string(),
+            deadline: self.timeout,
+            ..Default::default()
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return record;
+            }
+            let outcome = self.probe((deadline - now).min(PROBE_TIMEOUT)).await;
+            let attempt = Attempt {
+                offset: started.elapsed(),
+                outcome,
+            };
+            on_attempt(&attempt);
+            let healthy = matches!(attempt.outcome, ProbeOutcome::Healthy { .. });
+            record.attempts.push(attempt);
+            if healthy {
+                record.healthy_after = Some(started.elapsed());
+                return record;
+            }
+            let next = Instant::now() + self.interval;
+            if next >= deadline {
+                tokio::time::sleep_until(deadline.into()).await;
+                return record;
+            }
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+}
+
+/// Status, then each JSON pointer, against the expectations.
+pub fn judge(
+    status: u16,
+    body: &[u8],
+    matcher: &StatusMatcher,
+    json: &[JsonExpectation],
+) -> ProbeOutcome {
+    let excerpt = || {
+        let cut = &body[..body.len().min(BODY_EXCERPT)];
+        String::from_utf8_lossy(cut).replace('\n', " ")
+    };
+    if !matcher.accepts(status) {
+        return ProbeOutcome::Http {
+            status,
+            body: excerpt(),
+        };
+    }
+    if !json.is_empty() {
+        let doc: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => {
+                return ProbeOutcome::JsonMismatch {
+                    pointer: json[0].pointer.clone(),
+                    expected: format!("{:?}", json[0].value),
+                    actual: format!("a body that is not JSON: {}", excerpt()),
+                }
+            }
+        };
+        for exp in json {
+            let actual = doc.pointer(&exp.pointer);
+            let matches = match actual {
+                Some(serde_json::Value::String(s)) => s == &exp.value,
+                // `true`, `200`, `null`: compare as JSON, not as text.
+                Some(other) => {
+                    serde_json::from_str::<serde_json::Value>(&exp.value)
+                        .ok()
+                        .as_ref()
+                        == Some(other)
+                }
+                None => false,
+            };
+            if !matches {
+                return ProbeOutcome::JsonMismatch {
+                    pointer: exp.pointer.clone(),
+                    expected: format!("{:?}", exp.value),
+                    actual: actual
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "nothing (the pointer is absent)".into()),
+                };
+            }
+        }
+    }
+    ProbeOutcome::Healthy { status }
+}
+
+fn classify(e: &reqwest::Error) -> ProbeOutcome {
+    let chain = error_chain(e);
+    let lower = chain.to_ascii_lowercase();
+    if e.is_timeout() {
+        ProbeOutcome::Timeout
+    } else if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+    {
+        ProbeOutcome::Dns(chain)
+    } else if lower.contains("connection refused") {
+        ProbeOutcome::Refused(chain)
+    } else if lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+        || lower.contains("invalid peer")
+    {
+        ProbeOutcome::Tls(chain)
+    } else {
+        ProbeOutcome::Other(chain)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::StatusRule;
+
+    fn ok200() -> StatusMatcher {
+        StatusMatcher(vec![StatusRule::Code(200)])
+    }
+
+    #[test]
+    fn status_and_json_are_judged() {
+        let exp = vec![JsonExpectation {
+            pointer: "/data/status".into(),
+            value: "healthy".into(),
+        }];
+        let good = br#"{"success":true,"data":{"status":"healthy"}}"#;
+        assert_eq!(
+            judge(200, good, &ok200(), &exp),
+            ProbeOutcome::Healthy { status: 200 }
+        );
+        let degraded = br#"{"data":{"status":"degraded"}}"#;
+        assert_eq!(
+            judge(200, degraded, &ok200(), &exp),
+            ProbeOutcome::JsonMismatch {
+                pointer: "/data/status".into(),
+                expected: "\"healthy\"".into(),
+                actual: "\"degraded\"".into()
+            }
+        );
+        assert!(
+            matches!(judge(500, b"boom", &ok200(), &exp), ProbeOutcome::Http { status: 500, ref body } if body == "boom")
+        );
+        let big = vec![b'x'; 2000];
+        assert!(
+            matches!(judge(503, &big, &ok200(), &[]), ProbeOutcome::Http { ref body, .. } if body.len() == BODY_EXCERPT)
+        );
+    }
+
+    #[test]
+    fn non_string_json_values_compare_by_their_text() {
+        let exp = vec![JsonExpectation {
+            pointer: "/success".into(),
+            value: "true".into(),
+        }];
+        assert_eq!(
+            judge(200, br#"{"success":true}"#, &ok200(), &exp),
+            ProbeOutcome::Healthy { status: 200 }
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! Images: build each service from the workspace, tag it with every `tags` template and
+//! push it; from here on every step refers to the image by digest, never by tag.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use globset::GlobMatcher;
+
+use crate::docker::{BuildRequest, DockerError, Engine, RegistryAuth};
+use crate::inputs::{is_valid_tag, Config, GithubContext, ImageSpec, TagValues};
+use crate::report::{Failure, Phase, PhaseResult, Report};
+use crate::workflow::Runner;
+
+/// Lines of build output quoted in a build failure.
+const BUILD_TAIL: usize = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("cannot read the build context {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "`.dockerignore` in {context} has a pattern berth cannot read: `{pattern}` ({detail})"
+    )]
+    Pattern {
+        context: String,
+        pattern: String,
+        detail: String,
+    },
+}
+
+/// The rules of a `.dockerignore`, applied as moby applies them: a pattern matches a path
+/// or any of its parent directories, `!` re-includes, and the last matching line decides.
+pub struct DockerIgnore {
+    rules: Vec<(GlobMatcher, bool)>,
+}
+
+impl DockerIgnore {
+    pub fn parse(text: &str, context: &str) -> Result<DockerIgnore, ContextError> {
+        let mut rules = Vec::new();
+        for raw in text.lines() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negated, pattern) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            let cleaned = clean(pattern);
+            if cleaned.is_empty() {
+                continue;
+            }
+            let glob = globset::GlobBuilder::new(&cleaned)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| ContextError::Pattern {
+                    context: context.into(),
+                    pattern: line.into(),
+                    detail: e.to_string(),
+                })?;
+            rules.push((glob.compile_matcher(), negated));
+        }
+        Ok(DockerIgnore { rules })
+    }
+
+    pub fn has_exceptions(&self) -> bool {
+        self.rules.iter().any(|(_, neg)| *neg)
+    }
+
+    /// Whether `path` (relative, `/`-separated) is left out of the context.
+    pub fn excludes(&self, path: &str) -> bool {
+        let mut excluded = false;
+        for (glob, negated) in &self.rules {
+            let mut candidates = vec![path.to_string()];
+            let mut parent = Path::new(path).parent();
+            while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                candidates.push(p.to_string_lossy().into());
+                parent = p.parent();
+            }
+            if candidates.iter().any(|c| glob.is_match(c)) {
+                excluded = !negated;
+            }
+        }
+        excluded
+    }
+}
+
+/// Go's `filepath.Clean` as Docker applies it to patterns, without the leading `/`.
+fn clean(pattern: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in pattern.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// A tar of `context`, honouring its `.dockerignore`, storing symlinks as links (never
+/// following one out of the context). The Dockerfile and `.dockerignore` are always sent,
+/// as Docker does; a Dockerfile outside the context is added under `extra_name`.
+pub fn context_tar(
+    context: &Path,
+    dockerfile: &Path,
+    extra_name: &str,
+) -> Result<(Vec<u8>, String), ContextError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ContextError::Io { path, source }
+    };
+    let ignore_text = std::fs::read_to_string(context.join(".dockerignore")).unwrap_or_default();
+    let ignore = DockerIgnore::parse(&ignore_text, &context.display().to_string())?;
+    let dockerfile_rel = dockerfile
+        .strip_prefix(context)
+        .ok()
+        .map(|p| p.to_string_lossy().replace('\\', "/"));
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let dir = context.join(&rel_dir);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .collect::<Result<_, _>>()
+            .map_err(io(&dir))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let rel = rel_dir.join(entry.file_name());
+            let rel_str = rel.to_string_lossy().replace('\\', "/");
+            let always = rel_str == ".dockerignore" || Some(&rel_str) == dockerfile_rel.as_ref();
+            let file_type = entry.file_type().map_err(io(&entry.path()))?;
+            if !always && ignore.excludes(&rel_str) {
+                // A later `!` line may re-include something below an excluded dir.
+                if !(file_type.is_dir() && ignore.has_exceptions()) {
+                    continue;
+                }
+            }
+            if file_type.is_dir() {
+                builder
+                    .append_dir(&rel, entry.path())
+                    .map_err(io(&entry.path()))?;
+                stack.push(rel);
+            } else {
+                builder
+                    .append_path_with_name(entry.path(), &rel)
+                    .map_err(io(&entry.path()))?;
+            }
+        }
+    }
+    let name = match dockerfile_rel {
+        Some(rel) => rel,
+        None => {
+            builder
+                .append_path_with_name(dockerfile, extra_name)
+                .map_err(io(dockerfile))?;
+            extra_name.to_string()
+        }
+    };
+    let bytes = builder.into_inner().map_err(io(context))?;
+    Ok((bytes, name))
+}
+
+fn inside(workspace: &Path, rel: &str) -> PathBuf {
+    let mut p = workspace.to_path_buf();
+    for c in Path::new(rel).components() {
+        if let Component::Normal(part) = c {
+            p.push(part);
+        }
+    }
+    p
+}
+
+/// The tags every image gets, expanded once for this run.
+pub fn expand_tags(
+    cfg: &Config,
+    ctx: &GithubContext,
+    sha: &str,
+    report: &mut Report,
+) -> Vec<String> {
+    let values = TagValues {
+        sha: sha.into(),
+        branch: ctx.ref_name.clone(),
+        run_number: ctx.run_number.clone(),
+    };
+    let mut tags = Vec::new();
+    for t in &cfg.tags {
+        let e = t.expand(&values);
+        if let Some(raw) = &e.sanitised_from {
+            report.warn(
+                "berth: tag sanitised",
+                format!(
+                    "Tag `{raw}` is not a valid image tag; berth used `{}` instead.",
+                    e.tag
+                ),
+            );
+        }
+        if is_valid_tag(&e.tag) && !tags.contains(&e.tag) {
+            tags.push(e.tag);
+        }
+    }
+    tags
+}
+
+pub fn repository(cfg: &Config, service: &str) -> String {
+    format!("{}-{}", cfg.image_prefix, service)
+}
+
+/// Builds every image, then (only if all built) pushes every tag. Returns
+/// service -> `repo@sha256:...`.
+pub async fn build_and_push(
+    cfg: &Config,
+    ctx: &GithubContext,
+    sha: &str,
+    runner: &Runner,
+    report: &mut Report,
+) -> Result<BTreeMap<String, String>, Failure> {
+    if cfg.images.is_empty() {
+        report.record(
+            Phase::Build,
+            Default::default(),
+            PhaseResult::Skipped(
+                "no `images`: the compose file's images are pinned by digest on the host".into(),
+            ),
+        );
+        return Ok(BTreeMap::new());
+    }
+    let tags = expand_tags(cfg, ctx, sha, report);
+    if cfg.dry_run {
+        for img in &cfg.images {
+            let line = format!(
+                "build {} from {} (context {}{}) and push {}",
+                img.service,
+                img.dockerfile,
+                img.context,
+                img.target
+                    .as_ref()
+                    .map(|t| format!(", target {t}"))
+                    .unwrap_or_default(),
+                tags.iter()
+                    .map(|t| format!("{}:{t}", repository(cfg, &img.service)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            runner.line(&format!("would {line}"));
+            report.plan.push(line);
+        }
+        report.record(
+            Phase::Build,
+            Default::default(),
+            PhaseResult::Skipped("dry run".into()),
+        );
+        return Ok(BTreeMap::new());
+    }
+    let engine_failure = |e: DockerError| Failure {
+        phase: Phase::Build,
+        title: "berth: Docker engine unavailable".into(),
+        message: e.to_string(),
+        file: None,
+        line: None,
+    };
+    let engine = Engine::connect().await.map_err(engine_failure)?;
+
+    let started = Instant::now();
+    let labels: HashMap<String, String> = [
+        (
+            "org.opencontainers.image.revision".to_string(),
+            sha.to_string(),
+        ),
+        (
+            "org.opencontainers.image.source".to_string(),
+            format!("{}/{}", ctx.server_url, ctx.repository),
+        ),
+        (
+            "org.opencontainers.image.created".to_string(),
+            time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        ),
+    ]
+    .into();
+    let build_args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
+    let first_tag = tags.first().cloned().unwrap_or_else(|| sha.to_string());
+    for img in &cfg.images {
+        build_one(
+            &engine,
+            cfg,
+            ctx,
+            img,
+            &first_tag,
+            &build_args,
+            &labels,
+            runner,
+        )
+        .await
+        .inspect_err(|f| {
+            report.record(
+                Phase::Build,
+                started.elapsed(),
+                PhaseResult::Failed(f.title.clone()),
+            );
+        })?;
+    }
+    report.record(
+        Phase::Build,
+        started.elapsed(),
+        PhaseResult::Ok(format!("{} image(s)", cfg.images.len())),
+    );
+
+    let started = Instant::now();
+    let auth = RegistryAuth {
+        server: cfg.registry.clone(),
+        username: cfg.registry_username.clone(),
+        password: cfg.registry_password.clone(),
+    };
+    let mut pushed = BTreeMap::new();
+    for img in &cfg.images {
+        let repo = repository(cfg, &img.service);
+        let _group = runner.group(&format!("Push {}", img.service));
+        let mut digest = None;
+        for tag in &tags {
+            let local = format!("{repo}:{first_tag}");
+            if tag != &first_tag {
+                engine
+                    .tag(&local, &repo, tag)
+                    .await
+                    .map_err(|e| push_failure(&e))?;
+            }
+            let d = engine
+                .push(&repo, tag, &auth, |l| {
+                    runner.line(&format!("{}: {l}", img.service))
+                })
+                .await
+                .map_err(|e| {
+                    report.record(
+                        Phase::Push,
+                        started.elapsed(),
+                        PhaseResult::Failed(e.to_string()),
+                    );
+                    push_failure(&e)
+                })?;
+            if digest.as_ref().is_some_and(|prev| prev != &d) {
+                runner.line(&format!(
+                    "{}: warning: tag {tag} got a different digest {d}",
+                    img.service
+                ));
+            }
+            digest.get_or_insert(d);
+        }
+        let digest = digest.expect("at least one tag");
+        runner.line(&format!("{}: {repo}@{digest}", img.service));
+        pushed.insert(img.service.clone(), format!("{repo}@{digest}"));
+    }
+    report.record(
+        Phase::Push,
+        started.elapsed(),
+        PhaseResult::Ok(format!("{} tag(s) per image", tags.len())),
+    );
+    report.image_tags = tags;
+    Ok(pushed)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_one(
+    engine: &Engine,
+    cfg: &Config,
+    ctx: &GithubContext,
+    img: &ImageSpec,
+    tag: &str,
+    build_args: &HashMap<String, String>,
+    labels: &HashMap<String, String>,
+    runner: &Runner,
+) -> Result<(), Failure> {
+    let _group = runner.group(&format!("Build {}", img.service));
+    let context = inside(&ctx.workspace, &img.context);
+    let dockerfile = inside(&ctx.workspace, &img.dockerfile);
+    let fail = |message: String, line: Option<u32>| Failure {
+        phase: Phase::Build,
+        title: format!("berth: building {} failed", img.service),
+        message,
+        file: Some(img.dockerfile.clone()),
+        line,
+    };
+    if !dockerfile.is_file() {
+        return Err(fail(
+            format!(
+                "{} does not exist in the workspace. Check the `images` line for `{}`.",
+                img.dockerfile, img.service
+            ),
+            None,
+        ));
+    }
+    let (tar, name) = context_tar(&context, &dockerfile, ".berth.Dockerfile")
+        .map_err(|e| fail(e.to_string(), None))?;
+    let mut tail: Vec<String> = Vec::new();
+    let reference = format!("{}:{tag}", repository(cfg, &img.service));
+    let request = BuildRequest {
+        context_tar: tar,
+        dockerfile: &name,
+        tag: &reference,
+        target: img.target.as_deref(),
+        build_args,
+        labels,
+    };
+    let result = engine
+        .build(request, |line| {
+            runner.line(line);
+            tail.push(line.to_string());
+            if tail.len() > BUILD_TAIL {
+                tail.remove(0);
+            }
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(DockerError::Build { message, line, .. }) => Err(fail(
+            format!(
+                "{message}\nLast {} lines of build output:\n{}",
+                tail.len(),
+                tail.join("\n")
+            ),
+            line,
+        )),
+        Err(e) => Err(fail(e.to_string(), None)),
+    }
+}
+
+fn push_failure(e: &DockerError) -> Failure {
+    let title = match e {
+        DockerError::Unauthorized { .. } => "berth: registry rejected the credentials",
+        DockerError::Denied { .. } => "berth: no permission to push",
+        DockerError::RegistryUnreachable { .. } => "berth: registry unreachable",
+        _ => "berth: push failed",
+    };
+    Failure {
+        phase: Phase::Push,
+        title: title.into(),
+        message: e.to_string(),
+        file: None,
+        line: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerignore_follows_moby_rules() {
+        let ig = DockerIgnore::parse(
+            "# comment\nnode_modules\n*.log\n!keep.log\n/secret/**\ndocs/*.md\n",
+            "ctx",
+        )
+        .unwrap();
+        assert!(ig.excludes("node_modules"));
+        assert!(
+            ig.excludes("node_modules/a/b.js"),
+            "a pattern excludes everything below a matching dir"
+        );
+        assert!(ig.excludes("debug.log"));
+        assert!(!ig.excludes("keep.log"), "the last matching line decides");
+        assert!(!ig.excludes("sub/debug.log"), "`*` does not cross `/`");
+        assert!(ig.excludes("secret/x/y"));
+        assert!(ig.excludes("docs/a.md") && !ig.excludes("docs/sub/a.md"));
+        assert!(!ig.excludes("src/main.rs"));
+    }
+
+    #[test]
+    fn the_context_tar_leaves_out_ignored_files_and_keeps_symlinks_as_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("sub")).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(ctx.join(".dockerignore"), "secret.txt\nDockerfile\n").unwrap();
+        std::fs::write(ctx.join("secret.txt"), "s").unwrap();
+        std::fs::write(ctx.join("sub/app.txt"), "a").unwrap();
+        std::fs::write(dir.path().join("outside.txt"), "CONTENT-FROM-OUTSIDE").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.txt"), ctx.join("link")).unwrap();
+        let (tar, name) = context_tar(&ctx, &ctx.join("Dockerfile"), ".berth.Dockerfile").unwrap();
+        assert_eq!(name, "Dockerfile");
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut names = Vec::new();
+        for e in archive.entries().unwrap() {
+            let e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().to_string();
+            if path == "link" {
+                assert!(e.header().entry_type().is_symlink(), "symlinks stay links");
+            }
+            names.push(path);
+        }
+        names.sort();
+        assert_eq!(
+            names,
+            vec![".dockerignore", "Dockerfile", "link", "sub", "sub/app.txt"]
+        );
+        assert!(
+            !String::from_utf8_lossy(&tar).contains("CONTENT-FROM-OUTSIDE"),
+            "nothing from outside the context"
+        );
+    }
+}

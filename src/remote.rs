@@ -1,0 +1,467 @@
+//! What runs on a host, said apart from running it: every remote command is an argv built
+//! by a pure function here. Only the SSH module quotes and executes them.
+//!
+//! Host layout under `deploy-dir`:
+//! ```text
+//! current -> .berth/releases/<id>        the release that is switched in
+//! .berth/lock/                           held while deploying (atomic mkdir)
+//!     holder.json                        who/what/when
+//!     heartbeat                          touched while the holder is alive
+//! .berth/releases/<id>/
+//!     compose.yml                        the app's compose file, as uploaded
+//!     berth.override.yml                 pins every service to an image digest
+//!     .env                               the env file, mode 0600
+//!     release.json                       sha, digests, time, actor, run URL, outcome
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One argv, executed as a single remote command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd(pub Vec<String>);
+
+impl Cmd {
+    pub fn new<I, S>(words: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Cmd(words.into_iter().map(Into::into).collect())
+    }
+
+    fn with_env(mut self, env: &[(&str, &str)]) -> Cmd {
+        if env.is_empty() {
+            return self;
+        }
+        let mut argv = vec!["env".to_string()];
+        argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        argv.append(&mut self.0);
+        Cmd(argv)
+    }
+}
+
+/// Paths of one deploy dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub deploy_dir: String,
+    pub project: String,
+}
+
+impl Layout {
+    pub fn berth_dir(&self) -> String {
+        format!("{}/.berth", self.deploy_dir)
+    }
+    pub fn lock_dir(&self) -> String {
+        format!("{}/.berth/lock", self.deploy_dir)
+    }
+    pub fn releases_dir(&self) -> String {
+        format!("{}/.berth/releases", self.deploy_dir)
+    }
+    pub fn release_dir(&self, id: &str) -> String {
+        format!("{}/.berth/releases/{id}", self.deploy_dir)
+    }
+    pub fn current(&self) -> String {
+        format!("{}/current", self.deploy_dir)
+    }
+
+    /// `docker compose` for one release: its own files, its own env file, its dir as the
+    /// project directory, so a release is self-contained and can be re-activated as is.
+    pub fn compose(&self, release: &str, tail: &[&str]) -> Cmd {
+        let dir = self.release_dir(release);
+        let mut argv: Vec<String> = vec![
+            "docker".into(),
+            "compose".into(),
+            "-p".into(),
+            self.project.clone(),
+            "--project-directory".into(),
+            dir.clone(),
+            "-f".into(),
+            format!("{dir}/{COMPOSE_FILE}"),
+            "-f".into(),
+            format!("{dir}/{OVERRIDE_FILE}"),
+            "--env-file".into(),
+            format!("{dir}/{ENV_FILE}"),
+        ];
+        argv.extend(tail.iter().map(|s| s.to_string()));
+        Cmd(argv)
+    }
+
+    pub fn prepare_release_dir(&self, id: &str) -> Cmd {
+        Cmd::new(["mkdir", "-p", "-m", "0700", &self.release_dir(id)])
+    }
+
+    /// The atomic step of taking the lock: `mkdir` fails if the directory exists.
+    pub fn lock_acquire(&self) -> Cmd {
+        Cmd::new(["mkdir", &self.lock_dir()])
+    }
+
+    pub fn ensure_berth_dir(&self) -> Cmd {
+        Cmd::new(["mkdir", "-p", "-m", "0700", &self.releases_dir()])
+    }
+
+    /// Prints the holder record, then the heartbeat's mtime and the host's clock, so the
+    /// lock's age is judged by the host's clock alone.
+    pub fn lock_inspect(&self) -> Cmd {
+        let lock = self.lock_dir();
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"cat "$1/holder.json" 2>/dev/null; echo; stat -c %Y "$1/heartbeat" 2>/dev/null || stat -c %Y "$1"; date +%s"#.into(),
+            "sh".into(),
+            lock,
+        ])
+    }
+
+    pub fn lock_heartbeat(&self) -> Cmd {
+        Cmd::new(["touch", &format!("{}/heartbeat", self.lock_dir())])
+    }
+
+    /// Moves a stale lock aside atomically; of two takers only one `mv` succeeds.
+    pub fn lock_take_over(&self, token: &str) -> Cmd {
+        Cmd::new([
+            "mv",
+            "-T",
+            &self.lock_dir(),
+            &format!("{}/lock.stale-{token}", self.berth_dir()),
+        ])
+    }
+
+    /// Releases the lock only if it still holds our token.
+    pub fn lock_release(&self, token: &str) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"grep -q "\"token\":\"$2\"" "$1/holder.json" 2>/dev/null && rm -rf "$1"; rm -rf "$1".stale-* 2>/dev/null; true"#.into(),
+            "sh".into(),
+            self.lock_dir(),
+            token.into(),
+        ])
+    }
+
+    /// The id of the release `current` points at, or nothing on a first deploy.
+    pub fn read_current(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"l=$(readlink "$1" 2>/dev/null) && basename "$l" || true"#.into(),
+            "sh".into(),
+            self.current(),
+        ])
+    }
+
+    /// Points `current` at a release with an atomic rename of a fresh symlink.
+    pub fn switch_current(&self, id: &str) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"ln -sfn "$2" "$1.berth-tmp" && mv -T "$1.berth-tmp" "$1""#.into(),
+            "sh".into(),
+            self.current(),
+            format!(".berth/releases/{id}"),
+        ])
+    }
+
+    pub fn list_releases(&self) -> Cmd {
+        Cmd::new(["ls", "-1", &self.releases_dir()])
+    }
+
+    pub fn read_release_record(&self, id: &str) -> Cmd {
+        Cmd::new(["cat", &format!("{}/{RECORD_FILE}", self.release_dir(id))])
+    }
+
+    pub fn remove_release(&self, id: &str) -> Cmd {
+        Cmd::new(["rm", "-rf", &self.release_dir(id)])
+    }
+
+    /// Service, container id, state and exit code of every container of the project.
+    pub fn project_containers(&self) -> Cmd {
+        Cmd::new([
+            "docker",
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--format",
+            "{{.ID}}",
+        ])
+    }
+}
+
+/// `docker compose ps -a` of the project, by name alone, for diagnostics.
+pub fn compose_ps(project: &str) -> Cmd {
+    Cmd::new(["docker", "compose", "-p", project, "ps", "-a"])
+}
+
+/// The last `n` lines of a container's log, stderr included.
+pub fn container_logs(container: &str, n: usize) -> Cmd {
+    Cmd::new([
+        "sh".to_string(),
+        "-c".into(),
+        r#"docker logs --tail "$2" "$1" 2>&1"#.into(),
+        "sh".into(),
+        container.into(),
+        n.to_string(),
+    ])
+}
+
+pub const COMPOSE_FILE: &str = "compose.yml";
+pub const OVERRIDE_FILE: &str = "berth.override.yml";
+pub const ENV_FILE: &str = ".env";
+pub const RECORD_FILE: &str = "release.json";
+
+/// `docker inspect` of containers: service, image id, state, restarts, OOM, exit code.
+pub fn inspect_containers(ids: &[String]) -> Cmd {
+    let mut argv = vec![
+        "docker".to_string(),
+        "inspect".into(),
+        "--format".into(),
+        "{{json .}}".into(),
+    ];
+    argv.extend(ids.iter().cloned());
+    Cmd(argv)
+}
+
+/// The local image id of each reference, one per line (`-` when absent).
+pub fn image_ids(refs: &[String]) -> Cmd {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"for r in "$@"; do docker image inspect --format '{{.Id}}' "$r" 2>/dev/null || echo -; done"#.into(),
+        "sh".into(),
+    ];
+    argv.extend(refs.iter().cloned());
+    Cmd(argv)
+}
+
+/// `repo@sha256:...` digests of local images, for pinning what a compose file names by tag.
+pub fn repo_digests(image: &str) -> Cmd {
+    Cmd::new([
+        "docker",
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}} {{json .RepoDigests}}",
+        image,
+    ])
+}
+
+/// A private, throwaway Docker client config for one deploy's registry login.
+pub fn make_docker_config() -> Cmd {
+    Cmd::new(["mktemp", "-d", "/tmp/berth-docker-config.XXXXXXXX"])
+}
+
+/// `docker login` reading the password from stdin, into the throwaway config.
+pub fn registry_login(config_dir: &str, registry: &str, username: &str) -> Cmd {
+    Cmd::new([
+        "docker",
+        "login",
+        "--username",
+        username,
+        "--password-stdin",
+        registry,
+    ])
+    .with_env(&[("DOCKER_CONFIG", config_dir)])
+}
+
+pub fn remove_docker_config(config_dir: &str) -> Cmd {
+    Cmd::new(["rm", "-rf", config_dir])
+}
+
+/// A compose command run with the throwaway registry config, if any.
+pub fn with_docker_config(cmd: Cmd, config_dir: Option<&str>) -> Cmd {
+    match config_dir {
+        Some(dir) => cmd.with_env(&[("DOCKER_CONFIG", dir)]),
+        None => cmd,
+    }
+}
+
+/// Images of this project's repositories present on the host: `repo@digest id` lines.
+pub fn project_images(image_prefix: &str) -> Cmd {
+    Cmd::new([
+        "docker",
+        "image",
+        "ls",
+        "--digests",
+        "--filter",
+        &format!("reference={image_prefix}-*"),
+        "--format",
+        "{{.Repository}}@{{.Digest}} {{.ID}}",
+    ])
+}
+
+/// Removes images by id, never their untagged parents: those may be another build's cache.
+pub fn remove_images(ids: &[String]) -> Cmd {
+    let mut argv = vec![
+        "docker".to_string(),
+        "image".into(),
+        "rm".into(),
+        "--no-prune".into(),
+    ];
+    argv.extend(ids.iter().cloned());
+    Cmd(argv)
+}
+
+/// The lock holder's record, written into the lock dir.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockHolder {
+    pub token: String,
+    pub run_url: String,
+    pub actor: String,
+    pub sha: String,
+    pub started_at: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} deploying {} since {} ({})",
+            if self.actor.is_empty() {
+                "someone"
+            } else {
+                &self.actor
+            },
+            &self.sha[..self.sha.len().min(7)],
+            self.started_at,
+            if self.run_url.is_empty() {
+                "no run URL"
+            } else {
+                &self.run_url
+            }
+        )
+    }
+}
+
+/// `release.json`: what a release is, so it can be restored exactly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ReleaseRecord {
+    pub id: String,
+    pub sha: String,
+    pub created_at: String,
+    pub actor: String,
+    pub run_url: String,
+    /// service -> pinned image (`repo@sha256:...`, or `sha256:<id>` for local-only images).
+    pub images: BTreeMap<String, String>,
+    /// What ran before this release was switched in: service -> image id.
+    pub replaced: BTreeMap<String, String>,
+    pub previous_release: Option<String>,
+    pub outcome: String,
+}
+
+/// The override file pinning each service to its image: JSON, which is valid YAML.
+pub fn override_file(images: &BTreeMap<String, String>) -> String {
+    let services: serde_json::Map<String, serde_json::Value> = images
+        .iter()
+        .map(|(svc, img)| (svc.clone(), serde_json::json!({ "image": img })))
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "services": services })).expect("json") + "\n"
+}
+
+/// Release ids sort by time: `20261124T101500Z-abc1234`.
+pub fn release_id(now: time::OffsetDateTime, sha: &str) -> String {
+    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    format!(
+        "{}-{}",
+        now.to_offset(time::UtcOffset::UTC)
+            .format(&fmt)
+            .expect("format"),
+        &sha[..sha.len().min(7)]
+    )
+}
+
+/// Which release dirs to delete: all but the newest `keep`, never `current` or `protect`.
+pub fn releases_to_prune(
+    mut ids: Vec<String>,
+    keep: usize,
+    current: &str,
+    protect: Option<&str>,
+) -> Vec<String> {
+    ids.retain(|id| !id.is_empty() && !id.starts_with('.'));
+    ids.sort();
+    ids.reverse();
+    ids.into_iter()
+        .enumerate()
+        .filter(|(i, id)| *i >= keep && id != current && Some(id.as_str()) != protect)
+        .map(|(_, id)| id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ssh::quote_argv;
+
+    fn layout() -> Layout {
+        Layout {
+            deploy_dir: "/opt/shop".into(),
+            project: "shop".into(),
+        }
+    }
+
+    #[test]
+    fn compose_commands_pin_files_env_and_project_dir() {
+        let cmd = layout().compose("r1", &["up", "-d", "--remove-orphans"]);
+        assert_eq!(
+            quote_argv(&cmd.0),
+            "docker compose -p shop --project-directory /opt/shop/.berth/releases/r1 \
+             -f /opt/shop/.berth/releases/r1/compose.yml -f /opt/shop/.berth/releases/r1/berth.override.yml \
+             --env-file /opt/shop/.berth/releases/r1/.env up -d --remove-orphans"
+        );
+    }
+
+    #[test]
+    fn registry_login_takes_the_password_on_stdin_only() {
+        let cmd = registry_login("/tmp/berth-docker-config.X", "127.0.0.1:5000", "bot");
+        assert_eq!(
+            quote_argv(&cmd.0),
+            "env DOCKER_CONFIG=/tmp/berth-docker-config.X docker login --username bot --password-stdin 127.0.0.1:5000"
+        );
+    }
+
+    #[test]
+    fn override_pins_each_service() {
+        let mut images = BTreeMap::new();
+        images.insert(
+            "backend".to_string(),
+            "r/acme-backend@sha256:abc".to_string(),
+        );
+        let text = override_file(&images);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["services"]["backend"]["image"],
+            "r/acme-backend@sha256:abc"
+        );
+    }
+
+    #[test]
+    fn release_ids_sort_by_time() {
+        let t = time::macros::datetime!(2026-11-24 10:15:00 UTC);
+        assert_eq!(release_id(t, "abc1234def"), "20261124T101500Z-abc1234");
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_current() {
+        let ids = ["r1", "r2", "r3", "r4"].map(String::from).to_vec();
+        assert_eq!(
+            releases_to_prune(ids.clone(), 2, "r4", None),
+            vec!["r2", "r1"]
+        );
+        assert_eq!(releases_to_prune(ids.clone(), 2, "r1", None), vec!["r2"]);
+        assert_eq!(
+            releases_to_prune(ids, 1, "r4", Some("r3")),
+            vec!["r2", "r1"]
+        );
+    }
+
+    #[test]
+    fn pure_builders_quote_hostile_values_safely() {
+        let l = Layout {
+            deploy_dir: "/opt/a b".into(),
+            project: "p".into(),
+        };
+        let q = quote_argv(&l.switch_current("r1").0);
+        assert!(q.contains("'/opt/a b/current'"), "{q}");
+    }
+}

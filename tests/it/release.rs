@@ -1,0 +1,480 @@
+//! The remote release over SSH, against a real sshd, engine, registry and compose v2.
+
+use crate::support::stage::{App, Stage};
+
+#[test]
+fn first_and_second_deploy_create_releases_pinned_by_digest() {
+    let stage = Stage::new();
+    let run = stage.berth(&App::new("v1")).run();
+    assert_eq!(
+        run.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    assert_eq!(run.output("status").as_deref(), Some("deployed"));
+    let warnings: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("::warning") && !l.contains("untested"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let images: serde_json::Value = serde_json::from_str(&run.output("images").unwrap()).unwrap();
+    let releases = stage.releases();
+    assert_eq!(releases.len(), 1);
+    let r1 = releases[0].clone();
+    assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
+    assert_eq!(run.output("release").as_deref(), Some(r1.as_str()));
+    // Both services run exactly the pushed digests, and the record says so.
+    let running = stage.running();
+    for svc in ["backend", "frontend"] {
+        let pinned = images[svc].as_str().unwrap();
+        assert!(pinned.contains("@sha256:"), "{pinned}");
+        assert_eq!(running[svc], Stage::image_id(pinned), "{svc}");
+        assert_eq!(stage.record(&r1)["images"][svc], pinned);
+    }
+    assert_eq!(stage.record(&r1)["outcome"], "deployed");
+    let (status, body) = stage.health();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"version\":\"v1\"") && body.contains("\"greeting\":\"hello\""),
+        "{body}"
+    );
+
+    std::thread::sleep(std::time::Duration::from_secs(1)); // release ids have one-second resolution
+    let run = stage.berth(&App::new("v2")).run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let releases = stage.releases();
+    assert_eq!(releases.len(), 2, "{releases:?}");
+    assert_eq!(releases[0], r1, "release 1 is kept");
+    assert_eq!(stage.current().as_deref(), Some(releases[1].as_str()));
+    assert_eq!(run.output("previous-release").as_deref(), Some(r1.as_str()));
+    assert!(stage.health().1.contains("\"version\":\"v2\""));
+}
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::rig::{sh, Sshd};
+
+#[test]
+fn a_host_key_mismatch_is_refused_and_nothing_runs_on_the_host() {
+    let stage = Stage::new();
+    let other = Sshd::start();
+    let run = stage
+        .berth(&App::new("v1"))
+        .input("host-fingerprints", &other.host_key.fingerprint())
+        .run();
+    assert_eq!(run.code, 1);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("host key mismatch") && err.contains("MISMATCH"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&stage.sshd.host_key.fingerprint())
+            && err.contains(&other.host_key.fingerprint()),
+        "{err}"
+    );
+    assert!(!stage.deploy_dir.exists(), "berth touched the host");
+    assert!(
+        !stage.sshd.log_text().contains("Accepted publickey"),
+        "berth authenticated to a host it did not trust"
+    );
+}
+
+#[test]
+fn a_host_without_a_pin_is_refused_and_the_error_shows_its_real_fingerprint() {
+    let stage = Stage::new();
+    let other = Sshd::start();
+    let line = format!("staging.example.com {}", other.host_key.public.trim());
+    let run = stage
+        .berth(&App::new("v1"))
+        .input("host-fingerprints", "")
+        .input("known-hosts", &line)
+        .run();
+    assert_eq!(run.code, 1);
+    let err = run.errors()[0];
+    assert!(err.contains("not pinned"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "host-fingerprints: {}",
+            stage.sshd.host_key.fingerprint()
+        )),
+        "{err}"
+    );
+    assert!(!stage.deploy_dir.exists());
+}
+
+#[test]
+fn ecdsa_rsa_and_passphrase_protected_keys_each_deploy() {
+    for (host_kind, user_kind, passphrase) in [
+        ("ecdsa", "ecdsa", ""),
+        ("rsa", "rsa", ""),
+        ("ed25519", "ed25519", "correct horse"),
+    ] {
+        let stage = Stage::with_sshd(Sshd::start_with(host_kind, user_kind, passphrase));
+        let mut b = stage.berth(&App::new("v1"));
+        if !passphrase.is_empty() {
+            b = b.input("ssh-key-passphrase", passphrase);
+        }
+        let run = b.run();
+        assert_eq!(
+            run.code,
+            0,
+            "{user_kind} key (passphrase: {}):\n{}",
+            !passphrase.is_empty(),
+            run.stdout
+        );
+        assert_eq!(stage.health().0, 200);
+        if user_kind == "rsa" {
+            // OpenSSH 9 refuses ssh-rsa (SHA-1) signatures; authenticating proves rsa-sha2.
+            assert!(
+                stage
+                    .sshd
+                    .log_text()
+                    .contains("Accepted publickey for root"),
+                "{}",
+                stage.sshd.log_text()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_pre_deploy_changes_no_container() {
+    let stage = Stage::new();
+    stage.deploy_ok(&App::new("v1"));
+    let before = stage.running();
+    let current = stage.current();
+    let run = stage
+        .berth(&App::new("v2"))
+        .input("pre-deploy", "backend: sh /migrate.sh")
+        .input("env-file", "GREETING=changed\nMIGRATE=fail\n")
+        .run();
+    assert_eq!(run.code, 1);
+    assert_eq!(run.output("status").as_deref(), Some("failed"));
+    let err = run.errors()[0];
+    assert!(
+        err.contains("pre-deploy command failed") && err.contains("migration 0042 failed"),
+        "{err}"
+    );
+    assert_eq!(stage.running(), before, "a container changed");
+    assert_eq!(stage.current(), current);
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    let failed = stage.releases().last().cloned().unwrap();
+    assert_eq!(stage.record(&failed)["outcome"], "failed");
+}
+
+#[test]
+fn a_pre_deploy_runs_once_with_the_new_image_before_the_switch() {
+    let stage = Stage::new();
+    let run = stage
+        .berth(&App::new("v7"))
+        .input("pre-deploy", "backend: sh /migrate.sh")
+        .run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(
+        run.stdout.matches("migrating schema to v7").count(),
+        1,
+        "{}",
+        run.stdout
+    );
+    let pre = run.stdout.find("migrated").unwrap();
+    let up = run.stdout.rfind("Container").unwrap_or(usize::MAX);
+    assert!(pre < up || up == usize::MAX);
+}
+
+#[test]
+fn a_pull_of_a_missing_digest_fails_and_the_old_containers_keep_running() {
+    let stage = Stage::new();
+    stage.deploy_ok(&App::new("v1"));
+    let before = stage.running();
+    let b = stage.berth(&App::new("v2")).input("images", "");
+    let missing = format!(
+        "{}/acme/shop-backend@sha256:{}",
+        stage.registry.addr,
+        "0".repeat(64)
+    );
+    std::fs::write(
+        b.workspace().join("docker-compose.staging.yml"),
+        format!("services:\n  backend:\n    image: {missing}\n    ports:\n      - \"127.0.0.1:{}:8080\"\n", stage.port),
+    )
+    .unwrap();
+    let run = b.run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(err.contains("pull failed"), "{err}");
+    assert_eq!(stage.running(), before);
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
+}
+
+fn hold_lock(stage: &Stage, actor: &str, heartbeat_age: &str) {
+    let lock = stage.deploy_dir.join(".berth/lock");
+    std::fs::create_dir_all(&lock).unwrap();
+    let holder = serde_json::json!({
+        "token": "other-token", "run_url": "https://github.com/acme/shop/actions/runs/99",
+        "actor": actor, "sha": "feedfacefeedfacefeedfacefeedfacefeedface", "started_at": "2026-11-24T09:00:00Z"
+    });
+    std::fs::write(lock.join("holder.json"), holder.to_string()).unwrap();
+    sh(Command::new("touch")
+        .args(["-d", heartbeat_age])
+        .arg(lock.join("heartbeat")));
+}
+
+#[test]
+fn a_held_lock_is_waited_for_and_a_lock_held_too_long_fails_naming_the_holder() {
+    let stage = Stage::new();
+    hold_lock(&stage, "alice", "now");
+    let run = stage
+        .berth(&App::new("v1"))
+        .input("lock-timeout", "2s")
+        .run();
+    assert_eq!(run.code, 1);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("deploy lock is held")
+            && err.contains("alice")
+            && err.contains("actions/runs/99"),
+        "{err}"
+    );
+    assert!(
+        stage.releases().is_empty(),
+        "nothing may change while another deploy holds the lock"
+    );
+    assert!(
+        stage.deploy_dir.join(".berth/lock/holder.json").exists(),
+        "someone else's lock was removed"
+    );
+
+    let lock = stage.deploy_dir.join(".berth/lock");
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        std::fs::remove_dir_all(lock).unwrap();
+    });
+    let run = stage
+        .berth(&App::new("v1"))
+        .input("lock-timeout", "60s")
+        .run();
+    releaser.join().unwrap();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("waiting for the deploy lock, held by alice"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !stage.deploy_dir.join(".berth/lock").exists(),
+        "berth left its lock behind"
+    );
+}
+
+#[test]
+fn a_stale_lock_is_taken_over_with_a_warning() {
+    let stage = Stage::new();
+    hold_lock(&stage, "bob", "10 minutes ago");
+    let run = stage.berth(&App::new("v1")).run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let warning = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("::warning") && l.contains("stale"))
+        .expect("a stale-lock warning");
+    assert!(warning.contains("bob"), "{warning}");
+}
+
+#[test]
+fn two_concurrent_deploys_run_one_after_the_other() {
+    let stage = Stage::new();
+    let first = stage.berth(&App::new("v1"));
+    let second = stage.berth(&App::new("v2"));
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| (first.run(), std::time::Instant::now()));
+        std::thread::sleep(Duration::from_millis(1500));
+        let b = s.spawn(|| (second.run(), std::time::Instant::now()));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(
+        (a.0.code, b.0.code),
+        (0, 0),
+        "{}\n-----\n{}",
+        a.0.stdout,
+        b.0.stdout
+    );
+    assert!(
+        b.0.stdout.contains("waiting for the deploy lock"),
+        "the second deploy did not wait:\n{}",
+        b.0.stdout
+    );
+    assert!(b.1 > a.1);
+    assert_eq!(stage.releases().len(), 2);
+    assert_eq!(
+        stage.current().as_deref(),
+        b.0.output("release").as_deref(),
+        "the later deploy wins"
+    );
+    assert!(stage.health().1.contains("\"version\":\"v2\""));
+}
+
+#[test]
+fn env_values_arrive_byte_for_byte_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let stage = Stage::new();
+    let env = "DATABASE_URL=postgresql://app:p!@#$'\"\\`x@db:5432/shop\nGREETING=hello world\nCERT=\"-----BEGIN CERT-----\nline two\n-----END CERT-----\"\n";
+    let run = stage.berth(&App::new("v1")).input("env-file", env).run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let path = stage.deploy_dir.join("current/.env");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), env);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(stage.health().1.contains("\"greeting\":\"hello world\""));
+}
+
+#[test]
+fn the_registry_password_never_appears_in_the_hosts_process_list() {
+    let stage = Stage::new();
+    let password = stage.registry.password.clone();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (run, snapshots) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut snaps = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                snaps.push(sh(Command::new("ps").args(["-eo", "args"])));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            snaps
+        });
+        let run = stage.berth(&App::new("v1")).run();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (run, sampler.join().unwrap())
+    });
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        snapshots.len() > 20,
+        "too few process snapshots ({}) to prove anything",
+        snapshots.len()
+    );
+    assert!(
+        snapshots.iter().any(|p| p.contains("docker compose")),
+        "no snapshot caught berth's remote commands"
+    );
+    for p in &snapshots {
+        assert!(
+            !p.contains(&password),
+            "the registry password is on a command line:\n{p}"
+        );
+    }
+    // The throwaway login config is gone afterwards.
+    let leftovers = sh(Command::new("sh")
+        .arg("-c")
+        .arg("ls -d /tmp/berth-docker-config.* 2>/dev/null || true"));
+    assert!(
+        leftovers.trim().is_empty(),
+        "registry credentials left on disk: {leftovers}"
+    );
+}
+
+#[test]
+fn keep_releases_prunes_old_releases_and_touches_no_other_project() {
+    let stage = Stage::new();
+    let bystander = format!("bystander-{}", stage.port);
+    let image = crate::support::rig::busybox_image(
+        &format!("{bystander}:1"),
+        "CMD [\"sleep\", \"600\"]",
+        &[],
+    );
+    sh(Command::new("docker").args([
+        "run",
+        "-d",
+        "--name",
+        &bystander,
+        "--label",
+        &format!("com.docker.compose.project={bystander}"),
+        &image,
+    ]));
+    // Each version's backend differs, so each release pins a new digest.
+    let mut runs = Vec::new();
+    for v in ["v1", "v2", "v3", "v4"] {
+        let run = stage.berth(&App::new(v)).input("keep-releases", "2").run();
+        assert_eq!(run.code, 0, "{}", run.stdout);
+        runs.push(run.output("images").unwrap());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let releases = stage.releases();
+    assert_eq!(releases.len(), 2, "{releases:?}");
+    let alive =
+        sh(Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", &bystander]));
+    assert_eq!(
+        alive.trim(),
+        "true",
+        "another project's container was touched"
+    );
+    sh(Command::new("docker").args(["image", "inspect", &image]));
+    // Images of pruned releases are gone; the kept releases' images remain.
+    let first: serde_json::Value = serde_json::from_str(&runs[0]).unwrap();
+    let last: serde_json::Value = serde_json::from_str(&runs[3]).unwrap();
+    let exists = |r: &str| {
+        Command::new("docker")
+            .args(["image", "inspect", r])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        !exists(first["backend"].as_str().unwrap()),
+        "a pruned release's image was kept"
+    );
+    assert!(exists(last["backend"].as_str().unwrap()));
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &bystander])
+        .output();
+    let _ = Command::new("docker")
+        .args(["image", "rm", "-f", &image])
+        .output();
+}
+
+#[test]
+fn a_dropped_ssh_connection_fails_clearly_and_leaves_no_lock_behind() {
+    let stage = Stage::new();
+    stage.deploy_ok(&App::new("v1"));
+    let b = stage
+        .berth(&App::new("v2"))
+        .input("pre-deploy", "backend: sleep 8");
+    let sshd_pid = stage.sshd.pid();
+    let run = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            // Wait until the pre-deploy runs, then kill that session's sshd processes.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                let ps = sh(Command::new("ps").args(["-eo", "args"]));
+                if ps
+                    .lines()
+                    .any(|l| l.contains("run --rm -T backend sleep 8"))
+                {
+                    sh(Command::new("pkill").args(["-9", "-P", &sshd_pid.to_string()]));
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        });
+        let run = b.run();
+        assert!(killer.join().unwrap(), "the pre-deploy never started");
+        run
+    });
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("connection") || err.contains("dropped"),
+        "{err}"
+    );
+    // The next deploy is not blocked by a lock.
+    let next = stage
+        .berth(&App::new("v3"))
+        .input("lock-timeout", "5s")
+        .run();
+    assert_eq!(next.code, 0, "{}", next.stdout);
+}
