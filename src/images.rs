@@ -212,6 +212,30 @@ pub fn expand_tags(
     tags
 }
 
+/// The commit's time from the event payload (push: `head_commit.timestamp`, workflow_run:
+/// `workflow_run.head_commit.timestamp`), so rebuilding an unchanged commit gives the same
+/// image config and digest. Without a payload, the build time.
+pub fn created_timestamp(ctx: &GithubContext) -> String {
+    let from_event = ctx
+        .event_path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|e| {
+            [
+                &e["head_commit"]["timestamp"],
+                &e["workflow_run"]["head_commit"]["timestamp"],
+            ]
+            .iter()
+            .find_map(|v| v.as_str().map(String::from))
+        });
+    from_event.unwrap_or_else(|| {
+        time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    })
+}
+
 pub fn repository(cfg: &Config, service: &str) -> String {
     format!("{}-{}", cfg.image_prefix, service)
 }
@@ -283,9 +307,7 @@ pub async fn build_and_push(
         ),
         (
             "org.opencontainers.image.created".to_string(),
-            time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            created_timestamp(ctx),
         ),
     ]
     .into();
@@ -336,9 +358,14 @@ pub async fn build_and_push(
                     .await
                     .map_err(|e| push_failure(&e))?;
             }
+            let mut last = String::new();
             let d = engine
                 .push(&repo, tag, &auth, |l| {
-                    runner.line(&format!("{}: {l}", img.service))
+                    // The engine repeats `Preparing`/`Pushing` per layer; print changes only.
+                    if l != last {
+                        runner.line(&format!("{}: {l}", img.service));
+                        last = l.to_string();
+                    }
                 })
                 .await
                 .map_err(|e| {

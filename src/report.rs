@@ -432,7 +432,7 @@ impl Report {
         if let Some(cmd) = &self.recovery {
             let _ = writeln!(md, "### Recover by hand\n\n```sh\n{cmd}\n```\n");
         }
-        if !self.ci.runs.is_empty() || self.ci.requests > 0 {
+        if !self.ci.runs.is_empty() {
             md.push_str("### CI runs checked\n\n| workflow | run | status | conclusion |\n|---|---|---|---|\n");
             for r in &self.ci.runs {
                 let _ = writeln!(
@@ -446,13 +446,17 @@ impl Report {
                     r.conclusion.as_deref().unwrap_or("–")
                 );
             }
-            let _ = writeln!(
+            if self.ci.requests == 0 {
+                md.push('\n');
+            } else {
+                let _ = writeln!(
                 md,
                 "\nWaited {} for CI; {} API requests, {} answered 304 (not counted against the rate limit).\n",
                 secs(self.ci.waited),
                 self.ci.requests,
                 self.ci.not_modified
             );
+            }
         }
         if !self.plan.is_empty() {
             md.push_str("### Plan (dry run)\n\n```\n");
@@ -474,6 +478,10 @@ impl Report {
                 truncate_lines(d.ps.trim_end(), 60)
             );
             for (container, log) in &d.logs {
+                if log.trim().is_empty() {
+                    let _ = writeln!(diagnostics, "**{container}**: no log output\n");
+                    continue;
+                }
                 let _ = writeln!(
                     diagnostics,
                     "**{container}** (last lines of its log)\n\n```\n{}\n```\n",

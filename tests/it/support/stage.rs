@@ -105,7 +105,7 @@ exec httpd -f -p 8080 -h /www
         std::fs::write(
             ws.join("docker-compose.staging.yml"),
             format!(
-                "services:\n  backend:\n    image: shop/backend\n    env_file: .env\n    restart: unless-stopped\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n  frontend:\n    image: shop/frontend\n    restart: unless-stopped\n"
+                "services:\n  backend:\n    image: shop/backend\n    init: true\n    env_file: .env\n    restart: unless-stopped\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n  frontend:\n    image: shop/frontend\n    init: true\n    restart: unless-stopped\n"
             ),
         )
         .unwrap();
