@@ -217,7 +217,16 @@ impl HealthProbe {
             if now >= deadline {
                 return record;
             }
-            let outcome = self.probe((deadline - now).min(PROBE_TIMEOUT)).await;
+            let limit = (deadline - now).min(PROBE_TIMEOUT);
+            let outcome = self.probe(limit).await;
+            // A probe that only timed out because the deadline cut it short says nothing new;
+            // keep the last real reason (say, HTTP 500) as the verdict's.
+            if outcome == ProbeOutcome::Timeout
+                && limit < PROBE_TIMEOUT
+                && !record.attempts.is_empty()
+            {
+                return record;
+            }
             let attempt = Attempt {
                 offset: started.elapsed(),
                 outcome,

@@ -294,7 +294,10 @@ pub struct Config {
     pub pre_deploy: Option<PreDeploy>,
     pub keep_releases: u32,
     pub lock_timeout: Duration,
+    /// `health-url`; with a `{host}` placeholder, this is its expansion for the first host.
     pub health_url: Option<Url>,
+    /// `health-url` as given, when it has a `{host}` placeholder: probed once per host.
+    pub health_url_template: Option<String>,
     pub health_timeout: Duration,
     pub health_interval: Duration,
     pub health_status: StatusMatcher,
@@ -309,6 +312,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// The URLs to probe for these hosts: one per host when `health-url` has `{host}`.
+    pub fn health_urls(&self, hosts: &[HostSpec]) -> Vec<Url> {
+        match &self.health_url_template {
+            Some(t) => {
+                let mut urls: Vec<Url> = hosts
+                    .iter()
+                    .filter_map(|h| Url::parse(&t.replace("{host}", &h.host)).ok())
+                    .collect();
+                urls.dedup();
+                urls
+            }
+            None => self.health_url.iter().cloned().collect(),
+        }
+    }
+
     /// Every secret this run holds, for masking before the first line is printed.
     pub fn secrets(&self) -> Vec<&Secret> {
         let mut out = vec![&self.github_token, &self.registry_password, &self.ssh_key];
@@ -903,7 +921,10 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
             }
             None
         }
-        v => match check_http_url(&v) {
+        v => match check_http_url(&v.replace(
+            "{host}",
+            hosts.first().map_or("localhost", |h| h.host.as_str()),
+        )) {
             Ok(u) => Some(u),
             Err(why) => {
                 p.fail(
@@ -914,6 +935,7 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
             }
         },
     };
+    let health_url_template = Some(p.text("health-url")).filter(|u| u.contains("{host}"));
     let health_timeout = p.duration("health-timeout", "30s");
     let health_interval = p.duration("health-interval", "1s");
     if health_interval > health_timeout {
@@ -1035,6 +1057,7 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         keep_releases,
         lock_timeout,
         health_url,
+        health_url_template,
         health_timeout,
         health_interval,
         health_status,

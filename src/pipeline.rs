@@ -691,36 +691,73 @@ impl<'a> Deploy<'a> {
         report: &mut Report,
         started: Instant,
     ) -> Result<HealthRecord, (Phase, &'static str, String, Option<HealthRecord>)> {
-        let Some(url) = &self.cfg.health_url else {
+        let specs: Vec<crate::inputs::HostSpec> = hosts
+            .iter()
+            .map(|h| {
+                h.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .access
+                    .spec
+                    .clone()
+            })
+            .collect();
+        let urls = self.cfg.health_urls(&specs);
+        if urls.is_empty() {
             return Ok(HealthRecord {
                 healthy_after: Some(Duration::ZERO),
                 ..Default::default()
             });
+        }
+        let mut probes = Vec::new();
+        for url in &urls {
+            probes.push(HealthProbe::from_config(self.cfg, url).map_err(|e| {
+                (
+                    Phase::Health,
+                    "berth: health check failed",
+                    e.to_string(),
+                    None,
+                )
+            })?);
+        }
+        let timeout = probes[0].timeout;
+        let names: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+        let _group = self.runner.group(&format!("Health: {}", names.join(", ")));
+        let several = probes.len() > 1;
+        let wait = futures_util::future::join_all(probes.iter().map(|p| {
+            let runner = self.runner.clone();
+            let prefix = if several {
+                format!("{} ", p.url())
+            } else {
+                String::new()
+            };
+            p.wait(started, move |a| {
+                runner.line(&format!(
+                    "{prefix}{:>6.1}s {}",
+                    a.offset.as_secs_f64(),
+                    a.outcome
+                ))
+            })
+        }));
+        // Every URL must pass; the slowest decides when the release counts as healthy.
+        let wait = async move {
+            let records = wait.await;
+            match records.iter().position(|r| r.healthy_after.is_none()) {
+                Some(i) => Err(records[i].clone()),
+                None => Ok(records
+                    .into_iter()
+                    .max_by_key(|r| r.healthy_after)
+                    .expect("at least one URL")),
+            }
         };
-        let probe = HealthProbe::from_config(self.cfg, url).map_err(|e| {
-            (
-                Phase::Health,
-                "berth: health check failed",
-                e.to_string(),
-                None,
-            )
-        })?;
-        let _group = self.runner.group(&format!("Health: {url}"));
-        let runner = self.runner.clone();
-        let wait = probe.wait(started, move |a| {
-            runner.line(&format!("{:>6.1}s {}", a.offset.as_secs_f64(), a.outcome))
-        });
         tokio::pin!(wait);
         let mut baseline: Option<Vec<BTreeMap<String, i64>>> = None;
         loop {
             tokio::select! {
-                record = &mut wait => {
-                    return if record.healthy_after.is_some() {
-                        Ok(record)
-                    } else {
-                        let msg = format!("{url} was not healthy within {:?} (`health-timeout`); {}", probe.timeout, record.failure_summary());
-                        Err((Phase::Health, "berth: health check failed", msg, Some(record)))
-                    };
+                result = &mut wait => {
+                    return result.map_err(|record| {
+                        let msg = format!("{} was not healthy within {:?} (`health-timeout`); {}", record.url, timeout, record.failure_summary());
+                        (Phase::Health, "berth: health check failed", msg, Some(record))
+                    });
                 }
                 _ = tokio::time::sleep(CRASH_WATCH_EVERY) => {
                     let states = on_hosts(hosts, |h| h.containers().unwrap_or_default()).await;

@@ -18,7 +18,11 @@ fn a_slow_start_is_waited_for_without_a_fixed_sleep() {
     assert_eq!(run.code, 0, "{}", run.stdout);
     let secs: f64 = run.output("health-seconds").unwrap().parse().unwrap();
     // The app sleeps 3 s after its container starts; `up` returns once it has started.
-    assert!((2.0..20.0).contains(&secs), "health-seconds {secs}");
+    assert!(
+        (2.0..20.0).contains(&secs),
+        "health-seconds {secs}:\n{}",
+        run.stdout
+    );
     assert!(
         run.stdout.contains("connection refused") || run.stdout.contains("HTTP"),
         "no failed probe was logged before healthy:\n{}",

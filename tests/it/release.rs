@@ -246,9 +246,25 @@ fn a_held_lock_is_waited_for_and_a_lock_held_too_long_fails_naming_the_holder() 
         "someone else's lock was removed"
     );
 
+    // Release the lock only once berth is connected and waiting for it (builds come first).
     let lock = stage.deploy_dir.join(".berth/lock");
+    let accepted_before = stage.sshd.log_text().matches("Accepted publickey").count();
+    let sshd_log = stage.sshd.log.clone();
     let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::fs::read_to_string(&sshd_log)
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+            <= accepted_before
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "berth never connected"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
         std::fs::remove_dir_all(lock).unwrap();
     });
     let run = stage
