@@ -5,6 +5,7 @@ mod support;
 
 mod act;
 mod ci_gate;
+mod fleet;
 mod health;
 mod image;
 mod inputs;

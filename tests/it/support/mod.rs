@@ -1,4 +1,5 @@
 pub mod fake_github;
+pub mod fleet;
 pub mod rig;
 pub mod stage;
 
