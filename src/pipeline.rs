@@ -631,8 +631,48 @@ impl<'a> Deploy<'a> {
             return;
         }
 
-        let health_started = Instant::now();
-        match self.health_gate(hosts, report, health_started).await {
+        // Verify the running digests while the health probe already runs: the verdict
+        // needs both, and neither waits for the other. The health deadline counts from the
+        // moment the first host's `up` returned.
+        let health_started = hosts
+            .iter()
+            .filter_map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).up_done)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let verify_started = Instant::now();
+        let verify = async {
+            let results = on_hosts(hosts, |h| h.verify()).await;
+            (
+                results.into_iter().find_map(Result::err),
+                verify_started.elapsed(),
+            )
+        };
+        let ((verify_error, verify_time), health) =
+            tokio::join!(verify, self.health_gate(hosts, report, health_started));
+        match &verify_error {
+            None => report.record(
+                Phase::Verify,
+                verify_time,
+                PhaseResult::Ok("running containers match the pinned digests".into()),
+            ),
+            Some(e) => report.record(
+                Phase::Verify,
+                verify_time,
+                PhaseResult::Failed(e.to_string()),
+            ),
+        }
+        if let Some(e) = verify_error {
+            self.fail_and_restore(
+                hosts,
+                report,
+                Phase::Verify,
+                "berth: running images do not match the deploy",
+                e.to_string(),
+            )
+            .await;
+            return;
+        }
+        match health {
             Ok(record) => {
                 report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
                 report.record(
@@ -974,8 +1014,48 @@ impl<'a> Deploy<'a> {
             started.elapsed(),
             PhaseResult::Ok(format!("re-activated {}", targets.join(", "))),
         );
-        let health_started = Instant::now();
-        match self.health_gate(hosts, report, health_started).await {
+        // Verify the running digests while the health probe already runs: the verdict
+        // needs both, and neither waits for the other. The health deadline counts from the
+        // moment the first host's `up` returned.
+        let health_started = hosts
+            .iter()
+            .filter_map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).up_done)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let verify_started = Instant::now();
+        let verify = async {
+            let results = on_hosts(hosts, |h| h.verify()).await;
+            (
+                results.into_iter().find_map(Result::err),
+                verify_started.elapsed(),
+            )
+        };
+        let ((verify_error, verify_time), health) =
+            tokio::join!(verify, self.health_gate(hosts, report, health_started));
+        match &verify_error {
+            None => report.record(
+                Phase::Verify,
+                verify_time,
+                PhaseResult::Ok("running containers match the pinned digests".into()),
+            ),
+            Some(e) => report.record(
+                Phase::Verify,
+                verify_time,
+                PhaseResult::Failed(e.to_string()),
+            ),
+        }
+        if let Some(e) = verify_error {
+            self.fail_and_restore(
+                hosts,
+                report,
+                Phase::Verify,
+                "berth: running images do not match the deploy",
+                e.to_string(),
+            )
+            .await;
+            return;
+        }
+        match health {
             Ok(record) => {
                 report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
                 report.record(

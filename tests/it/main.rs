@@ -8,6 +8,7 @@ mod ci_gate;
 mod fleet;
 mod health;
 mod image;
+mod images;
 mod inputs;
 mod release;
 mod report;

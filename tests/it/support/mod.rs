@@ -128,13 +128,20 @@ impl Berth {
         self.dir.path().join("workspace")
     }
 
-    pub fn run(&self) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .env_clear()
+    /// The berth command with this environment, for callers that stream its output.
+    /// `BERTH_BIN` (set by scripts/bench to the release binary) overrides the test build.
+    pub fn command(&self) -> Command {
+        let bin =
+            std::env::var("BERTH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_berth").to_string());
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(&self.env)
-            .output()
-            .expect("run berth");
+            .envs(&self.env);
+        cmd
+    }
+
+    pub fn run(&self) -> Run {
+        let out = self.command().output().expect("run berth");
         let read = |p: &str| std::fs::read_to_string(self.dir.path().join(p)).unwrap_or_default();
         Run {
             code: out.status.code().unwrap_or(-1),

@@ -153,6 +153,17 @@ impl Registry {
         (status, out)
     }
 
+    /// How many blob uploads the registry completed (`PUT .../blobs/uploads/...` 201).
+    pub fn blob_uploads(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("\"PUT /v2/") && l.contains("/blobs/uploads/") && l.contains("\" 201 ")
+            })
+            .count()
+    }
+
     /// The manifest digest a tag resolves to, from `Docker-Content-Digest`.
     pub fn digest_of(&self, repo: &str, tag: &str) -> Option<String> {
         let (status, text) = self.api(&format!("/v2/{repo}/manifests/{tag}"));

@@ -1,0 +1,580 @@
+//! berth against the hand-written pipeline and against the physical limit, on the rig.
+//! `scripts/bench` runs this with `--full` (5 samples each) and writes BENCHMARKS.md;
+//! plain `cargo test` runs it once in quick mode, which asserts no timings.
+
+#[allow(dead_code)]
+#[path = "../it/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::fake_github::{FakeGithub, FakeRun, IN_PROGRESS, SUCCESS};
+use support::fleet::Fleet;
+use support::rig::sh;
+use support::stage::{App, Stage};
+use support::{Berth, SHA};
+
+struct Opts {
+    full: bool,
+    runs: usize,
+    out: Option<String>,
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--full");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1).cloned());
+    Opts {
+        full,
+        runs: if full { 5 } else { 1 },
+        out,
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn fmt(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a timed berth run saw: seconds from start to the health verdict, to exit, and
+/// the run itself.
+struct Timed {
+    verdict: f64,
+    total: f64,
+    stdout: String,
+    code: i32,
+}
+
+/// Runs berth, timestamping each stdout line: the verdict is the end of the first
+/// `Health` group (healthy, unhealthy or crash-looping).
+fn timed(b: &Berth, mut on_verdict: impl FnMut()) -> Timed {
+    let mut child = b
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut verdict = None;
+    let mut in_health = false;
+    let mut stdout = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("::group::Health") && verdict.is_none() {
+            in_health = true;
+        } else if in_health && line == "::endgroup::" {
+            in_health = false;
+            verdict = Some(started.elapsed().as_secs_f64());
+            on_verdict();
+        }
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    let total = started.elapsed().as_secs_f64();
+    Timed {
+        verdict: verdict.unwrap_or(f64::NAN),
+        total,
+        stdout,
+        code,
+    }
+}
+
+/// Pre-built images for each start delay, pushed once; deploys then only pull and start.
+fn push_app(stage: &Stage, version: &str, mode: &'static str, delay: u32) -> (String, String) {
+    let ws = tempfile::tempdir().unwrap();
+    App::new(version)
+        .mode(mode)
+        .start_delay(delay)
+        .write(ws.path(), stage.port);
+    let reg = &stage.registry;
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "printf %s '{}' | docker login -u {} --password-stdin {} >/dev/null 2>&1",
+        reg.password, reg.user, reg.addr
+    )));
+    let mut refs = Vec::new();
+    for svc in ["backend", "frontend"] {
+        let r = format!("{}/bench/{svc}:{version}", reg.addr);
+        sh(Command::new("docker")
+            .args(["build", "-q", "-t", &r])
+            .arg(ws.path().join(svc)));
+        sh(Command::new("docker").args(["push", "-q", &r]));
+        refs.push(r);
+    }
+    (refs[0].clone(), refs[1].clone())
+}
+
+fn compose(backend: &str, frontend: &str, port: u16) -> String {
+    format!(
+        "services:\n  backend:\n    image: {backend}\n    init: true\n    env_file: .env\n    restart: unless-stopped\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n  frontend:\n    image: {frontend}\n    init: true\n    restart: unless-stopped\n"
+    )
+}
+
+/// A berth deploy of pre-pushed images (`images` empty: berth pins the pulled digests).
+fn berth_deploy(stage: &Stage, refs: &(String, String), timeout: &str) -> Berth {
+    let b = stage
+        .berth(&App::new("bench"))
+        .input("images", "")
+        .input("health-timeout", timeout)
+        .input("health-interval", "100ms");
+    std::fs::write(
+        b.workspace().join("docker-compose.staging.yml"),
+        compose(&refs.0, &refs.1, stage.port),
+    )
+    .unwrap();
+    b
+}
+
+fn reset(project: &str) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker ps -aq --filter label=com.docker.compose.project={project} | xargs -r docker rm -f >/dev/null 2>&1"))
+        .status();
+}
+
+/// The field notes' pipeline, as a script: pull, up, prune over ssh; sleep 30; curl -f.
+/// Quick mode swaps `docker system prune -f` for a no-op prune so it cannot disturb tests
+/// running beside it on the shared engine.
+fn hand_written(stage: &Stage, dir: &std::path::Path, full: bool, sleep: u32) -> (f64, bool) {
+    let prune = if full {
+        "docker system prune -f"
+    } else {
+        "docker image prune -f --filter label=berth-bench-nothing"
+    };
+    let script = format!(
+        "ssh -i {key} -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1 \
+         'cd {dir} && docker compose pull -q && docker compose up -d --remove-orphans && {prune}' >/dev/null 2>&1 \
+         && sleep {sleep} && curl -sf -o /dev/null {url}",
+        key = stage.sshd.user_key.private.display(),
+        port = stage.sshd.port,
+        dir = dir.display(),
+        url = stage.health_url()
+    );
+    let started = Instant::now();
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .unwrap()
+        .success();
+    (started.elapsed().as_secs_f64(), ok)
+}
+
+/// The same ssh + pull + up, then a tight 50 ms curl loop until healthy: the limit.
+fn limit(stage: &Stage, dir: &std::path::Path) -> f64 {
+    let script = format!(
+        "ssh -i {key} -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1 \
+         'cd {dir} && docker compose pull -q && docker compose up -d --remove-orphans' >/dev/null 2>&1; \
+         i=0; until curl -s {url} | grep -q '\"status\":\"healthy\"'; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.05; done",
+        key = stage.sshd.user_key.private.display(),
+        port = stage.sshd.port,
+        dir = dir.display(),
+        url = stage.health_url()
+    );
+    let started = Instant::now();
+    assert!(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .status()
+            .unwrap()
+            .success(),
+        "the limit run never became healthy"
+    );
+    started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let o = opts();
+    let mut md = String::new();
+    let mut goals: Vec<(String, bool, String)> = Vec::new();
+    let machine = format!(
+        "{} cores, {}; {}; Docker engine {}",
+        sh(&mut Command::new("nproc")).trim(),
+        sh(Command::new("sh").args(["-c", "free -h | awk '/Mem/ {print $2}'"])).trim(),
+        sh(Command::new("uname").args(["-sr"])).trim(),
+        sh(Command::new("docker").args(["version", "-f", "{{.Server.Version}}"])).trim()
+    );
+    println!(
+        "bench: {} mode, {} run(s) per figure",
+        if o.full { "full" } else { "quick" },
+        o.runs
+    );
+
+    // 1. Time to a healthy verdict.
+    let stage = Stage::new();
+    let delays: Vec<u32> = if o.full { vec![0, 2, 10] } else { vec![0] };
+    md.push_str("## 1. Time to a healthy verdict\n\nFrom the start of the deploy to the verdict, seconds. The app is ready D s after its container starts. All three pull the same pre-pushed images and start the same containers.\n\n| D | berth (median) | limit (median) | hand-written (median) | berth/limit | berth/hand-written | samples berth / limit / hand-written |\n|---|---:|---:|---:|---:|---:|---|\n");
+    let hand_dir = stage.sshd.dir().join("handwritten");
+    std::fs::create_dir_all(&hand_dir).unwrap();
+    let mut worst_limit_ratio: f64 = 0.0;
+    let mut ready_to_verdict = Vec::new();
+    for d in &delays {
+        let refs = push_app(&stage, &format!("d{d}"), "healthy", *d);
+        std::fs::write(
+            hand_dir.join("docker-compose.yml"),
+            compose(&refs.0, &refs.1, stage.port),
+        )
+        .unwrap();
+        std::fs::write(hand_dir.join(".env"), "GREETING=hello\n").unwrap();
+        let (mut b, mut l, mut h) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..o.runs {
+            reset(&stage.project);
+            reset("handwritten");
+            let t = timed(&berth_deploy(&stage, &refs, "60s"), || {});
+            assert_eq!(t.code, 0, "berth bench deploy failed:\n{}", t.stdout);
+            b.push(t.verdict);
+            reset(&stage.project);
+            l.push(limit(&stage, &hand_dir));
+            reset("handwritten");
+            let (secs, ok) = hand_written(&stage, &hand_dir, o.full, if o.full { 30 } else { 1 });
+            assert!(ok, "the hand-written pipeline failed");
+            h.push(secs);
+            reset("handwritten");
+        }
+        let (mb, ml, mh) = (median(&b), median(&l), median(&h));
+        worst_limit_ratio = worst_limit_ratio.max(mb / ml);
+        ready_to_verdict.push(mb - ml);
+        md.push_str(&format!(
+            "| {d} | {mb:.2} | {ml:.2} | {mh:.2} | {:.2}x | {:.2}x | {} / {} / {} |\n",
+            mb / ml,
+            mb / mh,
+            fmt(&b),
+            fmt(&l),
+            fmt(&h)
+        ));
+    }
+    goals.push((
+        "berth at most 1.15x the limit".into(),
+        worst_limit_ratio <= 1.15,
+        format!("worst {worst_limit_ratio:.2}x"),
+    ));
+    let extra = ready_to_verdict.iter().cloned().fold(f64::MIN, f64::max);
+    goals.push((
+        "at most 1 s from ready to verdict (berth minus limit)".into(),
+        extra <= 1.0,
+        format!("worst {extra:.2} s"),
+    ));
+
+    // 2 & 3. Failure verdicts and rollback RTO.
+    md.push_str("\n## 2. Failure verdict and 3. rollback RTO\n\nBerth: seconds from the start of the deploy to its verdict (health-timeout 30 s, its default). Hand-written: the script's end (sleep 30, then curl -f fails). RTO: from berth's verdict until a 50 ms poller sees the previous release healthy again.\n\n| failure | berth verdict (median) | hand-written verdict (median) | ratio | RTO (median) | samples verdict / RTO / hand |\n|---|---:|---:|---:|---:|---|\n");
+    let good = push_app(&stage, "good", "healthy", 0);
+    let mut worst_rto: f64 = 0.0;
+    for (label, mode) in [("answers 500", "500"), ("crash-loops", "crash")] {
+        let bad = push_app(&stage, &format!("bad-{mode}"), mode, 0);
+        let timeout = if o.full { "30s" } else { "3s" };
+        let (mut v, mut r, mut h) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..o.runs {
+            reset(&stage.project);
+            let ok = timed(&berth_deploy(&stage, &good, "30s"), || {});
+            assert_eq!(ok.code, 0, "{}", ok.stdout);
+            std::thread::sleep(Duration::from_secs(1));
+            let url = stage.health_url();
+            let verdict_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (va, st) = (verdict_at.clone(), stop.clone());
+            let poller = std::thread::spawn(move || {
+                // After the verdict, the first healthy answer from the good release.
+                while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Some(t0) = *va.lock().unwrap() {
+                        let out = Command::new("curl")
+                            .args(["-s", "-m", "1", &url])
+                            .output()
+                            .unwrap();
+                        if String::from_utf8_lossy(&out.stdout).contains("\"version\":\"good\"") {
+                            return Some(t0.elapsed().as_secs_f64());
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                None
+            });
+            let va2 = verdict_at.clone();
+            let t = timed(&berth_deploy(&stage, &bad, timeout), move || {
+                *va2.lock().unwrap() = Some(Instant::now())
+            });
+            assert!(
+                t.stdout.contains("is serving and healthy"),
+                "no rollback:\n{}",
+                t.stdout
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            v.push(t.verdict);
+            r.push(poller.join().unwrap().unwrap_or(f64::NAN));
+            std::fs::write(
+                hand_dir.join("docker-compose.yml"),
+                compose(&bad.0, &bad.1, stage.port),
+            )
+            .unwrap();
+            reset("handwritten");
+            reset(&stage.project);
+            let (secs, ok) = hand_written(&stage, &hand_dir, o.full, if o.full { 30 } else { 1 });
+            assert!(!ok, "the hand-written pipeline passed a broken release");
+            h.push(secs);
+            reset("handwritten");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let (mv, mr, mh) = (median(&v), median(&r), median(&h));
+        worst_rto = worst_rto.max(mr);
+        if mode == "crash" {
+            goals.push((
+                "a crash-loop verdict within 5 s".into(),
+                mv <= 5.0,
+                format!("{mv:.2} s from deploy start (includes pull and up)"),
+            ));
+        }
+        md.push_str(&format!(
+            "| {label} | {mv:.2} | {mh:.2} | {:.2}x | {mr:.2} | {} / {} / {} |\n",
+            mv / mh,
+            fmt(&v),
+            fmt(&r),
+            fmt(&h)
+        ));
+    }
+    goals.push((
+        "a rollback RTO within 10 s".into(),
+        worst_rto <= 10.0,
+        format!("worst {worst_rto:.2} s"),
+    ));
+    drop(stage);
+
+    // 4. No-change re-deploy.
+    md.push_str("\n## 4. No-change re-deploy\n\nThe same commit deployed again with `images` set (berth builds and pushes): total seconds, and blob uploads the registry completed during the re-deploy.\n\n| figure | median | samples |\n|---|---:|---|\n");
+    let stage = Stage::new();
+    let event = stage.deploy_dir.with_file_name("push.json");
+    std::fs::write(
+        &event,
+        serde_json::json!({"head_commit": {"timestamp": "2026-11-24T10:00:00Z"}}).to_string(),
+    )
+    .unwrap();
+    let first = stage
+        .berth(&App::new("same"))
+        .env("GITHUB_EVENT_PATH", event.to_str().unwrap())
+        .run();
+    assert_eq!(first.code, 0, "{}", first.stdout);
+    let (mut secs, mut blobs) = (Vec::new(), Vec::new());
+    for _ in 0..o.runs {
+        std::thread::sleep(Duration::from_secs(1));
+        let before = stage.registry.blob_uploads();
+        let t = timed(
+            &stage
+                .berth(&App::new("same"))
+                .env("GITHUB_EVENT_PATH", event.to_str().unwrap()),
+            || {},
+        );
+        assert_eq!(t.code, 0, "{}", t.stdout);
+        secs.push(t.total);
+        blobs.push((stage.registry.blob_uploads() - before) as f64);
+    }
+    md.push_str(&format!(
+        "| total seconds | {:.2} | {} |\n| blobs uploaded | {} | {} |\n",
+        median(&secs),
+        fmt(&secs),
+        median(&blobs),
+        fmt(&blobs)
+    ));
+    goals.push((
+        "0 blobs on re-deploy".into(),
+        blobs.iter().all(|b| *b == 0.0),
+        fmt(&blobs),
+    ));
+    drop(stage);
+
+    // 5. Several hosts.
+    md.push_str("\n## 5. Several hosts\n\nWall time of one deploy (pre-pushed images, pull + up + health on every host) to N hosts, each an sshd in its own namespace on the shared engine.\n\n| hosts | median s | ratio to 1 host | samples |\n|---|---:|---:|---|\n");
+    let counts: Vec<usize> = if o.full { vec![1, 2, 4] } else { vec![1, 2] };
+    let mut one = f64::NAN;
+    let mut worst_hosts: f64 = 0.0;
+    for n in counts {
+        let fleet = Fleet::start(n);
+        let reg_stage_refs = {
+            let ws = tempfile::tempdir().unwrap();
+            App::new("fleet").write(ws.path(), fleet.app_port);
+            let reg = &fleet.registry;
+            sh(Command::new("sh").arg("-c").arg(format!(
+                "printf %s '{}' | docker login -u {} --password-stdin {} >/dev/null 2>&1",
+                reg.password, reg.user, reg.addr
+            )));
+            let mut refs = Vec::new();
+            for svc in ["backend", "frontend"] {
+                let r = format!("{}/bench/{svc}:fleet", reg.addr);
+                sh(Command::new("docker")
+                    .args(["build", "-q", "-t", &r])
+                    .arg(ws.path().join(svc)));
+                sh(Command::new("docker").args(["push", "-q", &r]));
+                refs.push(r);
+            }
+            refs
+        };
+        let mut s = Vec::new();
+        for _ in 0..o.runs {
+            let b = fleet.berth(&App::new("fleet")).input("images", "");
+            let c =
+                std::fs::read_to_string(b.workspace().join("docker-compose.staging.yml")).unwrap();
+            let c = c
+                .replace(
+                    "image: shop/backend",
+                    &format!("image: {}", reg_stage_refs[0]),
+                )
+                .replace(
+                    "image: shop/frontend",
+                    &format!("image: {}", reg_stage_refs[1]),
+                );
+            std::fs::write(b.workspace().join("docker-compose.staging.yml"), c).unwrap();
+            let t = timed(&b, || {});
+            assert_eq!(t.code, 0, "{}", t.stdout);
+            s.push(t.total);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let m = median(&s);
+        if n == 1 {
+            one = m;
+        }
+        worst_hosts = worst_hosts.max(m / one);
+        md.push_str(&format!(
+            "| {n} | {m:.2} | {:.2}x | {} |\n",
+            m / one,
+            fmt(&s)
+        ));
+    }
+    goals.push((
+        "4 hosts at most 1.5x of 1 host".into(),
+        worst_hosts <= 1.5,
+        format!("worst {worst_hosts:.2}x"),
+    ));
+
+    // 6. CI wait cost.
+    let fake = FakeGithub::start();
+    let mut script = vec![IN_PROGRESS; 12];
+    script.push(SUCCESS);
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(1, SHA, &script));
+    let interval = if o.full { "10s" } else { "50ms" };
+    let started = Instant::now();
+    let run = Berth::valid()
+        .env("GITHUB_API_URL", &fake.url)
+        .input("ci-poll-interval", interval)
+        .input("ci-timeout", "5m")
+        .run();
+    let waited = started.elapsed().as_secs_f64();
+    assert!(
+        run.stdout.contains("ci.yml: completed, success"),
+        "{}",
+        run.stdout
+    );
+    // The gate's requests only: the run goes on to create a Deployment and fail at connect.
+    let reqs: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.url.contains("/actions/"))
+        .collect();
+    let counted = reqs.iter().filter(|r| r.status != 304).count();
+    let not_modified = reqs.len() - counted;
+    md.push_str(&format!("\n## 6. CI wait cost\n\nA run in progress for 12 polls then successful, polled every {interval} ({waited:.0} s in all; the 2-minute wait at 10 s in full mode), against the fake GitHub API.\n\n| requests | counted against the rate limit | answered 304 |\n|---:|---:|---:|\n| {} | {counted} | {not_modified} |\n", reqs.len()));
+    goals.push((
+        "at most 2 counted API requests per 2-minute wait".into(),
+        counted <= 2,
+        format!("{counted}"),
+    ));
+
+    // 7. Action start-up.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let floor_ctx = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", floor_ctx.path().join("busybox")).unwrap();
+    std::fs::write(
+        floor_ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/true\nENTRYPOINT [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let (mut act_s, mut floor_s) = (Vec::new(), Vec::new());
+    for _ in 0..o.runs {
+        let _ = Command::new("docker")
+            .args([
+                "image",
+                "rm",
+                "-f",
+                "berth-bench-action",
+                "berth-bench-floor",
+            ])
+            .output();
+        let t = Instant::now();
+        sh(Command::new("docker").args(["build", "-q", "-t", "berth-bench-action", root]));
+        sh(Command::new("docker").args(["run", "--rm", "berth-bench-action", "--version"]));
+        act_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        sh(Command::new("docker")
+            .args(["build", "-q", "-t", "berth-bench-floor"])
+            .arg(floor_ctx.path()));
+        sh(Command::new("docker").args(["run", "--rm", "berth-bench-floor"]));
+        floor_s.push(t.elapsed().as_secs_f64());
+    }
+    let size: f64 = sh(Command::new("docker").args([
+        "image",
+        "inspect",
+        "-f",
+        "{{.Size}}",
+        "berth-bench-action",
+    ]))
+    .trim()
+    .parse()
+    .unwrap();
+    let floor_size: f64 = sh(Command::new("docker").args([
+        "image",
+        "inspect",
+        "-f",
+        "{{.Size}}",
+        "berth-bench-floor",
+    ]))
+    .trim()
+    .parse()
+    .unwrap();
+    let (ma, mf) = (median(&act_s), median(&floor_s));
+    md.push_str(&format!("\n## 7. Action start-up\n\n`docker build` of the action image plus `docker run <image> --version`, from an empty cache for the image (the runner builds it per job), against a FROM-scratch busybox `true` image built the same way.\n\n| image | size | build + run (median s) | samples |\n|---|---:|---:|---|\n| berth | {:.1} MB | {ma:.2} | {} |\n| floor (busybox `true`) | {:.1} MB | {mf:.2} | {} |\n\nRatio berth/floor: {:.2}x.\n", size / 1e6, fmt(&act_s), floor_size / 1e6, fmt(&floor_s), ma / mf));
+    goals.push((
+        "start-up within 1.5 s".into(),
+        ma <= 1.5,
+        format!("{ma:.2} s"),
+    ));
+
+    let mut head = format!(
+        "# Benchmarks\n\nMeasured by `scripts/bench` ({} mode) on {} ({machine}). Every figure is the median of {} run(s), and every comparison is a ratio taken in the same invocation. Reproduce with `scripts/bench` (it writes this file).\n\n## Goals\n\n| goal | met | measured |\n|---|---|---|\n",
+        if o.full { "full" } else { "quick" },
+        sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).trim(),
+        o.runs
+    );
+    for (g, ok, m) in &goals {
+        head.push_str(&format!(
+            "| {g} | {} | {m} |\n",
+            if *ok { "yes" } else { "**no**" }
+        ));
+    }
+    head.push('\n');
+    let report = head + &md;
+    match &o.out {
+        Some(path) => std::fs::write(path, &report).unwrap(),
+        None => println!("{report}"),
+    }
+    println!("bench: done ({} figures)", goals.len());
+}

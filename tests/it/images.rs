@@ -1,0 +1,258 @@
+//! Building and pushing through the Docker Engine API, on the real engine and registry.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::rig::{busybox_image, sh, Registry};
+use crate::support::stage::{App, Stage};
+use crate::support::Berth;
+
+/// A build-only run: everything fails later at connect (host unreachable), after push.
+fn build_run(
+    registry: &Registry,
+    images: &str,
+    setup: impl FnOnce(&Path),
+) -> (Berth, crate::support::Run) {
+    let b = Berth::valid()
+        .input("allow-untested", "true")
+        .input("ci-workflows", "")
+        .input("create-deployment", "false")
+        .input("registry", &registry.addr)
+        .input("registry-username", &registry.user)
+        .input("registry-password", &registry.password)
+        .input("images", images)
+        .input("build-args", "GREETING=from-build-arg");
+    setup(&b.workspace());
+    let run = b.run();
+    (b, run)
+}
+
+fn write(ws: &Path, rel: &str, body: &str) {
+    let p = ws.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, body).unwrap();
+}
+
+fn with_busybox(ws: &Path, dir: &str) {
+    std::fs::create_dir_all(ws.join(dir)).unwrap();
+    std::fs::copy("/bin/busybox", ws.join(dir).join("busybox")).unwrap();
+}
+
+const PREAMBLE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n";
+
+#[test]
+fn frontend_and_backend_are_built_with_build_args_and_target_and_pushed_by_digest() {
+    let registry = Registry::start();
+    let (_, run) = build_run(
+        &registry,
+        "frontend=frontend/Dockerfile\nbackend=backend/Dockerfile,target=prod",
+        |ws| {
+            with_busybox(ws, "frontend");
+            with_busybox(ws, "backend");
+            write(
+                ws,
+                "frontend/Dockerfile",
+                &format!("{PREAMBLE}ARG GREETING\nRUN echo \"$GREETING\" > /greeting\n"),
+            );
+            write(ws, "backend/Dockerfile", &format!("{PREAMBLE}FROM scratch AS prod\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo prod > /stage\"]\nFROM scratch AS debug\nCOPY busybox /bin/debug\n"));
+        },
+    );
+    // The run goes on to connect to an unreachable host and fails there, after the push.
+    assert_eq!(run.code, 1);
+    assert!(
+        run.errors()[0].contains("cannot connect"),
+        "{:?}",
+        run.errors()
+    );
+    let images: serde_json::Value = serde_json::from_str(&run.output("images").unwrap()).unwrap();
+    for svc in ["frontend", "backend"] {
+        let pinned = images[svc]
+            .as_str()
+            .unwrap_or_else(|| panic!("no digest for {svc}: {}", run.stdout));
+        let digest = pinned.split('@').nth(1).unwrap();
+        let repo = format!("acme/shop-{svc}");
+        for tag in [
+            format!("staging-{}", crate::support::SHA),
+            "staging-latest".to_string(),
+        ] {
+            assert_eq!(
+                registry.digest_of(&repo, &tag).as_deref(),
+                Some(digest),
+                "{repo}:{tag}"
+            );
+        }
+        let labels = sh(Command::new("docker").args([
+            "image",
+            "inspect",
+            "-f",
+            "{{json .Config.Labels}}",
+            pinned,
+        ]));
+        let labels: serde_json::Value = serde_json::from_str(&labels).unwrap();
+        assert_eq!(
+            labels["org.opencontainers.image.revision"],
+            crate::support::SHA
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.source"],
+            "https://github.com/acme/shop"
+        );
+        assert!(labels["org.opencontainers.image.created"]
+            .as_str()
+            .is_some_and(|c| c.len() >= 20));
+    }
+    let greeting = sh(Command::new("docker").args([
+        "run",
+        "--rm",
+        images["frontend"].as_str().unwrap(),
+        "cat",
+        "/greeting",
+    ]));
+    assert_eq!(greeting.trim(), "from-build-arg");
+    let stage = sh(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/busybox",
+        images["backend"].as_str().unwrap(),
+        "cat",
+        "/stage",
+    ]));
+    assert_eq!(stage.trim(), "prod", "the `target` stage was not built");
+    assert!(
+        run.stdout.contains("::group::Build frontend")
+            && run.stdout.contains("::group::Push backend")
+    );
+}
+
+#[test]
+fn dockerignore_keeps_a_file_out_of_the_context() {
+    let registry = Registry::start();
+    let (_, run) = build_run(&registry, "app=app/Dockerfile", |ws| {
+        with_busybox(ws, "app");
+        write(ws, "app/.dockerignore", "secret.txt\n");
+        write(ws, "app/secret.txt", "do not ship");
+        write(ws, "app/kept.txt", "ship");
+        write(ws, "app/Dockerfile", &format!("{PREAMBLE}COPY . /ctx\nRUN test -f /ctx/kept.txt && test ! -e /ctx/secret.txt && echo context-ok\n"));
+    });
+    assert!(run.stdout.contains("context-ok"), "{}", run.stdout);
+}
+
+#[test]
+fn a_dockerfile_syntax_error_is_annotated_on_the_file_and_nothing_is_pushed() {
+    let registry = Registry::start();
+    let (_, run) = build_run(&registry, "web=web/Dockerfile", |ws| {
+        write(ws, "web/Dockerfile", "FROM scratch\nRUNN echo broken\n");
+    });
+    assert_eq!(run.code, 1);
+    let err = run.errors()[0];
+    assert!(
+        err.starts_with("::error file=web/Dockerfile,line=2,title=berth%3A building web failed::"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("unknown instruction"), "{err}");
+    let (_, catalog) = registry.api("/v2/_catalog");
+    assert!(!catalog.contains("shop-web"), "{catalog}");
+}
+
+#[test]
+fn a_wrong_registry_password_fails_clearly_and_pushes_nothing() {
+    let registry = Registry::start();
+    let b = Berth::valid()
+        .input("allow-untested", "true")
+        .input("ci-workflows", "")
+        .input("registry", &registry.addr)
+        .input("registry-username", &registry.user)
+        .input("registry-password", "wrong-password")
+        .input("images", "app=app/Dockerfile");
+    with_busybox(&b.workspace(), "app");
+    write(&b.workspace(), "app/Dockerfile", PREAMBLE);
+    let run = b.run();
+    let err = run.errors()[0];
+    assert!(
+        err.contains("registry rejected the credentials") && err.contains("(401)"),
+        "{err}"
+    );
+    let (_, catalog) = registry.api("/v2/_catalog");
+    assert!(!catalog.contains("shop-app"), "{catalog}");
+}
+
+#[test]
+fn a_registry_that_is_down_is_named_in_the_error() {
+    let mut registry = Registry::start();
+    registry.stop();
+    let (_, run) = build_run(&registry, "app=app/Dockerfile", |ws| {
+        with_busybox(ws, "app");
+        write(ws, "app/Dockerfile", PREAMBLE);
+    });
+    let err = run.errors()[0];
+    assert!(
+        err.contains("registry unreachable") && err.contains(&registry.addr),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unchanged_image_pushed_again_uploads_no_blob() {
+    let registry = Registry::start();
+    let local = busybox_image("berth-blob-count:latest", "CMD [\"true\"]", &[]);
+    let repo = format!("{}/acme/blobs", registry.addr);
+    let auth = berth::docker::RegistryAuth {
+        server: registry.addr.clone(),
+        username: registry.user.clone(),
+        password: berth::secret::Secret::new(registry.password.clone()),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = rt.block_on(berth::docker::Engine::connect()).unwrap();
+    rt.block_on(engine.tag(&local, &repo, "one")).unwrap();
+    let first = rt
+        .block_on(engine.push(&repo, "one", &auth, |_| {}))
+        .unwrap();
+    let after_first = registry.blob_uploads();
+    assert!(
+        after_first >= 2,
+        "the first push uploaded {after_first} blobs"
+    );
+    rt.block_on(engine.tag(&local, &repo, "two")).unwrap();
+    let second = rt
+        .block_on(engine.push(&repo, "two", &auth, |_| {}))
+        .unwrap();
+    assert_eq!(first, second, "one image, one digest");
+    assert_eq!(
+        registry.blob_uploads(),
+        after_first,
+        "the second push uploaded blobs"
+    );
+}
+
+#[test]
+fn a_buildkit_only_dockerfile_fails_saying_why() {
+    let registry = Registry::start();
+    let (_, run) = build_run(&registry, "app=app/Dockerfile", |ws| {
+        with_busybox(ws, "app");
+        write(ws, "app/Dockerfile", &format!("# syntax=docker/dockerfile:1\n{PREAMBLE}RUN --mount=type=cache,target=/cache echo cached\n"));
+    });
+    assert_eq!(run.code, 1);
+    let err = run.errors()[0];
+    assert!(err.contains("needs BuildKit"), "{err}");
+}
+
+#[test]
+fn dry_run_builds_and_pushes_nothing() {
+    let stage = Stage::new();
+    let run = stage.berth(&App::new("v1")).input("dry-run", "true").run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("would build backend from backend/Dockerfile"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("::group::Build"),
+        "a dry run built an image"
+    );
+}
