@@ -168,6 +168,7 @@ impl GithubApi {
             };
             let status = response.status().as_u16();
             self.count(status == 304);
+            tracing::debug!(path, status, "GitHub API");
             let head = response.headers().clone();
             let next = next_link(&head).map(|u| self.relative(&u));
             if status == 304 {

@@ -64,12 +64,44 @@ pub async fn run(env: HashMap<String, String>) -> i32 {
         FileCommands::from_env(&env),
         &raw_secrets.iter().collect::<Vec<_>>(),
     );
+    init_debug_log(&env, &runner);
     let report = tokio::select! {
         report = pipeline::run(&env, &runner) => report,
         signal = shutdown_signal() => cancelled(signal).await,
     };
     report.render(&runner);
     report.exit_code()
+}
+
+/// With step debug logging on (`RUNNER_DEBUG=1`, or `RUST_LOG`), library diagnostics go
+/// to stderr, through the runner's secret scrubber like everything else.
+fn init_debug_log(env: &HashMap<String, String>, runner: &Runner) {
+    let filter = match (
+        env.get("RUST_LOG"),
+        env.get("RUNNER_DEBUG").map(String::as_str),
+    ) {
+        (Some(f), _) => f.clone(),
+        (None, Some("1")) => "berth=debug,info".to_string(),
+        _ => return,
+    };
+    let runner = runner.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || ScrubbedStderr(runner.clone()))
+        .try_init();
+}
+
+struct ScrubbedStderr(Runner);
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.debug_line(String::from_utf8_lossy(buf).trim_end());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// SIGTERM or SIGINT: how a runner cancels a step.

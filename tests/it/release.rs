@@ -382,14 +382,26 @@ fn the_registry_password_never_appears_in_the_hosts_process_list() {
             "the registry password is on a command line:\n{p}"
         );
     }
-    // The throwaway login config is gone afterwards.
-    let leftovers = sh(Command::new("sh")
-        .arg("-c")
-        .arg("ls -d /tmp/berth-docker-config.* 2>/dev/null || true"));
+    // This run's throwaway login configs (found in its own sampled command lines: other
+    // tests deploy in parallel) are gone afterwards.
+    let dir_re =
+        regex::Regex::new(r"DOCKER_CONFIG=(/tmp/berth-docker-config\.[A-Za-z0-9]+)").unwrap();
+    let ours: std::collections::BTreeSet<String> = snapshots
+        .iter()
+        .flat_map(|p| p.lines())
+        .filter(|l| l.contains(&stage.registry.addr) || l.contains(&stage.project))
+        .filter_map(|l| dir_re.captures(l).map(|c| c[1].to_string()))
+        .collect();
     assert!(
-        leftovers.trim().is_empty(),
-        "registry credentials left on disk: {leftovers}"
+        !ours.is_empty(),
+        "no snapshot caught the login or pull of this run"
     );
+    for dir in ours {
+        assert!(
+            !std::path::Path::new(&dir).exists(),
+            "registry credentials left on disk: {dir}"
+        );
+    }
 }
 
 #[test]
@@ -493,4 +505,45 @@ fn a_dropped_ssh_connection_fails_clearly_and_leaves_no_lock_behind() {
         .input("lock-timeout", "5s")
         .run();
     assert_eq!(next.code, 0, "{}", next.stdout);
+}
+
+#[test]
+fn a_cancelled_run_releases_its_lock() {
+    let stage = Stage::new();
+    stage.deploy_ok(&App::new("v1"));
+    let b = stage
+        .berth(&App::new("v2"))
+        .input("pre-deploy", "backend: sleep 30");
+    let child = b
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = stage.deploy_dir.join(".berth/lock/holder.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // Cancel once berth holds the lock and runs the pre-deploy, as a cancelled workflow would.
+    loop {
+        let ps = sh(Command::new("ps").args(["-eo", "args"]));
+        if lock.exists() && ps.contains("run --rm -T backend sleep 30") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pre-deploy never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("title=berth%3A cancelled::") && stdout.contains("SIGTERM"),
+        "{stdout}"
+    );
+    assert!(!lock.exists(), "a cancelled run left its lock behind");
+    assert!(
+        stage.health().1.contains("\"version\":\"v1\""),
+        "the old release must still serve"
+    );
 }

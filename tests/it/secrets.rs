@@ -15,7 +15,9 @@ const SECRETS: &[&str] = &[
 ];
 
 fn with_secrets(b: Berth) -> Berth {
-    b.input("ssh-key", &fake_private_key(KEY_BODY))
+    // Step debug logging on: its output is scanned too.
+    b.env("RUNNER_DEBUG", "1")
+        .input("ssh-key", &fake_private_key(KEY_BODY))
         .input("ssh-key-passphrase", "passphrase-secret-5521")
         .input("registry-password", "registry-pw-secret-8812")
         .input("github-token", "ghs_githubtokensecret9913")
