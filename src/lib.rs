@@ -54,7 +54,12 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             return 1;
         }
     };
-    runtime.block_on(run(env))
+    let code = runtime.block_on(run(env));
+    // Do not wait for blocking deploy threads: after a cancellation one may still be in a
+    // remote step, and waiting would let it go on (without its lock) after berth said it
+    // stopped. Exiting ends it; the host keeps the release that was switched in.
+    runtime.shutdown_background();
+    code
 }
 
 /// Runs one deploy from an environment, printing through the workflow protocol.

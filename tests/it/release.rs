@@ -544,6 +544,7 @@ fn a_cancelled_run_releases_its_lock() {
     assert!(!lock.exists(), "a cancelled run left its lock behind");
     assert!(
         stage.health().1.contains("\"version\":\"v1\""),
-        "the old release must still serve"
+        "the old release must still serve: {:?}",
+        stage.health()
     );
 }
