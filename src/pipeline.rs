@@ -334,6 +334,10 @@ pub async fn ci_gate(
 
 type Host = Arc<Mutex<HostRelease>>;
 
+/// Why a release was not proven healthy: the phase, the annotation title, the message and
+/// the health record, when there is one.
+type GateFailure = (Phase, &'static str, String, Option<HealthRecord>);
+
 /// Runs `f` on each item on a blocking thread (ssh2 blocks), at most
 /// [`MAX_PARALLEL_HOSTS`] at once, and returns the results in item order.
 async fn blocking_all<I, T, F>(items: Vec<I>, f: F) -> Vec<T>
@@ -631,48 +635,13 @@ impl<'a> Deploy<'a> {
             return;
         }
 
-        // Verify the running digests while the health probe already runs: the verdict
-        // needs both, and neither waits for the other. The health deadline counts from the
-        // moment the first host's `up` returned.
+        // The health deadline counts from the moment the first host's `up` returned.
         let health_started = hosts
             .iter()
             .filter_map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).up_done)
             .min()
             .unwrap_or_else(Instant::now);
-        let verify_started = Instant::now();
-        let verify = async {
-            let results = on_hosts(hosts, |h| h.verify()).await;
-            (
-                results.into_iter().find_map(Result::err),
-                verify_started.elapsed(),
-            )
-        };
-        let ((verify_error, verify_time), health) =
-            tokio::join!(verify, self.health_gate(hosts, report, health_started));
-        match &verify_error {
-            None => report.record(
-                Phase::Verify,
-                verify_time,
-                PhaseResult::Ok("running containers match the pinned digests".into()),
-            ),
-            Some(e) => report.record(
-                Phase::Verify,
-                verify_time,
-                PhaseResult::Failed(e.to_string()),
-            ),
-        }
-        if let Some(e) = verify_error {
-            self.fail_and_restore(
-                hosts,
-                report,
-                Phase::Verify,
-                "berth: running images do not match the deploy",
-                e.to_string(),
-            )
-            .await;
-            return;
-        }
-        match health {
+        match self.verify_and_gate(hosts, report, health_started).await {
             Ok(record) => {
                 report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
                 report.record(
@@ -712,16 +681,57 @@ impl<'a> Deploy<'a> {
                 ));
             }
             Err((phase, title, message, record)) => {
-                report.record(
-                    Phase::Health,
-                    health_started.elapsed(),
-                    PhaseResult::Failed(message.clone()),
-                );
+                if phase == Phase::Health {
+                    report.record(
+                        Phase::Health,
+                        health_started.elapsed(),
+                        PhaseResult::Failed(message.clone()),
+                    );
+                }
                 report.health = record;
                 self.fail_and_restore(hosts, report, phase, title, message)
                     .await;
             }
         }
+    }
+
+    /// Verifies the running digests while the health probe already runs: the verdict
+    /// needs both, and neither waits for the other.
+    async fn verify_and_gate(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        started: Instant,
+    ) -> Result<HealthRecord, GateFailure> {
+        let verify_started = Instant::now();
+        let verify = async {
+            let results = on_hosts(hosts, |h| h.verify()).await;
+            (
+                results.into_iter().find_map(Result::err),
+                verify_started.elapsed(),
+            )
+        };
+        let ((verify_error, verify_time), health) =
+            tokio::join!(verify, self.health_gate(hosts, report, started));
+        if let Some(e) = verify_error {
+            report.record(
+                Phase::Verify,
+                verify_time,
+                PhaseResult::Failed(e.to_string()),
+            );
+            return Err((
+                Phase::Verify,
+                "berth: running images do not match the deploy",
+                e.to_string(),
+                None,
+            ));
+        }
+        report.record(
+            Phase::Verify,
+            verify_time,
+            PhaseResult::Ok("running containers match the pinned digests".into()),
+        );
+        health
     }
 
     /// Probes `health-url` until healthy, while watching every host for crash loops.
@@ -730,7 +740,7 @@ impl<'a> Deploy<'a> {
         hosts: &[Host],
         report: &mut Report,
         started: Instant,
-    ) -> Result<HealthRecord, (Phase, &'static str, String, Option<HealthRecord>)> {
+    ) -> Result<HealthRecord, GateFailure> {
         let specs: Vec<crate::inputs::HostSpec> = hosts
             .iter()
             .map(|h| {
@@ -1014,48 +1024,8 @@ impl<'a> Deploy<'a> {
             started.elapsed(),
             PhaseResult::Ok(format!("re-activated {}", targets.join(", "))),
         );
-        // Verify the running digests while the health probe already runs: the verdict
-        // needs both, and neither waits for the other. The health deadline counts from the
-        // moment the first host's `up` returned.
-        let health_started = hosts
-            .iter()
-            .filter_map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).up_done)
-            .min()
-            .unwrap_or_else(Instant::now);
-        let verify_started = Instant::now();
-        let verify = async {
-            let results = on_hosts(hosts, |h| h.verify()).await;
-            (
-                results.into_iter().find_map(Result::err),
-                verify_started.elapsed(),
-            )
-        };
-        let ((verify_error, verify_time), health) =
-            tokio::join!(verify, self.health_gate(hosts, report, health_started));
-        match &verify_error {
-            None => report.record(
-                Phase::Verify,
-                verify_time,
-                PhaseResult::Ok("running containers match the pinned digests".into()),
-            ),
-            Some(e) => report.record(
-                Phase::Verify,
-                verify_time,
-                PhaseResult::Failed(e.to_string()),
-            ),
-        }
-        if let Some(e) = verify_error {
-            self.fail_and_restore(
-                hosts,
-                report,
-                Phase::Verify,
-                "berth: running images do not match the deploy",
-                e.to_string(),
-            )
-            .await;
-            return;
-        }
-        match health {
+        let health_started = Instant::now();
+        match self.verify_and_gate(hosts, report, health_started).await {
             Ok(record) => {
                 report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
                 report.record(
@@ -1075,11 +1045,13 @@ impl<'a> Deploy<'a> {
                 ));
             }
             Err((phase, title, message, record)) => {
-                report.record(
-                    Phase::Health,
-                    health_started.elapsed(),
-                    PhaseResult::Failed(message.clone()),
-                );
+                if phase == Phase::Health {
+                    report.record(
+                        Phase::Health,
+                        health_started.elapsed(),
+                        PhaseResult::Failed(message.clone()),
+                    );
+                }
                 report.health = record;
                 report.fail(phase, title, message);
                 report.diagnostics = on_hosts(hosts, |h| h.diagnostics(LOG_LINES)).await;

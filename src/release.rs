@@ -621,7 +621,21 @@ impl HostRelease {
     }
 
     /// Re-activates a release: its compose file, its pins and its env file.
+    /// Its pins (from its release.json) become what `verify` checks.
     pub fn activate(&mut self, id: &str) -> Result<(), ReleaseError> {
+        let record = self.step(
+            "read release record",
+            &self.layout.read_release_record(id),
+            None,
+            QUICK,
+        )?;
+        let record: ReleaseRecord =
+            serde_json::from_str(&record.stdout).map_err(|e| ReleaseError::Unexpected {
+                host: self.conn.name.clone(),
+                doing: "reading the release record to restore",
+                detail: e.to_string(),
+            })?;
+        self.pins = record.images;
         self.streamed(
             "docker compose up (restore)",
             &self.layout.compose(id, &["up", "-d", "--remove-orphans"]),

@@ -371,3 +371,23 @@ fn a_health_wait_never_overruns_its_deadline_and_reports_counts() {
     // Each probe was cut at the deadline: the last attempt began before it.
     assert!(record.attempts.last().unwrap().offset <= Duration::from_millis(1500));
 }
+
+#[test]
+fn a_container_not_running_the_pinned_digest_fails_verification() {
+    let stage = Stage::new();
+    let v1 = stage.deploy_ok(&App::new("v1"));
+    let v2 = stage.deploy_ok(&App::new("v2"));
+    let r1 = v1.output("release").unwrap();
+    let v2_images: serde_json::Value = serde_json::from_str(&v2.output("images").unwrap()).unwrap();
+    // Release 1's record now claims v2's backend, while its compose override still runs
+    // v1's: what runs is not what the record says.
+    let path = stage.deploy_dir.join(format!(".berth/releases/{r1}/release.json"));
+    let mut record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record["images"]["backend"] = v2_images["backend"].clone();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let run = stage.berth(&App::new("v2")).input("mode", "rollback").input("release", &r1).run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(run.output("status").as_deref(), Some("failed"));
+    let err = run.errors()[0];
+    assert!(err.contains("running images do not match") && err.contains("backend"), "{err}");
+}
