@@ -800,7 +800,15 @@ impl<'a> Deploy<'a> {
             }
         };
         tokio::pin!(wait);
-        let mut baseline: Option<Vec<BTreeMap<String, i64>>> = None;
+        let baseline: Vec<BTreeMap<String, i64>> = hosts
+            .iter()
+            .map(|h| {
+                h.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .restarts_before
+                    .clone()
+            })
+            .collect();
         loop {
             tokio::select! {
                 result = &mut wait => {
@@ -811,17 +819,18 @@ impl<'a> Deploy<'a> {
                 }
                 _ = tokio::time::sleep(CRASH_WATCH_EVERY) => {
                     let states = on_hosts(hosts, |h| h.containers().unwrap_or_default()).await;
-                    let base = baseline.get_or_insert_with(|| {
-                        states.iter().map(|s| s.iter().map(|c| (c.name.clone(), c.restart_count)).collect()).collect()
-                    });
                     for (i, s) in states.iter().enumerate() {
-                        let failing = release::failing_containers(s, &base[i]);
+                        let failing: Vec<release::ContainerState> =
+                            release::failing_containers(s, &baseline[i]).into_iter().cloned().collect();
                         if !failing.is_empty() {
+                            let failing = on_hosts(&hosts[i..=i], move |h| h.settle_exit_codes(failing.clone()))
+                                .await
+                                .remove(0);
                             let msg = format!(
                                 "{} after {:.1}s, before the health deadline: {}",
                                 hosts[i].lock().unwrap_or_else(|e| e.into_inner()).name(),
                                 started.elapsed().as_secs_f64(),
-                                failing.iter().map(|c| release::describe_failing(c)).collect::<Vec<_>>().join("; ")
+                                failing.iter().map(release::describe_failing).collect::<Vec<_>>().join("; ")
                             );
                             report.warn("berth: crash loop", msg.clone());
                             return Err((Phase::Health, "berth: service crash-looping", msg, None));

@@ -114,6 +114,7 @@ pub struct RegistryLogin {
 /// The state of a container of the project, from `docker inspect`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerState {
+    pub id: String,
     pub service: String,
     pub name: String,
     pub image_id: String,
@@ -140,6 +141,9 @@ pub struct HostRelease {
     pub switched: bool,
     pub pins: BTreeMap<String, String>,
     pub replaced: BTreeMap<String, String>,
+    /// Restart counts by container id before this run changed anything: containers that
+    /// `up` recreates get new ids, so any restart of theirs counts.
+    pub restarts_before: BTreeMap<String, i64>,
     pub timings: Vec<(Phase, Duration)>,
     /// The phase running now, or the one that failed.
     pub phase: Phase,
@@ -176,6 +180,7 @@ impl HostRelease {
             switched: false,
             pins: BTreeMap::new(),
             replaced: BTreeMap::new(),
+            restarts_before: BTreeMap::new(),
             timings: Vec::new(),
             phase: Phase::Connect,
             up_done: None,
@@ -381,8 +386,12 @@ impl HostRelease {
     pub fn snapshot(&mut self) -> Result<(), ReleaseError> {
         let current = self.step("read current", &self.layout.read_current(), None, QUICK)?;
         self.previous = Some(current.stdout.trim().to_string()).filter(|s| !s.is_empty());
-        self.replaced = self
-            .containers()?
+        let containers = self.containers()?;
+        self.restarts_before = containers
+            .iter()
+            .map(|c| (c.id.clone(), c.restart_count))
+            .collect();
+        self.replaced = containers
             .into_iter()
             .filter(|c| !c.one_off)
             .map(|c| (c.service, c.image_id))
@@ -753,14 +762,19 @@ pub fn failing_containers<'a>(
                 || c.status == "restarting"
                 || (c.status == "exited" && c.exit_code != 0)
                 || c.status == "dead"
-                || c.restart_count > baseline.get(&c.name).copied().unwrap_or(0)
+                || c.restart_count > baseline.get(&c.id).copied().unwrap_or(0)
         })
         .collect()
 }
 
 pub fn describe_failing(c: &ContainerState) -> String {
+    let exit = if c.exit_code == 0 && !c.oom_killed {
+        "exit code unknown (it restarted before berth could read it)".to_string()
+    } else {
+        format!("exit code {}", c.exit_code)
+    };
     format!(
-        "service `{}` ({}) is {}: exit code {}, restarted {} time(s), OOM-killed: {}",
+        "service `{}` ({}) is {}: {exit}, restarted {} time(s), OOM-killed: {}",
         c.service,
         c.name,
         if c.restarting || c.status == "restarting" || c.restart_count > 0 {
@@ -768,13 +782,31 @@ pub fn describe_failing(c: &ContainerState) -> String {
         } else {
             "down"
         },
-        c.exit_code,
         c.restart_count,
         if c.oom_killed { "yes" } else { "no" }
     )
 }
 
 impl HostRelease {
+    /// A crash-looping container reads exit code 0 while it is briefly running again;
+    /// look again for up to 2 s to report the code it really exited with.
+    pub fn settle_exit_codes(&self, mut failing: Vec<ContainerState>) -> Vec<ContainerState> {
+        for _ in 0..20 {
+            if failing.iter().all(|c| c.exit_code != 0 || c.oom_killed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.containers().unwrap_or_default();
+            for c in failing.iter_mut().filter(|c| c.exit_code == 0) {
+                if let Some(n) = now.iter().find(|n| n.id == c.id && n.exit_code != 0) {
+                    c.exit_code = n.exit_code;
+                    c.restart_count = n.restart_count;
+                }
+            }
+        }
+        failing
+    }
+
     /// `docker compose ps -a` and the log tails of failing containers (or of every
     /// container when none is clearly failing, e.g. a health check answering 500).
     pub fn diagnostics(&self, lines: usize) -> crate::report::Diagnostics {
@@ -934,6 +966,7 @@ fn strip_tag(image: &str) -> &str {
 pub fn container_state(v: &Value) -> ContainerState {
     let labels = &v["Config"]["Labels"];
     ContainerState {
+        id: v["Id"].as_str().unwrap_or("").into(),
         service: labels["com.docker.compose.service"]
             .as_str()
             .unwrap_or("")

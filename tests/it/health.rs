@@ -381,13 +381,23 @@ fn a_container_not_running_the_pinned_digest_fails_verification() {
     let v2_images: serde_json::Value = serde_json::from_str(&v2.output("images").unwrap()).unwrap();
     // Release 1's record now claims v2's backend, while its compose override still runs
     // v1's: what runs is not what the record says.
-    let path = stage.deploy_dir.join(format!(".berth/releases/{r1}/release.json"));
-    let mut record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let path = stage
+        .deploy_dir
+        .join(format!(".berth/releases/{r1}/release.json"));
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     record["images"]["backend"] = v2_images["backend"].clone();
     std::fs::write(&path, record.to_string()).unwrap();
-    let run = stage.berth(&App::new("v2")).input("mode", "rollback").input("release", &r1).run();
+    let run = stage
+        .berth(&App::new("v2"))
+        .input("mode", "rollback")
+        .input("release", &r1)
+        .run();
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert_eq!(run.output("status").as_deref(), Some("failed"));
     let err = run.errors()[0];
-    assert!(err.contains("running images do not match") && err.contains("backend"), "{err}");
+    assert!(
+        err.contains("running images do not match") && err.contains("backend"),
+        "{err}"
+    );
 }
