@@ -107,16 +107,6 @@ impl Engine {
         image_id.ok_or_else(|| build_error(req.tag, "the engine reported no image id"))
     }
 
-    /// The labels of a local image.
-    pub async fn image_labels(&self, image: &str) -> Result<HashMap<String, String>, DockerError> {
-        let inspect = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(DockerError::Engine)?;
-        Ok(inspect.config.and_then(|c| c.labels).unwrap_or_default())
-    }
-
     pub async fn connect() -> Result<Engine, DockerError> {
         let docker = bollard::Docker::connect_with_defaults().map_err(DockerError::Engine)?;
         let docker = docker

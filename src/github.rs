@@ -194,44 +194,23 @@ impl GithubApi {
                     }
                     return Ok((body, next));
                 }
-                401 => return Err(GithubError::Unauthorized { path: path.into() }),
-                404 => return Err(GithubError::NotFound { path: path.into() }),
                 403 | 429 => match rate_limit_wait(&head) {
                     Some(wait) if Instant::now() + wait <= deadline => {
                         tracing::info!("GitHub rate limit on {path}: waiting {wait:?}");
                         tokio::time::sleep(wait).await;
                     }
                     Some(wait) => return Err(GithubError::RateLimited { reset_in: wait }),
-                    None => {
-                        return Err(GithubError::Forbidden {
-                            path: path.into(),
-                            message: api_message(&body),
-                        })
-                    }
+                    None => return Err(status_error(path, status, &body)),
                 },
                 500..=599 if server_errors < SERVER_ERROR_RETRIES => {
                     server_errors += 1;
                     let backoff = Duration::from_millis(500 * 2u64.pow(server_errors - 1));
                     if Instant::now() + backoff > deadline {
-                        return Err(GithubError::Server {
-                            path: path.into(),
-                            status,
-                        });
+                        return Err(status_error(path, status, &body));
                     }
                     tokio::time::sleep(backoff).await;
                 }
-                500..=599 => {
-                    return Err(GithubError::Server {
-                        path: path.into(),
-                        status,
-                    })
-                }
-                _ => {
-                    return Err(GithubError::Forbidden {
-                        path: path.into(),
-                        message: format!("HTTP {status}: {}", api_message(&body)),
-                    })
-                }
+                _ => return Err(status_error(path, status, &body)),
             }
         }
     }
@@ -366,20 +345,7 @@ impl GithubApi {
                 })?;
         match status {
             200..=299 => Ok((status, text)),
-            401 => Err(GithubError::Unauthorized { path: path.into() }),
-            403 => Err(GithubError::Forbidden {
-                path: path.into(),
-                message: api_message(&text),
-            }),
-            404 => Err(GithubError::NotFound { path: path.into() }),
-            500..=599 => Err(GithubError::Server {
-                path: path.into(),
-                status,
-            }),
-            _ => Err(GithubError::Forbidden {
-                path: path.into(),
-                message: format!("HTTP {status}: {}", api_message(&text)),
-            }),
+            _ => Err(status_error(path, status, &text)),
         }
     }
 
@@ -413,6 +379,24 @@ impl GithubApi {
     ) -> Result<(), GithubError> {
         let path = format!("/repos/{}/deployments/{id}/statuses", self.repository);
         self.post(&path, status).await.map(|_| ())
+    }
+}
+
+/// The error for a non-2xx answer that is not retried.
+fn status_error(path: &str, status: u16, body: &str) -> GithubError {
+    let path = path.to_string();
+    match status {
+        401 => GithubError::Unauthorized { path },
+        404 => GithubError::NotFound { path },
+        403 => GithubError::Forbidden {
+            path,
+            message: api_message(body),
+        },
+        500..=599 => GithubError::Server { path, status },
+        _ => GithubError::Forbidden {
+            path,
+            message: format!("HTTP {status}: {}", api_message(body)),
+        },
     }
 }
 

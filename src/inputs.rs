@@ -402,7 +402,6 @@ pub struct GithubContext {
     pub ref_name: String,
     pub run_id: Option<u64>,
     pub run_number: String,
-    pub run_attempt: String,
     pub actor: String,
     pub server_url: String,
     pub api_url: String,
@@ -441,7 +440,6 @@ impl GithubContext {
             ref_name: get("GITHUB_REF_NAME"),
             run_id: env.get("GITHUB_RUN_ID").and_then(|v| v.parse().ok()),
             run_number: or("GITHUB_RUN_NUMBER", "0"),
-            run_attempt: or("GITHUB_RUN_ATTEMPT", "1"),
             actor: get("GITHUB_ACTOR"),
             server_url: or("GITHUB_SERVER_URL", "https://github.com")
                 .trim_end_matches('/')

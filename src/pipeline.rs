@@ -83,7 +83,6 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
         }
         Err(e) => {
             report.fail(Phase::CiGate, gate_title(&e), e.to_string());
-            report.outcome = Some(Outcome::Failed);
             report.elapsed = started.elapsed();
             return report;
         }
@@ -95,7 +94,6 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
             Ok(built) => built,
             Err(failure) => {
                 report.failure = Some(failure);
-                report.outcome = Some(Outcome::Failed);
                 report.elapsed = started.elapsed();
                 return report;
             }
@@ -497,13 +495,12 @@ impl<'a> Deploy<'a> {
             }
         }
         if let Some(e) = first_error {
-            report.record(
+            report.fail_at(
                 Phase::Connect,
                 started.elapsed(),
-                PhaseResult::Failed(e.to_string()),
+                connect_title(&e),
+                e.to_string(),
             );
-            report.fail(Phase::Connect, connect_title(&e), e.to_string());
-            report.outcome = Some(Outcome::Failed);
             return None;
         }
         report.record(
@@ -534,13 +531,12 @@ impl<'a> Deploy<'a> {
             }
         }
         if let Some(e) = failed {
-            report.record(
+            report.fail_at(
                 Phase::Lock,
                 started.elapsed(),
-                PhaseResult::Failed(e.to_string()),
+                lock_title(&e),
+                e.to_string(),
             );
-            report.fail(Phase::Lock, "berth: deploy lock is held", e.to_string());
-            report.outcome = Some(Outcome::Failed);
             self.unlock(&hosts, report).await;
             return None;
         }
@@ -604,7 +600,6 @@ impl<'a> Deploy<'a> {
                 "berth: cannot read the host's current release",
                 e.to_string(),
             );
-            report.outcome = Some(Outcome::Failed);
             return;
         }
         report.previous_release = hosts[0]
@@ -861,7 +856,6 @@ impl<'a> Deploy<'a> {
             }
         }
         report.diagnostics = diagnostics;
-        report.outcome = Some(Outcome::Failed);
 
         let touched: Vec<Host> = hosts
             .iter()
@@ -1012,13 +1006,12 @@ impl<'a> Deploy<'a> {
         let targets: Vec<String> = match results.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(t) => t,
             Err(e) => {
-                report.record(
+                report.fail_at(
                     Phase::Rollback,
                     started.elapsed(),
-                    PhaseResult::Failed(e.to_string()),
+                    "berth: rollback failed",
+                    e.to_string(),
                 );
-                report.fail(Phase::Rollback, "berth: rollback failed", e.to_string());
-                report.outcome = Some(Outcome::Failed);
                 return;
             }
         };
@@ -1064,7 +1057,6 @@ impl<'a> Deploy<'a> {
                 report.health = record;
                 report.fail(phase, title, message);
                 report.diagnostics = on_hosts(hosts, |h| h.diagnostics(LOG_LINES)).await;
-                report.outcome = Some(Outcome::Failed);
             }
         }
     }
@@ -1105,6 +1097,13 @@ impl<'a> Deploy<'a> {
             };
             report.record(phase, d, result);
         }
+    }
+}
+
+fn lock_title(e: &ReleaseError) -> &'static str {
+    match e {
+        ReleaseError::LockHeld { .. } => "berth: deploy lock is held",
+        _ => "berth: cannot take the deploy lock",
     }
 }
 

@@ -58,16 +58,6 @@ pub enum ReleaseError {
     },
 }
 
-impl ReleaseError {
-    pub fn phase_hint(&self) -> Option<Phase> {
-        match self {
-            ReleaseError::LockHeld { .. } => Some(Phase::Lock),
-            ReleaseError::DigestMismatch { .. } => Some(Phase::Verify),
-            _ => None,
-        }
-    }
-}
-
 /// Everything a host needs to connect.
 #[derive(Clone)]
 pub struct Access {

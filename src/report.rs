@@ -217,6 +217,19 @@ impl Report {
         }
     }
 
+    /// A failed phase: its row in the phase table and the root cause, in one step.
+    pub fn fail_at(
+        &mut self,
+        phase: Phase,
+        duration: Duration,
+        title: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let message = message.into();
+        self.record(phase, duration, PhaseResult::Failed(message.clone()));
+        self.fail(phase, title, message);
+    }
+
     pub fn outcome(&self) -> Outcome {
         self.outcome.unwrap_or(if self.failure.is_some() {
             Outcome::Failed
