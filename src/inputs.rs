@@ -408,11 +408,26 @@ pub struct GithubContext {
 }
 
 impl GithubContext {
+    /// Why inputs cannot default from GITHUB_REPOSITORY, for error messages.
+    fn repository_gap(&self) -> String {
+        if self.repository.is_empty() {
+            "GITHUB_REPOSITORY is not set".into()
+        } else {
+            format!(
+                "GITHUB_REPOSITORY `{}` is not `owner/name`",
+                self.repository
+            )
+        }
+    }
+
     pub fn from_env(env: &Env) -> GithubContext {
         let get = |k: &str| env.get(k).cloned().unwrap_or_default();
         let repository = get("GITHUB_REPOSITORY");
-        let (owner, repo) = repository
-            .split_once('/')
+        // Only a well-formed `owner/name` feeds defaults; anything else (act derives it from
+        // a local clone's remote path, e.g. `/srv/repo.git`) is reported by `repository_gap`.
+        let (owner, repo) = Some(&repository)
+            .filter(|r| static_regex(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$").is_match(r))
+            .and_then(|r| r.split_once('/'))
             .map(|(o, r)| (o.to_string(), r.to_string()))
             .unwrap_or_default();
         let workspace = env
@@ -751,13 +766,19 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
     };
     let image_prefix = match p.text("image-prefix") {
         prefix if !prefix.is_empty() => prefix.to_ascii_lowercase(),
-        _ if ctx.repository.is_empty() => {
+        _ if ctx.repo.is_empty() => {
             if !images.is_empty() {
-                p.fail("image-prefix", "is empty and GITHUB_REPOSITORY is not set. Set it, e.g. `image-prefix: ghcr.io/acme/shop`.");
+                p.fail(
+                    "image-prefix",
+                    format!(
+                        "is empty and {}. Set it, e.g. `image-prefix: ghcr.io/acme/shop`.",
+                        ctx.repository_gap()
+                    ),
+                );
             }
             String::new()
         }
-        _ => format!("{}/{}", registry, ctx.repository).to_ascii_lowercase(),
+        _ => format!("{}/{}/{}", registry, ctx.owner, ctx.repo).to_ascii_lowercase(),
     };
     if !image_prefix.is_empty()
         && !static_regex(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._/-][a-z0-9]+)*)*$")
@@ -858,7 +879,13 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
 
     let deploy_dir = match p.text("deploy-dir") {
         d if d.is_empty() && ctx.repo.is_empty() => {
-            p.fail("deploy-dir", "is empty and GITHUB_REPOSITORY is not set. Set an absolute path, e.g. `deploy-dir: /opt/shop`.");
+            p.fail(
+                "deploy-dir",
+                format!(
+                    "is empty and {}. Set an absolute path, e.g. `deploy-dir: /opt/shop`.",
+                    ctx.repository_gap()
+                ),
+            );
             String::new()
         }
         d if d.is_empty() => format!("/opt/{}", ctx.repo),
@@ -873,7 +900,15 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         n if n.is_empty() => sanitise_project(&ctx.repo),
         n => n,
     };
-    if !static_regex(r"^[a-z0-9][a-z0-9_-]*$").is_match(&project_name) {
+    if project_name.is_empty() {
+        p.fail(
+            "project-name",
+            format!(
+                "is empty and {}. Set it, e.g. `project-name: shop-staging`.",
+                ctx.repository_gap()
+            ),
+        );
+    } else if !static_regex(r"^[a-z0-9][a-z0-9_-]*$").is_match(&project_name) {
         p.fail("project-name", format!("`{project_name}` is not a compose project name: lower-case letters, digits, `-` and `_`, starting with a letter or digit, e.g. `shop-staging`."));
     }
 

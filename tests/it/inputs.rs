@@ -391,3 +391,29 @@ fn the_readme_documents_every_input_and_output_of_action_yml() {
         "README lists something action.yml does not"
     );
 }
+
+#[test]
+fn a_malformed_github_repository_is_named_where_defaults_need_it() {
+    // act derives GITHUB_REPOSITORY from the clone's remote, e.g. a local bare repo's path.
+    let b = || {
+        Berth::valid()
+            .env("GITHUB_REPOSITORY", "/srv/repo.git")
+            .input("images", "backend=backend/Dockerfile")
+            .input("deploy-dir", "")
+            .input("project-name", "")
+    };
+    for input in ["image-prefix", "deploy-dir", "project-name"] {
+        assert_rejected(
+            b(),
+            input,
+            "GITHUB_REPOSITORY `/srv/repo.git` is not `owner/name`",
+        );
+    }
+    let fixed = b()
+        .input("image-prefix", "registry.example.com/acme/shop")
+        .input("deploy-dir", "/opt/shop")
+        .input("project-name", "shop");
+    let env = fixed.env_map();
+    inputs::parse(&env, &GithubContext::from_env(&env))
+        .expect("explicit values need no repository");
+}
