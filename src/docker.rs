@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use bollard::moby::buildkit::v1::StatusResponse;
+use bollard::models::BuildInfoAux;
 use futures_util::StreamExt;
 
 use crate::secret::Secret;
@@ -34,6 +36,8 @@ pub enum DockerError {
         tag: String,
         message: String,
         line: Option<u32>,
+        /// The instruction that failed, e.g. `RUN make`, when the engine said which.
+        step: Option<String>,
     },
 }
 
@@ -43,13 +47,39 @@ pub struct RegistryAuth {
     pub password: Secret,
 }
 
+/// Which builder `DOCKER_BUILDKIT` asks for, read the way the docker CLI reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuilderChoice {
+    /// BuildKit where the engine has it, else the classic builder.
+    #[default]
+    Auto,
+    BuildKit,
+    Classic,
+}
+
+/// The builder a build runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builder {
+    /// BuildKit through a session on the engine's /session endpoint: what users'
+    /// Dockerfiles expect (`RUN --mount=type=cache`).
+    BuildKit,
+    /// The engine's classic builder (API `version=1`).
+    Classic,
+}
+
 pub struct Engine {
     docker: bollard::Docker,
+    builder: Builder,
+    /// Why that builder, for the log: `BuildKit (engine 20.10.24, linux)`.
+    builder_reason: String,
 }
 
 /// One image build: the context as a tar, and how to build it.
 pub struct BuildRequest<'a> {
     pub context_tar: Vec<u8>,
+    /// Credentials for `FROM` images in the deploy registry (BuildKit asks through the
+    /// session, the classic builder takes them up front).
+    pub auth: &'a RegistryAuth,
     pub dockerfile: &'a str,
     pub tag: &'a str,
     pub target: Option<&'a str>,
@@ -58,8 +88,8 @@ pub struct BuildRequest<'a> {
 }
 
 impl Engine {
-    /// Builds with the engine's classic builder, streaming each output line to `on_line`
-    /// as it arrives. Returns the image id.
+    /// Builds with the engine's builder (see [`Engine::builder`]), streaming each output
+    /// line to `on_line` as it arrives. Returns the image id.
     pub async fn build(
         &self,
         req: BuildRequest<'_>,
@@ -75,45 +105,85 @@ impl Engine {
         if let Some(target) = req.target {
             opts = opts.target(target);
         }
+        if self.builder == Builder::BuildKit {
+            let session = format!("berth-{:016x}", rand::random::<u64>());
+            opts = opts
+                .version(bollard::query_parameters::BuilderVersion::BuilderBuildKit)
+                .session(&session);
+        }
+        let creds = HashMap::from([(req.auth.server.clone(), credentials(req.auth))]);
         let body = bollard::body_full(req.context_tar.into());
-        let mut stream = self.docker.build_image(opts.build(), None, Some(body));
+        let mut stream = self
+            .docker
+            .build_image(opts.build(), Some(creds), Some(body));
         let mut image_id = None;
-        let mut pending = String::new();
+        let mut classic = ClassicProgress::default();
+        let mut buildkit = BuildkitProgress::default();
+        let failed = |message: &str, classic: &ClassicProgress, buildkit: &BuildkitProgress| {
+            let step = buildkit.failed_step.as_ref().or(classic.step.as_ref());
+            build_error(req.tag, message, step.cloned())
+        };
         while let Some(item) = stream.next().await {
             let info = match item {
                 Ok(info) => info,
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(build_error(req.tag, &error))
+                    return Err(failed(&error, &classic, &buildkit))
                 }
-                Err(e) => return Err(build_error(req.tag, &e.to_string())),
+                Err(e) => return Err(failed(&e.to_string(), &classic, &buildkit)),
             };
             if let Some(err) = info.error.or(info.error_detail.and_then(|d| d.message)) {
-                return Err(build_error(req.tag, &err));
+                return Err(failed(&err, &classic, &buildkit));
             }
             if let Some(text) = info.stream {
-                pending.push_str(&text);
-                while let Some(pos) = pending.find('\n') {
-                    let line: String = pending.drain(..=pos).collect();
-                    on_line(line.trim_end());
-                }
+                classic.push(&text, &mut on_line);
             }
-            if let Some(id) = info.aux {
-                image_id = id.id;
+            match info.aux {
+                Some(BuildInfoAux::Default(id)) => image_id = id.id,
+                Some(BuildInfoAux::BuildKit(status)) => buildkit.push(&status, &mut on_line),
+                None => {}
             }
         }
-        if !pending.trim().is_empty() {
-            on_line(pending.trim_end());
-        }
-        image_id.ok_or_else(|| build_error(req.tag, "the engine reported no image id"))
+        classic.finish(&mut on_line);
+        image_id.ok_or_else(|| failed("the engine reported no image id", &classic, &buildkit))
     }
 
-    pub async fn connect() -> Result<Engine, DockerError> {
+    /// The builder `build` uses, and why, e.g. `BuildKit (engine 20.10.24, API 1.41)`.
+    pub fn builder(&self) -> (Builder, &str) {
+        (self.builder, &self.builder_reason)
+    }
+
+    /// Connects and settles the builder: `choice` from DOCKER_BUILDKIT wins; otherwise
+    /// BuildKit on a Linux engine with API 1.39 or later (Docker 18.09, where BuildKit
+    /// sessions arrived), the classic builder elsewhere (Windows engines have no BuildKit).
+    pub async fn connect(choice: BuilderChoice) -> Result<Engine, DockerError> {
         let docker = bollard::Docker::connect_with_defaults().map_err(DockerError::Engine)?;
         let docker = docker
             .negotiate_version()
             .await
             .map_err(DockerError::Engine)?;
-        Ok(Engine { docker })
+        let version = docker.version().await.map_err(DockerError::Engine)?;
+        let engine = format!(
+            "engine {}, {}, API {}",
+            version.version.as_deref().unwrap_or("?"),
+            version.os.as_deref().unwrap_or("?"),
+            version.api_version.as_deref().unwrap_or("?"),
+        );
+        let (builder, why) = match choice {
+            BuilderChoice::BuildKit => (Builder::BuildKit, "DOCKER_BUILDKIT=1"),
+            BuilderChoice::Classic => (Builder::Classic, "DOCKER_BUILDKIT=0"),
+            BuilderChoice::Auto
+                if version.os.as_deref() == Some("linux")
+                    && api_at_least(version.api_version.as_deref(), 1, 39) =>
+            {
+                (Builder::BuildKit, "the engine supports it")
+            }
+            BuilderChoice::Auto => (Builder::Classic, "the engine has no BuildKit"),
+        };
+        Ok(Engine {
+            docker,
+            builder,
+            builder_reason: format!("{why}; {engine}"),
+        })
     }
 
     pub async fn tag(&self, image: &str, repository: &str, tag: &str) -> Result<(), DockerError> {
@@ -139,13 +209,9 @@ impl Engine {
         let opts = bollard::query_parameters::PushImageOptionsBuilder::default()
             .tag(tag)
             .build();
-        let creds = bollard::auth::DockerCredentials {
-            username: Some(auth.username.clone()),
-            password: Some(auth.password.expose().to_string()),
-            serveraddress: Some(auth.server.clone()),
-            ..Default::default()
-        };
-        let mut stream = self.docker.push_image(repository, Some(opts), Some(creds));
+        let mut stream = self
+            .docker
+            .push_image(repository, Some(opts), Some(credentials(auth)));
         let mut digest = None;
         let reference = format!("{repository}:{tag}");
         while let Some(item) = stream.next().await {
@@ -187,21 +253,155 @@ impl Engine {
     }
 }
 
+fn credentials(auth: &RegistryAuth) -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(auth.username.clone()),
+        password: Some(auth.password.expose().to_string()),
+        serveraddress: Some(auth.server.clone()),
+        ..Default::default()
+    }
+}
+
+/// `1.41` >= `1.39`.
+fn api_at_least(version: Option<&str>, major: u32, minor: u32) -> bool {
+    let mut parts = version.unwrap_or("").split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+/// The classic builder's output: text chunks, split into lines; remembers the step that
+/// ran last (`Step 2/3 : RUN make`) so a failure can be placed on its Dockerfile line.
+#[derive(Default)]
+struct ClassicProgress {
+    pending: String,
+    step: Option<String>,
+}
+
+impl ClassicProgress {
+    fn push(&mut self, text: &str, on_line: &mut impl FnMut(&str)) {
+        self.pending.push_str(text);
+        while let Some(pos) = self.pending.find('\n') {
+            let line: String = self.pending.drain(..=pos).collect();
+            let line = line.trim_end();
+            if let Some((_, instruction)) = line
+                .strip_prefix("Step ")
+                .and_then(|rest| rest.split_once(" : "))
+            {
+                self.step = Some(instruction.to_string());
+            }
+            on_line(line);
+        }
+    }
+
+    fn finish(&mut self, on_line: &mut impl FnMut(&str)) {
+        if !self.pending.trim().is_empty() {
+            on_line(self.pending.trim_end());
+        }
+        self.pending.clear();
+    }
+}
+
+/// BuildKit's status stream rendered like `docker build --progress=plain`:
+/// `#3 [2/3] RUN make`, its log lines, then `#3 DONE 1.2s`, `#3 CACHED` or `#3 ERROR: ...`.
+#[derive(Default)]
+struct BuildkitProgress {
+    /// Vertex digest -> its `#n`, in the order BuildKit announced them.
+    numbers: HashMap<String, usize>,
+    announced: std::collections::HashSet<String>,
+    finished: std::collections::HashSet<String>,
+    /// Log bytes per vertex not yet ended by a newline.
+    partial: HashMap<String, Vec<u8>>,
+    /// The Dockerfile instruction of the vertex that failed (`RUN make`).
+    failed_step: Option<String>,
+}
+
+impl BuildkitProgress {
+    fn number(&mut self, digest: &str) -> usize {
+        let next = self.numbers.len() + 1;
+        *self.numbers.entry(digest.to_string()).or_insert(next)
+    }
+
+    fn push(&mut self, status: &StatusResponse, on_line: &mut impl FnMut(&str)) {
+        for v in &status.vertexes {
+            let n = self.number(&v.digest);
+            if (v.started.is_some() || v.cached) && self.announced.insert(v.digest.clone()) {
+                on_line(&format!("#{n} {}", v.name));
+            }
+            if self.finished.contains(&v.digest) {
+                continue;
+            }
+            if !v.error.is_empty() {
+                self.flush_log(&v.digest, n, on_line);
+                on_line(&format!("#{n} ERROR: {}", v.error));
+                self.finished.insert(v.digest.clone());
+                // `[stage-1 2/3] RUN make` -> `RUN make`; internal vertices have no `[`.
+                if let Some((_, instruction)) = v.name.split_once("] ") {
+                    self.failed_step = Some(instruction.to_string());
+                }
+            } else if v.cached {
+                on_line(&format!("#{n} CACHED"));
+                self.finished.insert(v.digest.clone());
+            } else if let (Some(start), Some(end)) = (&v.started, &v.completed) {
+                self.flush_log(&v.digest, n, on_line);
+                let secs =
+                    (end.seconds - start.seconds) as f64 + f64::from(end.nanos - start.nanos) / 1e9;
+                on_line(&format!("#{n} DONE {secs:.1}s"));
+                self.finished.insert(v.digest.clone());
+            }
+        }
+        for log in &status.logs {
+            let n = self.number(&log.vertex);
+            let buf = self.partial.entry(log.vertex.clone()).or_default();
+            buf.extend_from_slice(&log.msg);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                on_line(&format!(
+                    "#{n} {}",
+                    String::from_utf8_lossy(&line).trim_end()
+                ));
+            }
+        }
+        for w in &status.warnings {
+            let n = self.number(&w.vertex);
+            on_line(&format!(
+                "#{n} WARNING: {}",
+                String::from_utf8_lossy(&w.short)
+            ));
+        }
+    }
+
+    fn flush_log(&mut self, digest: &str, n: usize, on_line: &mut impl FnMut(&str)) {
+        if let Some(rest) = self.partial.remove(digest).filter(|b| !b.is_empty()) {
+            on_line(&format!(
+                "#{n} {}",
+                String::from_utf8_lossy(&rest).trim_end()
+            ));
+        }
+    }
+}
+
 /// Builder errors name the Dockerfile line when the engine knows it
-/// (`dockerfile parse error on line 3: ...`).
-fn build_error(tag: &str, message: &str) -> DockerError {
+/// (`dockerfile parse error on line 3: ...`); otherwise `step` (the failing instruction)
+/// lets the caller find it.
+fn build_error(tag: &str, message: &str, step: Option<String>) -> DockerError {
     let line = regex::Regex::new(r"line (\d+)")
         .expect("built-in regex")
         .captures(message)
         .and_then(|c| c[1].parse().ok());
     let mut message = message.trim().to_string();
     if message.contains("--mount") || message.contains("requires BuildKit") {
-        message.push_str(". This Dockerfile needs BuildKit, which berth cannot drive on this engine; use a Dockerfile without BuildKit-only syntax (such as `RUN --mount`), or build it in an earlier step.");
+        message.push_str(". This Dockerfile needs BuildKit, and this build ran on the classic builder (DOCKER_BUILDKIT=0, or an engine without BuildKit). Unset DOCKER_BUILDKIT, use a Linux engine with BuildKit (Docker 18.09 or later), or drop BuildKit-only syntax such as `RUN --mount`.");
+    }
+    if message.contains("docker/dockerfile") && message.contains("frontend") {
+        message.push_str(". The Dockerfile's `# syntax=` line makes BuildKit fetch that frontend image from Docker Hub, which failed. Make Docker Hub reachable from the engine, or drop the `# syntax=` line: the engine's built-in frontend already supports `RUN --mount`.");
     }
     DockerError::Build {
         tag: tag.into(),
         message,
         line,
+        step,
     }
 }
 

@@ -293,7 +293,9 @@ pub async fn build_and_push(
         file: None,
         line: None,
     };
-    let engine = Engine::connect().await.map_err(engine_failure)?;
+    let engine = Engine::connect(cfg.builder).await.map_err(engine_failure)?;
+    let (builder, why) = engine.builder();
+    runner.line(&format!("building with {builder:?} ({why})"));
 
     let started = Instant::now();
     let labels: HashMap<String, String> = [
@@ -313,6 +315,11 @@ pub async fn build_and_push(
     .into();
     let build_args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
     let first_tag = tags.first().cloned().unwrap_or_else(|| sha.to_string());
+    let auth = RegistryAuth {
+        server: cfg.registry.clone(),
+        username: cfg.registry_username.clone(),
+        password: cfg.registry_password.clone(),
+    };
     for img in &cfg.images {
         build_one(
             &engine,
@@ -322,6 +329,7 @@ pub async fn build_and_push(
             &first_tag,
             &build_args,
             &labels,
+            &auth,
             runner,
         )
         .await
@@ -340,11 +348,6 @@ pub async fn build_and_push(
     );
 
     let started = Instant::now();
-    let auth = RegistryAuth {
-        server: cfg.registry.clone(),
-        username: cfg.registry_username.clone(),
-        password: cfg.registry_password.clone(),
-    };
     let mut pushed = BTreeMap::new();
     for img in &cfg.images {
         let repo = repository(cfg, &img.service);
@@ -406,6 +409,7 @@ async fn build_one(
     tag: &str,
     build_args: &HashMap<String, String>,
     labels: &HashMap<String, String>,
+    auth: &RegistryAuth,
     runner: &Runner,
 ) -> Result<(), Failure> {
     let _group = runner.group(&format!("Build {}", img.service));
@@ -433,6 +437,7 @@ async fn build_one(
     let reference = format!("{}:{tag}", repository(cfg, &img.service));
     let request = BuildRequest {
         context_tar: tar,
+        auth,
         dockerfile: &name,
         tag: &reference,
         target: img.target.as_deref(),
@@ -450,16 +455,48 @@ async fn build_one(
         .await;
     match result {
         Ok(_) => Ok(()),
-        Err(DockerError::Build { message, line, .. }) => Err(fail(
+        Err(DockerError::Build {
+            message,
+            line,
+            step,
+            ..
+        }) => Err(fail(
             format!(
                 "{message}\nLast {} lines of build output:\n{}",
                 tail.len(),
                 tail.join("\n")
             ),
-            line,
+            line.or_else(|| {
+                let text = std::fs::read_to_string(&dockerfile).ok()?;
+                instruction_line(&text, step.as_deref()?)
+            }),
         )),
         Err(e) => Err(fail(e.to_string(), None)),
     }
+}
+
+/// The 1-based line where `instruction` (as the builder names a step, continuation lines
+/// joined: `RUN make && make install`) starts in the Dockerfile `text`.
+fn instruction_line(text: &str, instruction: &str) -> Option<u32> {
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let wanted = squash(instruction).to_ascii_lowercase();
+    let lines: Vec<&str> = text.lines().collect();
+    (0..lines.len()).find_map(|start| {
+        let mut joined = String::new();
+        for line in &lines[start..] {
+            match line.trim_end().strip_suffix('\\') {
+                Some(head) => {
+                    joined.push_str(head);
+                    joined.push(' ');
+                }
+                None => {
+                    joined.push_str(line);
+                    break;
+                }
+            }
+        }
+        (squash(&joined).to_ascii_lowercase() == wanted).then(|| start as u32 + 1)
+    })
 }
 
 fn push_failure(e: &DockerError) -> Failure {

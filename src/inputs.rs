@@ -8,6 +8,7 @@ use std::time::Duration;
 use regex::Regex;
 use url::Url;
 
+use crate::docker::BuilderChoice;
 use crate::secret::Secret;
 
 /// One input of `action.yml`. The table below is the single source of names and defaults;
@@ -268,6 +269,8 @@ pub struct Config {
     pub mode: Mode,
     pub release: Option<String>,
     pub dry_run: bool,
+    /// From the `DOCKER_BUILDKIT` environment variable, as the docker CLI reads it.
+    pub builder: BuilderChoice,
     pub github_token: Secret,
     pub ci_workflows: Vec<String>,
     pub allow_untested: bool,
@@ -692,6 +695,16 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         }
     }
     let dry_run = p.bool("dry-run");
+    // Not an input: the variable docker users already set (`env: DOCKER_BUILDKIT: 0`).
+    let builder = match env.get("DOCKER_BUILDKIT").map(|v| v.trim()).unwrap_or("") {
+        "" => BuilderChoice::Auto,
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => BuilderChoice::BuildKit,
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => BuilderChoice::Classic,
+        other => {
+            p.fail("DOCKER_BUILDKIT", format!("`{other}` is not a boolean. Set the DOCKER_BUILDKIT environment variable to `1` (BuildKit) or `0` (classic builder), or unset it to let berth choose."));
+            BuilderChoice::Auto
+        }
+    };
     let github_token = Secret::new(p.text("github-token"));
     let ci_workflows = list_items(&p.raw("ci-workflows"));
     let allow_untested = p.bool("allow-untested");
@@ -1063,6 +1076,7 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         mode,
         release,
         dry_run,
+        builder,
         github_token,
         ci_workflows,
         allow_untested,

@@ -152,14 +152,15 @@ pub fn check_host_key(
             known_hosts,
         } => (fingerprints, known_hosts),
     };
-    if fingerprints.iter().any(|f| f == &actual) || known_hosts.iter().any(|k| k.key == blob) {
+    // As OpenSSH does, a known_hosts line vouches only for the hosts its patterns name.
+    let lines_for_host: Vec<&KnownHost> = known_hosts
+        .iter()
+        .filter(|k| names_host(&k.patterns, host))
+        .collect();
+    if fingerprints.iter().any(|f| f == &actual) || lines_for_host.iter().any(|k| k.key == blob) {
         return Ok(info);
     }
-    // Known-hosts lines pin the hosts they name; a host none of them names is unpinned.
-    let names_this_host = known_hosts
-        .iter()
-        .any(|k| k.patterns.iter().any(|p| pattern_matches(p, host)));
-    if fingerprints.is_empty() && !names_this_host {
+    if fingerprints.is_empty() && lines_for_host.is_empty() {
         return Err(SshError::HostKeyNotPinned {
             host: host.into(),
             actual,
@@ -169,7 +170,7 @@ pub fn check_host_key(
     }
     let mut expected: Vec<String> = fingerprints.clone();
     expected.extend(
-        known_hosts
+        lines_for_host
             .iter()
             .map(|k| format!("{} ({})", fingerprint(&k.key), k.key_type)),
     );
@@ -181,15 +182,80 @@ pub fn check_host_key(
     })
 }
 
-/// Whether a known_hosts pattern names `host` (given as `user@host:port`). Hashed
-/// patterns (`|1|...`) cannot be read without the salt's HMAC, so they count as naming it.
-fn pattern_matches(pattern: &str, host: &str) -> bool {
+/// Whether a known_hosts line's patterns name `host` (given as `user@host:port`), with
+/// OpenSSH's rules: the name is `host` on port 22 and `[host]:port` otherwise; `*` and `?`
+/// are wildcards; a matching `!pattern` excludes the host; `|1|salt|hash` is the
+/// HMAC-SHA1 of the name keyed by the salt; names compare case-insensitively.
+fn names_host(patterns: &[String], host: &str) -> bool {
     let hostport = host.rsplit_once('@').map_or(host, |(_, h)| h);
     let (name, port) = hostport.rsplit_once(':').unwrap_or((hostport, "22"));
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    pattern.starts_with('|')
-        || pattern == name && port == "22"
-        || pattern == format!("[{name}]:{port}")
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let lookup = if port == "22" {
+        name
+    } else {
+        format!("[{name}]:{port}")
+    };
+    let mut named = false;
+    for pattern in patterns {
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pattern.as_str()),
+        };
+        let hit = match pattern.strip_prefix("|1|") {
+            Some(hashed) => hashed_name_matches(hashed, &lookup),
+            None => wildcard_matches(&pattern.to_ascii_lowercase(), &lookup),
+        };
+        if hit && negated {
+            return false;
+        }
+        named |= hit;
+    }
+    named
+}
+
+/// `salt|hash` (both base64) from a `|1|salt|hash` pattern.
+fn hashed_name_matches(hashed: &str, lookup: &str) -> bool {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some((salt, hash)) = hashed.split_once('|') else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.update(lookup.as_bytes());
+    mac.verify_slice(&hash).is_ok()
+}
+
+/// `*` matches any run of characters, `?` any one; everything else literally.
+fn wildcard_matches(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Classic greedy matcher with one backtrack point for the last `*`.
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 impl HostSession {
@@ -544,5 +610,56 @@ mod tests {
             }],
         };
         assert!(check_host_key("h", &blob, "ssh-ed25519", "ed25519", &kh).is_ok());
+    }
+
+    #[test]
+    fn known_hosts_patterns_name_hosts_as_openssh_does() {
+        let n = |patterns: &[&str], host: &str| {
+            names_host(
+                &patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                host,
+            )
+        };
+        assert!(n(&["web1.example.com"], "deploy@web1.example.com:22"));
+        assert!(n(&["WEB1.example.com"], "deploy@web1.EXAMPLE.com:22"));
+        assert!(!n(&["web1.example.com"], "deploy@web2.example.com:22"));
+        assert!(!n(&["web1.example.com"], "deploy@web1.example.com:2222"));
+        assert!(n(
+            &["[web1.example.com]:2222"],
+            "deploy@web1.example.com:2222"
+        ));
+        assert!(n(&["[::1]:2200"], "deploy@[::1]:2200"));
+        assert!(n(&["*.example.com"], "deploy@web1.example.com:22"));
+        assert!(n(&["web?.example.com"], "deploy@web7.example.com:22"));
+        assert!(!n(&["web?.example.com"], "deploy@web10.example.com:22"));
+        assert!(!n(
+            &["*.example.com", "!db*.example.com"],
+            "deploy@db1.example.com:22"
+        ));
+        assert!(n(&["other", "*.example.com"], "deploy@web1.example.com:22"));
+        // `ssh-keygen -H` of `web1.example.com` and `[10.0.0.5]:2222`.
+        let web1 = "|1|zuDkNjmJgrMZCbR9pWnYu1Y8RDQ=|PnckLPDwenz59emNHINrSwLZijw=";
+        let ip = "|1|eh2cC1DVglRaS6e+LY37YzoX65Y=|qCGtjeeD4kwcvfR/idE7091fKZI=";
+        assert!(n(&[web1], "deploy@web1.example.com:22"));
+        assert!(!n(&[web1], "deploy@web2.example.com:22"));
+        assert!(n(&[ip], "deploy@10.0.0.5:2222"));
+        assert!(!n(&[ip], "deploy@10.0.0.5:22"));
+        assert!(!n(&["|1|garbage"], "deploy@web1.example.com:22"));
+    }
+
+    #[test]
+    fn a_known_hosts_line_for_another_host_does_not_vouch_for_this_one() {
+        let blob = b"host-key-blob".to_vec();
+        let trust = HostTrust::Pinned {
+            fingerprints: vec![],
+            known_hosts: vec![KnownHost {
+                patterns: vec!["web1".into()],
+                key_type: "ssh-ed25519".into(),
+                key: blob.clone(),
+            }],
+        };
+        assert!(check_host_key("u@web1:22", &blob, "ssh-ed25519", "ed25519", &trust).is_ok());
+        let err = check_host_key("u@web2:22", &blob, "ssh-ed25519", "ed25519", &trust).unwrap_err();
+        assert!(matches!(err, SshError::HostKeyNotPinned { .. }), "{err}");
     }
 }

@@ -32,6 +32,16 @@ fn release_tree() -> tempfile::TempDir {
     tree
 }
 
+/// A label unique to this build: without it the image has the same id as act's build of
+/// the same tree (tests/it/act.rs), and removing it here could delete that one mid-run.
+fn unique_label() -> String {
+    format!(
+        "berth.test={}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
 fn check_image(tag: &str) {
     let size: u64 = sh(Command::new("docker").args(["image", "inspect", "-f", "{{.Size}}", tag]))
         .trim()
@@ -58,7 +68,7 @@ fn the_action_image_builds_from_a_release_tree_with_the_legacy_builder() {
     let tag = "berth-action-legacy-test:latest";
     sh(Command::new("docker")
         .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "-t", tag])
+        .args(["build", "-q", "--label", &unique_label(), "-t", tag])
         .arg(tree.path()));
     check_image(tag);
 }
@@ -77,7 +87,8 @@ fn the_action_image_picks_the_binary_for_the_platform_under_buildkit() {
     let tag = "berth-action-buildkit-test:latest";
     sh(Command::new(BUILDKIT_CLI)
         .env("DOCKER_BUILDKIT", "1")
-        .args(["build", "-q", "--platform", "linux/amd64", "-t", tag])
+        .args(["build", "-q", "--label", &unique_label()])
+        .args(["--platform", "linux/amd64", "-t", tag])
         .arg(tree.path()));
     check_image(tag);
     // An arm64 build must look for the arm64 binary, which this tree lacks.

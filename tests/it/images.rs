@@ -13,7 +13,18 @@ fn build_run(
     images: &str,
     setup: impl FnOnce(&Path),
 ) -> (Berth, crate::support::Run) {
+    build_run_on(registry, images, "", setup)
+}
+
+/// `build_run` with `DOCKER_BUILDKIT` set to `buildkit` (empty: berth chooses).
+fn build_run_on(
+    registry: &Registry,
+    images: &str,
+    buildkit: &str,
+    setup: impl FnOnce(&Path),
+) -> (Berth, crate::support::Run) {
     let b = Berth::valid()
+        .env("DOCKER_BUILDKIT", buildkit)
         .input("allow-untested", "true")
         .input("ci-workflows", "")
         .input("create-deployment", "false")
@@ -206,7 +217,9 @@ fn an_unchanged_image_pushed_again_uploads_no_blob() {
         .enable_all()
         .build()
         .unwrap();
-    let engine = rt.block_on(berth::docker::Engine::connect()).unwrap();
+    let engine = rt
+        .block_on(berth::docker::Engine::connect(Default::default()))
+        .unwrap();
     rt.block_on(engine.tag(&local, &repo, "one")).unwrap();
     let first = rt
         .block_on(engine.push(&repo, "one", &auth, |_| {}))
@@ -229,15 +242,90 @@ fn an_unchanged_image_pushed_again_uploads_no_blob() {
 }
 
 #[test]
-fn a_buildkit_only_dockerfile_fails_saying_why() {
+fn a_buildkit_only_dockerfile_builds_on_buildkit_and_the_classic_builder_says_why_not() {
     let registry = Registry::start();
-    let (_, run) = build_run(&registry, "app=app/Dockerfile", |ws| {
+    // No `# syntax=` line: that would pull docker/dockerfile from Docker Hub.
+    let dockerfile = format!("{PREAMBLE}RUN --mount=type=cache,target=/cache,id=berth-test-cache echo cached > /cache/seen && cat /cache/seen && echo cache-mount-ok\n");
+    let setup = |ws: &Path| {
         with_busybox(ws, "app");
-        write(ws, "app/Dockerfile", &format!("# syntax=docker/dockerfile:1\n{PREAMBLE}RUN --mount=type=cache,target=/cache echo cached\n"));
-    });
+        write(ws, "app/Dockerfile", &dockerfile);
+    };
+
+    // The rig's engine (20.10, API 1.41) has BuildKit, so berth uses it.
+    let (_, run) = build_run(&registry, "app=app/Dockerfile", setup);
+    assert!(
+        run.stdout.contains("building with BuildKit"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with('#') && l.ends_with("cache-mount-ok")),
+        "the RUN --mount step's output, streamed as BuildKit reports it:\n{}",
+        run.stdout
+    );
+    let digest = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("app: {}/acme/shop-app@", registry.addr)))
+        .unwrap_or_else(|| panic!("no pushed digest:\n{}", run.stdout))
+        .to_string();
+    let (status, _) = registry.api(&format!("/v2/acme/shop-app/manifests/{digest}"));
+    assert_eq!(status, 200, "the pushed manifest {digest}");
+
+    // DOCKER_BUILDKIT=0 forces the classic builder, which cannot build it.
+    let (_, run) = build_run_on(&registry, "app=app/Dockerfile", "0", setup);
+    assert!(
+        run.stdout
+            .contains("building with Classic (DOCKER_BUILDKIT=0"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.code, 1);
     let err = run.errors()[0];
-    assert!(err.contains("needs BuildKit"), "{err}");
+    assert!(
+        err.starts_with("::error file=app/Dockerfile,line=4,title=berth%3A building app failed::"),
+        "{err}"
+    );
+    assert!(
+        err.contains("needs BuildKit") && err.contains("DOCKER_BUILDKIT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_run_step_is_annotated_on_its_line_by_either_builder() {
+    let registry = Registry::start();
+    for buildkit in ["1", "0"] {
+        let (_, run) = build_run_on(&registry, "web=web/Dockerfile", buildkit, |ws| {
+            with_busybox(ws, "web");
+            write(
+                ws,
+                "web/Dockerfile",
+                &format!("{PREAMBLE}RUN echo before-the-failure\nRUN echo about to fail && \\\n    exit 3\nRUN echo never\n"),
+            );
+        });
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        let err = run.errors()[0];
+        assert!(
+            err.starts_with(
+                "::error file=web/Dockerfile,line=5,title=berth%3A building web failed::"
+            ),
+            "DOCKER_BUILDKIT={buildkit}: {err}"
+        );
+        // BuildKit: `exit code: 3`; classic: `returned a non-zero code: 3`.
+        assert!(
+            err.contains("exit code: 3") || err.contains("non-zero code: 3"),
+            "DOCKER_BUILDKIT={buildkit}: {err}"
+        );
+        assert!(
+            err.contains("about to fail"),
+            "the last lines of output: {err}"
+        );
+        let (_, catalog) = registry.api("/v2/_catalog");
+        assert!(!catalog.contains("shop-web"), "{catalog}");
+    }
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The rig works end to end with berth's own Docker and SSH modules.
 
+use std::process::Command;
 use std::time::Duration;
 
 use berth::docker::{Engine, RegistryAuth};
@@ -7,7 +8,7 @@ use berth::inputs::{parse_host, parse_known_host};
 use berth::secret::Secret;
 use berth::ssh::{Credentials, HostSession, HostTrust, SshError};
 
-use crate::support::rig::{busybox_image, Registry, Sshd};
+use crate::support::rig::{busybox_image, sh, Registry, Sshd};
 use crate::support::Berth;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -44,7 +45,7 @@ fn push_through_bollard_with_auth_and_read_back_through_the_v2_api() {
     };
     let mut lines = Vec::new();
     let digest = runtime().block_on(async {
-        let engine = Engine::connect().await.expect("engine");
+        let engine = Engine::connect(Default::default()).await.expect("engine");
         engine.tag(&local, &repo, "t1").await.expect("tag");
         engine
             .push(&repo, "t1", &auth, |l| lines.push(l.to_string()))
@@ -75,7 +76,7 @@ fn a_wrong_registry_password_is_a_401_error_and_nothing_is_pushed() {
         password: Secret::new("wrong"),
     };
     let err = runtime().block_on(async {
-        let engine = Engine::connect().await.unwrap();
+        let engine = Engine::connect(Default::default()).await.unwrap();
         engine.tag(&local, &repo, "t1").await.unwrap();
         engine.push(&repo, "t1", &auth, |_| {}).await.unwrap_err()
     });
@@ -152,6 +153,34 @@ fn known_hosts_lines_from_ssh_keyscan_pin_the_host() {
         known_hosts: vec![parse_known_host(&line).unwrap()],
     };
     assert!(HostSession::connect(&host, &creds(&sshd), &trust, Duration::from_secs(10)).is_ok());
+
+    // The same line hashed by `ssh-keygen -H` (as many known_hosts files are) pins it too.
+    let file = sshd.dir().join("known_hosts");
+    std::fs::write(&file, format!("{line}\n")).unwrap();
+    sh(Command::new("ssh-keygen").arg("-H").arg("-f").arg(&file));
+    let hashed = std::fs::read_to_string(&file).unwrap();
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    let trust = HostTrust::Pinned {
+        fingerprints: vec![],
+        known_hosts: vec![parse_known_host(hashed.trim()).unwrap()],
+    };
+    assert!(HostSession::connect(&host, &creds(&sshd), &trust, Duration::from_secs(10)).is_ok());
+
+    // A line naming another host vouches for nothing here, even with this host's key.
+    let elsewhere = format!(
+        "[127.0.0.1]:{} {}",
+        sshd.port + 1,
+        sshd.host_key.public.trim()
+    );
+    let trust = HostTrust::Pinned {
+        fingerprints: vec![],
+        known_hosts: vec![parse_known_host(&elsewhere).unwrap()],
+    };
+    match HostSession::connect(&host, &creds(&sshd), &trust, Duration::from_secs(10)) {
+        Err(SshError::HostKeyNotPinned { .. }) => {}
+        Err(e) => panic!("expected an unpinned-host error, got {e}"),
+        Ok(_) => panic!("a known_hosts line for another host let the connection through"),
+    }
 }
 
 #[test]

@@ -9,12 +9,28 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// A port for a test service to listen on. Taken below Linux's ephemeral range
+/// (32768-60999): a port the kernel hands out for `bind(0)` can be taken by any outgoing
+/// connection before the service binds it, which made `docker compose up` fail with
+/// "address already in use". Each test process starts at its own offset.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 997) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 fn wait_for_port(port: u16, what: &str, log: &Path) {
