@@ -123,7 +123,7 @@ impl HealthRecord {
         let last = self
             .last_failure()
             .map(|a| a.outcome.to_string())
-            .unwrap_or_else(|| "no attempt".into());
+            .unwrap_or_else(|| "the deadline passed before the first probe".into());
         format!(
             "last: {last}; {} attempt(s) in {:.1}s: {counts}",
             self.attempts.len(),

@@ -630,11 +630,13 @@ impl<'a> Deploy<'a> {
             return;
         }
 
-        // The health deadline counts from the moment the first host's `up` returned.
+        // The health deadline counts from the moment the last host's `up` returned: counted
+        // from the first, a host whose `up` was slower got less than `health-timeout`, or
+        // (seen on a loaded runner) no probe at all before the deadline.
         let health_started = hosts
             .iter()
             .filter_map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).up_done)
-            .min()
+            .max()
             .unwrap_or_else(Instant::now);
         match self.verify_and_gate(hosts, report, health_started).await {
             Ok(record) => {

@@ -243,6 +243,38 @@ fn a_secondary_rate_limit_is_waited_out_then_the_gate_passes() {
 }
 
 #[test]
+fn an_exhausted_rate_limit_is_waited_out_only_if_it_resets_before_the_deadline() {
+    // Resets in 1 s, well inside ci-timeout: waited out, then the gate passes.
+    let fake = FakeGithub::start();
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(905, SHA, &[SUCCESS]));
+    fake.fault(Fault::PrimaryRateLimit { reset_in: 1 });
+    let (verdict, _, _) = gate(&push(&fake));
+    assert_eq!(verdict.unwrap(), GateVerdict::Passed);
+    assert_eq!(
+        fake.requests().iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![403, 200]
+    );
+
+    // Resets in an hour, past ci-timeout (20 s): fail now, saying so, without waiting.
+    let fake = FakeGithub::start();
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(906, SHA, &[SUCCESS]));
+    fake.fault(Fault::PrimaryRateLimit { reset_in: 3600 });
+    let (verdict, _, _) = gate(&push(&fake));
+    let err = verdict.unwrap_err().to_string();
+    assert!(
+        err.contains("rate limit is exhausted") && err.contains("Re-run later"),
+        "{err}"
+    );
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "berth kept asking a rate-limited API"
+    );
+}
+
+#[test]
 fn a_server_error_is_retried_with_backoff() {
     let fake = FakeGithub::start();
     fake.workflow(1, "CI", "ci.yml")

@@ -174,7 +174,7 @@ fn when_the_previous_release_cannot_start_either_the_report_says_how_to_recover(
         "docker ps -aq --filter label=com.docker.compose.project={} | xargs -r docker rm -f",
         stage.project
     )));
-    sh(Command::new("docker").args(["image", "rm", "-f", &id]));
+    sh(Command::new("docker").args(["image", "rm", "-f", "--no-prune", &id]));
     let run = stage
         .berth(&App::new("v2").mode("500"))
         .input("health-timeout", "3s")

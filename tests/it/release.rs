@@ -460,7 +460,7 @@ fn keep_releases_prunes_old_releases_and_touches_no_other_project() {
         .args(["rm", "-f", &bystander])
         .output();
     let _ = Command::new("docker")
-        .args(["image", "rm", "-f", &image])
+        .args(["image", "rm", "-f", "--no-prune", &image])
         .output();
 }
 

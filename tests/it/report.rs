@@ -191,6 +191,32 @@ fn deployment_status_sequences_for_deployed_rolled_back_and_internal_error() {
 }
 
 #[test]
+fn a_deployment_answered_202_auto_merged_warns_and_deploys() {
+    let stage = Stage::new();
+    let fake = FakeGithub::start();
+    fake.merge_instead_of_deploying();
+    let run = with_github(&stage, &App::new("v1"), &fake).run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let w = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("GitHub Deployment not created"))
+        .expect("a warning");
+    assert!(
+        w.starts_with("::warning") && w.contains("Auto-merged"),
+        "{w}"
+    );
+    let posts = fake.deployment_requests();
+    assert_eq!(
+        posts.len(),
+        1,
+        "no status is posted for a deployment that does not exist: {posts:?}"
+    );
+    assert_eq!(run.output("deployment-id").as_deref(), Some(""));
+    assert_eq!(run.output("status").as_deref(), Some("deployed"));
+}
+
+#[test]
 fn without_deployments_permission_berth_warns_and_deploys() {
     let stage = Stage::new();
     let fake = FakeGithub::start();

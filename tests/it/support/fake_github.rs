@@ -62,7 +62,14 @@ pub const QUEUED: (&str, Option<&str>) = ("queued", None);
 
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
-    SecondaryRateLimit { retry_after: u64 },
+    SecondaryRateLimit {
+        retry_after: u64,
+    },
+    /// The hourly limit used up: 403 with `x-ratelimit-remaining: 0`, resetting in
+    /// `reset_in` seconds.
+    PrimaryRateLimit {
+        reset_in: u64,
+    },
     ServerError,
 }
 
@@ -93,6 +100,7 @@ struct State {
     remaining: u64,
     per_page_cap: Option<usize>,
     deployments_forbidden: bool,
+    deployments_merged: bool,
     next_deployment: u64,
 }
 
@@ -185,6 +193,12 @@ impl FakeGithub {
 
     pub fn per_page_cap(&self, n: usize) -> &Self {
         self.state.lock().unwrap().per_page_cap = Some(n);
+        self
+    }
+
+    /// Answer deployment creation 202 with GitHub's "Auto-merged" example: no deployment.
+    pub fn merge_instead_of_deploying(&self) -> &Self {
+        self.state.lock().unwrap().deployments_merged = true;
         self
     }
 
@@ -285,6 +299,10 @@ fn handle(
             return (403, rate_headers(st), msg.to_string());
         }
         let req: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        if path == deployments && st.deployments_merged {
+            let v = fixture("create-deployment.202.merged-branch.json");
+            return (202, rate_headers(st), v.to_string());
+        }
         if path == deployments {
             st.next_deployment += 1;
             let id = 1000 + st.next_deployment;
@@ -440,6 +458,24 @@ fn fault_answer(st: &mut State, fault: Fault) -> Answer {
             let mut h = rate_headers(st);
             h.push(("retry-after".into(), retry_after.to_string()));
             let body = json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.", "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"});
+            (403, h, body.to_string())
+        }
+        Fault::PrimaryRateLimit { reset_in } => {
+            let mut h = rate_headers(st);
+            let reset = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + reset_in;
+            for (k, v) in h.iter_mut() {
+                match k.as_str() {
+                    "x-ratelimit-remaining" => *v = "0".into(),
+                    "x-ratelimit-used" => *v = "1000".into(),
+                    "x-ratelimit-reset" => *v = reset.to_string(),
+                    _ => {}
+                }
+            }
+            let body = json!({"message": "API rate limit exceeded for installation ID 1.", "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"});
             (403, h, body.to_string())
         }
         Fault::ServerError => (
