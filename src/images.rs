@@ -572,4 +572,17 @@ mod tests {
             "nothing from outside the context"
         );
     }
+
+    #[test]
+    fn a_failing_step_is_found_on_its_dockerfile_line() {
+        let dockerfile = "FROM scratch\nCOPY a /a\nRUN echo one\n# comment\nRUN echo about && \\\n    exit 3\nRUN  echo   spaced\n";
+        assert_eq!(instruction_line(dockerfile, "RUN echo one"), Some(3));
+        // Continuation lines joined, as both builders name the step.
+        assert_eq!(
+            instruction_line(dockerfile, "RUN echo about &&     exit 3"),
+            Some(5)
+        );
+        assert_eq!(instruction_line(dockerfile, "run echo spaced"), Some(7));
+        assert_eq!(instruction_line(dockerfile, "RUN echo missing"), None);
+    }
 }
