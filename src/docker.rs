@@ -385,6 +385,16 @@ impl BuildkitProgress {
 /// Builder errors name the Dockerfile line when the engine knows it
 /// (`dockerfile parse error on line 3: ...`); otherwise `step` (the failing instruction)
 /// lets the caller find it.
+/// Whether a classic build failed in its cache lookup because an image vanished mid-read.
+/// For a `FROM scratch` step the engine lists every parentless image, then reads each; one
+/// removed in between (by anyone on the engine) fails the whole build with this message
+/// before the step ran, so building again is safe.
+pub fn is_classic_cache_race(message: &str) -> bool {
+    regex::Regex::new(r#"^unable to find image "sha256:[0-9a-f]{64}"$"#)
+        .expect("built-in regex")
+        .is_match(message.trim())
+}
+
 fn build_error(tag: &str, message: &str, step: Option<String>) -> DockerError {
     let line = regex::Regex::new(r"line (\d+)")
         .expect("built-in regex")
@@ -473,6 +483,22 @@ mod tests {
         );
         assert_eq!(parse_push_digest("Pushed"), None);
         assert_eq!(parse_push_digest("x: digest: sha256:short size: 1"), None);
+    }
+
+    #[test]
+    fn only_the_cache_lookup_race_is_built_again() {
+        let id = "c5c56e9a52eebd0ac1d35f2c2a47847d0b1c8b75a447baf04b318ba89a3a7ba3";
+        assert!(is_classic_cache_race(&format!(
+            "unable to find image \"sha256:{id}\""
+        )));
+        // The same words about a base image the Dockerfile names are the user's to fix.
+        assert!(!is_classic_cache_race(
+            "pull access denied for nosuch, repository does not exist: unable to find image \"nosuch\""
+        ));
+        assert!(!is_classic_cache_race("unable to find image \"alpine:3\""));
+        assert!(!is_classic_cache_race(
+            "The command '/bin/sh -c exit 3' returned a non-zero code: 3"
+        ));
     }
 
     #[test]

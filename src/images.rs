@@ -7,13 +7,15 @@ use std::time::Instant;
 
 use globset::GlobMatcher;
 
-use crate::docker::{BuildRequest, DockerError, Engine, RegistryAuth};
+use crate::docker::{is_classic_cache_race, BuildRequest, DockerError, Engine, RegistryAuth};
 use crate::inputs::{is_valid_tag, Config, GithubContext, ImageSpec, TagValues};
 use crate::report::{Failure, Phase, PhaseResult, Report};
 use crate::workflow::Runner;
 
 /// Lines of build output quoted in a build failure.
 const BUILD_TAIL: usize = 30;
+/// Builds tried when the classic builder's cache lookup races an image removal.
+const CACHE_RACE_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -431,28 +433,47 @@ async fn build_one(
             None,
         ));
     }
-    let (tar, name) = context_tar(&context, &dockerfile, ".berth.Dockerfile")
-        .map_err(|e| fail(e.to_string(), None))?;
     let mut tail: Vec<String> = Vec::new();
     let reference = format!("{}:{tag}", repository(cfg, &img.service));
-    let request = BuildRequest {
-        context_tar: tar,
-        auth,
-        dockerfile: &name,
-        tag: &reference,
-        target: img.target.as_deref(),
-        build_args,
-        labels,
-    };
-    let result = engine
-        .build(request, |line| {
-            runner.line(line);
-            tail.push(line.to_string());
-            if tail.len() > BUILD_TAIL {
-                tail.remove(0);
+    let mut attempt = 1;
+    let result = loop {
+        let (tar, name) = context_tar(&context, &dockerfile, ".berth.Dockerfile")
+            .map_err(|e| fail(e.to_string(), None))?;
+        let request = BuildRequest {
+            context_tar: tar,
+            auth,
+            dockerfile: &name,
+            tag: &reference,
+            target: img.target.as_deref(),
+            build_args,
+            labels,
+        };
+        tail.clear();
+        let result = engine
+            .build(request, |line| {
+                runner.line(line);
+                tail.push(line.to_string());
+                if tail.len() > BUILD_TAIL {
+                    tail.remove(0);
+                }
+            })
+            .await;
+        match result {
+            Err(DockerError::Build { ref message, .. })
+                if attempt < CACHE_RACE_ATTEMPTS && is_classic_cache_race(message) =>
+            {
+                runner.warning(
+                    &format!("berth: rebuilding {}", img.service),
+                    &format!(
+                        "The classic builder's cache lookup failed ({message}): an image on the engine was removed while the build read the cache, a race in the engine (`FROM scratch` steps read every parentless image). Nothing was built from it; building again (attempt {} of {CACHE_RACE_ATTEMPTS}).",
+                        attempt + 1
+                    ),
+                );
+                attempt += 1;
             }
-        })
-        .await;
+            result => break result,
+        }
+    };
     match result {
         Ok(_) => Ok(()),
         Err(DockerError::Build {

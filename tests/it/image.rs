@@ -68,7 +68,16 @@ fn the_action_image_builds_from_a_release_tree_with_the_legacy_builder() {
     let tag = "berth-action-legacy-test:latest";
     sh(Command::new("docker")
         .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "--label", &unique_label(), "-t", tag])
+        // `--no-cache`: see `busybox_image` for the engine's cache-lookup race.
+        .args([
+            "build",
+            "-q",
+            "--no-cache",
+            "--label",
+            &unique_label(),
+            "-t",
+            tag,
+        ])
         .arg(tree.path()));
     check_image(tag);
 }

@@ -342,8 +342,11 @@ pub fn busybox_image(tag: &str, extra: &str, files: &[(&str, &str)]) -> String {
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{extra}\n"
     );
     std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    // `--no-cache`: the classic builder's cache lookup for a `FROM scratch` step fails if
+    // any parentless image on the engine is removed while it reads them, and other tests
+    // remove theirs all the time.
     sh(Command::new("docker")
-        .args(["build", "-q", "-t", tag])
+        .args(["build", "-q", "--no-cache", "-t", tag])
         .arg(ctx.path()));
     tag.to_string()
 }
