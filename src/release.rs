@@ -261,16 +261,21 @@ impl HostRelease {
 
     fn lock_inner(&mut self, spec: &ReleaseSpec) -> Result<Option<String>, ReleaseError> {
         let started = Instant::now();
-        self.step("mkdir .berth", &self.layout.ensure_berth_dir(), None, QUICK)?;
         let mut warning = None;
         let mut last_holder = String::new();
         loop {
-            if self
-                .quiet(&self.layout.lock_acquire(), None, QUICK, false)?
-                .status
-                == 0
-            {
-                break;
+            let acquire = self.quiet(&self.layout.lock_acquire(), None, QUICK, false)?;
+            match acquire.status {
+                0 => break,
+                remote::LOCK_HELD => {}
+                status => {
+                    return Err(ReleaseError::Step {
+                        host: self.conn.name.clone(),
+                        step: "mkdir .berth/lock",
+                        status,
+                        tail: tail(&acquire, 30),
+                    })
+                }
             }
             let inspect = self.quiet(&self.layout.lock_inspect(), None, QUICK, false)?;
             let (holder, age) = parse_lock_inspect(&inspect.stdout);
@@ -318,7 +323,6 @@ impl HostRelease {
             &record,
             0o600,
         )?;
-        self.step("heartbeat", &self.layout.lock_heartbeat(), None, QUICK)?;
         self.lock_token = Some(spec.holder.token.clone());
         held_locks().push((
             self.access.clone(),
@@ -391,24 +395,12 @@ impl HostRelease {
 
     /// Every container of the project, with its state.
     pub fn containers(&self) -> Result<Vec<ContainerState>, ReleaseError> {
-        let ids = self.step(
+        let out = self.step(
             "list containers",
             &self.layout.project_containers(),
             None,
             QUICK,
         )?;
-        let ids: Vec<String> = ids
-            .stdout
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let out = self.quiet(&remote::inspect_containers(&ids), None, QUICK, false)?;
-        // A container can vanish between the list and the inspect; read what came back.
         Ok(out
             .stdout
             .lines()
@@ -453,23 +445,26 @@ impl HostRelease {
             Some(login) => Some(self.login(login)?),
             None => None,
         };
-        let pulled = self.timed(Phase::Pull, |h| {
+        self.timed(Phase::Pull, |h| {
             let pull = h
                 .layout
                 .compose(&id, &["pull", "--quiet", "--ignore-buildable"]);
-            h.streamed(
+            // The pull removes the login config when it ends; if the command never ran to
+            // its end (connection lost, timeout), try again: the credential must not stay.
+            let pulled = h.streamed(
                 "docker compose pull",
                 &remote::with_docker_config(pull, config_dir.as_deref()),
                 None,
                 LONG,
-            )?;
+            );
+            if let (Some(dir), Err(e)) = (&config_dir, &pulled) {
+                if !matches!(e, ReleaseError::Step { .. }) {
+                    let _ = h.quiet(&remote::remove_docker_config(dir), None, QUICK, false);
+                }
+            }
+            pulled?;
             h.pin_unbuilt(spec)
-        });
-        if let Some(dir) = &config_dir {
-            // The credential must not stay on disk, whatever happened.
-            let _ = self.quiet(&remote::remove_docker_config(dir), None, QUICK, false);
-        }
-        pulled?;
+        })?;
 
         if let Some(pd) = &spec.pre_deploy {
             self.timed(Phase::PreDeploy, |h| {
@@ -494,22 +489,21 @@ impl HostRelease {
         })
     }
 
-    /// `docker login --password-stdin` into a fresh private config dir.
+    /// `docker login --password-stdin` into a fresh private config dir, which it returns.
     fn login(&mut self, login: &RegistryLogin) -> Result<String, ReleaseError> {
-        let dir = self
-            .step("mktemp", &remote::make_docker_config(), None, QUICK)?
-            .stdout
-            .trim()
-            .to_string();
-        let result = self.step(
+        let out = self.step(
             "docker login",
-            &remote::registry_login(&dir, &login.server, &login.username),
+            &remote::registry_login(&login.server, &login.username),
             Some(login.password.expose().as_bytes()),
             QUICK,
-        );
-        if let Err(e) = result {
-            let _ = self.quiet(&remote::remove_docker_config(&dir), None, QUICK, false);
-            return Err(e);
+        )?;
+        let dir = out.stdout.lines().last().unwrap_or("").trim().to_string();
+        if !dir.starts_with("/tmp/berth-docker-config.") {
+            return Err(ReleaseError::Unexpected {
+                host: self.conn.name.clone(),
+                doing: "reading the login config dir",
+                detail: out.stdout,
+            });
         }
         Ok(dir)
     }
@@ -530,19 +524,31 @@ impl HostRelease {
                 doing: "reading `compose config`",
                 detail: e.to_string(),
             })?;
+        let unpinned: Vec<(String, String)> = config["services"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(service, def)| {
+                Some((service.clone(), def["image"].as_str()?.to_string()))
+            })
+            .filter(|(service, image)| {
+                !self.pins.contains_key(service) && !image.contains("@sha256:")
+            })
+            .collect();
+        if unpinned.is_empty() {
+            return Ok(());
+        }
+        let images: Vec<String> = unpinned.iter().map(|(_, i)| i.clone()).collect();
+        let out = self.step(
+            "inspect images",
+            &remote::repo_digests(&images),
+            None,
+            QUICK,
+        )?;
         let mut changed = false;
-        for (service, def) in config["services"].as_object().into_iter().flatten() {
-            let Some(image) = def["image"].as_str() else {
-                continue;
-            };
-            if self.pins.contains_key(service) || image.contains("@sha256:") {
-                continue;
-            }
-            let out = self.quiet(&remote::repo_digests(image), None, QUICK, false)?;
-            if out.status != 0 {
-                continue; // Buildable services without an image on the host: compose builds them.
-            }
-            if let Some(pin) = choose_pin(image, out.stdout.trim()) {
+        for ((service, image), line) in unpinned.iter().zip(out.stdout.lines()) {
+            // `-`: a buildable service without an image on the host; compose builds it.
+            if let Some(pin) = choose_pin(image, line.trim()) {
                 self.pins.insert(service.clone(), pin);
                 changed = true;
             }
@@ -878,11 +884,7 @@ impl HostRelease {
         if let Some(login) = &spec.registry {
             steps.push(format!(
                 "{} <<< (password on stdin, redacted)",
-                q(&remote::registry_login(
-                    "$DOCKER_CONFIG",
-                    &login.server,
-                    &login.username
-                ))
+                q(&remote::registry_login(&login.server, &login.username))
             ));
         }
         steps.push(q(&self

@@ -30,16 +30,6 @@ impl Cmd {
     {
         Cmd(words.into_iter().map(Into::into).collect())
     }
-
-    fn with_env(mut self, env: &[(&str, &str)]) -> Cmd {
-        if env.is_empty() {
-            return self;
-        }
-        let mut argv = vec!["env".to_string()];
-        argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-        argv.append(&mut self.0);
-        Cmd(argv)
-    }
 }
 
 /// Paths of one deploy dir.
@@ -92,13 +82,22 @@ impl Layout {
         Cmd::new(["mkdir", "-p", "-m", "0700", &self.release_dir(id)])
     }
 
-    /// The atomic step of taking the lock: `mkdir` fails if the directory exists.
+    /// Takes the lock in one round trip: makes `.berth/releases` (0700) if needed, then the
+    /// atomic step, `mkdir` of the lock dir, which fails if it exists, and a first heartbeat.
+    /// Exits 0 when taken, [`LOCK_HELD`] when someone holds it, anything else on an error.
     pub fn lock_acquire(&self) -> Cmd {
-        Cmd::new(["mkdir", &self.lock_dir()])
-    }
-
-    pub fn ensure_berth_dir(&self) -> Cmd {
-        Cmd::new(["mkdir", "-p", "-m", "0700", &self.releases_dir()])
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"mkdir -p -m 0700 "$1" || exit 2
+if mkdir "$2" 2>/dev/null; then touch "$2/heartbeat"; exit; fi
+test -d "$2" && exit 3
+mkdir "$2""#
+                .into(),
+            "sh".into(),
+            self.releases_dir(),
+            self.lock_dir(),
+        ])
     }
 
     /// Prints the holder record, then the heartbeat's mtime and the host's clock, so the
@@ -175,16 +174,17 @@ impl Layout {
         Cmd::new(["rm", "-rf", &self.release_dir(id)])
     }
 
-    /// Service, container id, state and exit code of every container of the project.
+    /// `docker inspect` (one JSON object per line) of every container of the project, in
+    /// one round trip. A container removed between the list and the inspect is left out.
     pub fn project_containers(&self) -> Cmd {
         Cmd::new([
-            "docker",
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--format",
-            "{{.ID}}",
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"ids=$(docker ps -aq --filter "label=com.docker.compose.project=$1") || exit
+[ -z "$ids" ] || docker inspect --format '{{json .}}' $ids 2>/dev/null || true"#
+                .into(),
+            "sh".into(),
+            self.project.clone(),
         ])
     }
 }
@@ -210,71 +210,67 @@ pub const COMPOSE_FILE: &str = "compose.yml";
 pub const OVERRIDE_FILE: &str = "berth.override.yml";
 pub const ENV_FILE: &str = ".env";
 pub const RECORD_FILE: &str = "release.json";
-
-/// `docker inspect` of containers: service, image id, state, restarts, OOM, exit code.
-pub fn inspect_containers(ids: &[String]) -> Cmd {
-    let mut argv = vec![
-        "docker".to_string(),
-        "inspect".into(),
-        "--format".into(),
-        "{{json .}}".into(),
-    ];
-    argv.extend(ids.iter().cloned());
-    Cmd(argv)
-}
+/// `lock_acquire`'s exit status when another deploy holds the lock.
+pub const LOCK_HELD: i32 = 3;
 
 /// The local image id of each reference, one per line (`-` when absent).
 pub fn image_ids(refs: &[String]) -> Cmd {
+    inspect_each("{{.Id}}", refs)
+}
+
+/// `<id> ["repo@sha256:...", ...]` of each local image, one line per image in order (`-`
+/// when absent), for pinning what a compose file names by tag.
+pub fn repo_digests(images: &[String]) -> Cmd {
+    inspect_each("{{.Id}} {{json .RepoDigests}}", images)
+}
+
+/// `docker image inspect --format <format>` of each image in one exec, a line each (`-`
+/// when absent). The format is the script's first argument, never part of its text.
+fn inspect_each(format: &str, images: &[String]) -> Cmd {
     let mut argv = vec![
         "sh".to_string(),
         "-c".into(),
-        r#"for r in "$@"; do docker image inspect --format '{{.Id}}' "$r" 2>/dev/null || echo -; done"#.into(),
+        r#"f="$1"; shift; for r in "$@"; do docker image inspect --format "$f" "$r" 2>/dev/null || echo -; done"#.into(),
         "sh".into(),
+        format.into(),
     ];
-    argv.extend(refs.iter().cloned());
+    argv.extend(images.iter().cloned());
     Cmd(argv)
 }
 
-/// `repo@sha256:...` digests of local images, for pinning what a compose file names by tag.
-pub fn repo_digests(image: &str) -> Cmd {
+/// `docker login` into a fresh private client config (mktemp), reading the password from
+/// stdin; prints the config dir. On a failed login the dir is removed again.
+pub fn registry_login(registry: &str, username: &str) -> Cmd {
     Cmd::new([
-        "docker",
-        "image",
-        "inspect",
-        "--format",
-        "{{.Id}} {{json .RepoDigests}}",
-        image,
+        "sh".to_string(),
+        "-c".into(),
+        r#"d=$(mktemp -d /tmp/berth-docker-config.XXXXXXXX) || exit
+DOCKER_CONFIG="$d" docker login --username "$1" --password-stdin "$2" >&2 || { s=$?; rm -rf "$d"; exit $s; }
+echo "$d""#
+            .into(),
+        "sh".into(),
+        username.into(),
+        registry.into(),
     ])
-}
-
-/// A private, throwaway Docker client config for one deploy's registry login.
-pub fn make_docker_config() -> Cmd {
-    Cmd::new(["mktemp", "-d", "/tmp/berth-docker-config.XXXXXXXX"])
-}
-
-/// `docker login` reading the password from stdin, into the throwaway config.
-pub fn registry_login(config_dir: &str, registry: &str, username: &str) -> Cmd {
-    Cmd::new([
-        "docker",
-        "login",
-        "--username",
-        username,
-        "--password-stdin",
-        registry,
-    ])
-    .with_env(&[("DOCKER_CONFIG", config_dir)])
 }
 
 pub fn remove_docker_config(config_dir: &str) -> Cmd {
     Cmd::new(["rm", "-rf", config_dir])
 }
 
-/// A compose command run with the throwaway registry config, if any.
+/// A compose command run with the throwaway registry config, if any, which is removed as
+/// soon as the command ends, however it ends.
 pub fn with_docker_config(cmd: Cmd, config_dir: Option<&str>) -> Cmd {
-    match config_dir {
-        Some(dir) => cmd.with_env(&[("DOCKER_CONFIG", dir)]),
-        None => cmd,
-    }
+    let Some(dir) = config_dir else { return cmd };
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"export DOCKER_CONFIG="$1"; shift; "$@"; s=$?; rm -rf "$DOCKER_CONFIG"; exit $s"#.into(),
+        "sh".into(),
+        dir.into(),
+    ];
+    argv.extend(cmd.0);
+    Cmd(argv)
 }
 
 /// Images of this project's repositories present on the host: `repo@digest id` lines.
@@ -400,6 +396,99 @@ mod tests {
         }
     }
 
+    /// Runs a command here, the way sshd would hand it to the login shell.
+    fn run_here(cmd: &Cmd) -> (i32, String, String) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(quote_argv(&cmd.0))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    #[test]
+    fn the_lock_is_taken_once_held_after_and_an_unwritable_dir_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            deploy_dir: tmp.path().join("app").display().to_string(),
+            project: "shop".into(),
+        };
+        assert_eq!(run_here(&layout.lock_acquire()).0, 0);
+        let lock = std::path::Path::new(&layout.lock_dir()).to_path_buf();
+        assert!(lock.join("heartbeat").is_file());
+        let releases = std::fs::metadata(layout.releases_dir()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(releases.permissions().mode() & 0o777, 0o700);
+        assert_eq!(run_here(&layout.lock_acquire()).0, LOCK_HELD);
+        // A lock dir that cannot be made is not a held lock.
+        std::fs::remove_dir_all(&lock).unwrap();
+        std::fs::write(&lock, "").unwrap();
+        let (status, _, err) = run_here(&layout.lock_acquire());
+        assert!(status != 0 && status != LOCK_HELD, "{status}: {err}");
+        assert!(err.contains("lock"), "{err}");
+    }
+
+    #[test]
+    fn the_login_config_is_removed_when_the_command_ends_either_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (tail, want) in [("exit 0", 0), ("exit 7", 7)] {
+            let dir = tmp.path().join(format!("cfg-{want}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("config.json"), "{}").unwrap();
+            let cmd = with_docker_config(
+                Cmd::new([
+                    "sh",
+                    "-c",
+                    &format!("test -f \"$DOCKER_CONFIG/config.json\" && {tail}"),
+                ]),
+                Some(&dir.display().to_string()),
+            );
+            assert_eq!(run_here(&cmd).0, want);
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+        let plain = Cmd::new(["true"]);
+        assert_eq!(with_docker_config(plain.clone(), None), plain);
+    }
+
+    #[test]
+    fn each_image_gets_a_line_and_a_missing_one_a_dash() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A stand-in `docker` that knows one image and prints the format it was given.
+        let fake = tmp.path().join("docker");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\n[ \"$5\" = known ] || { echo 'No such image' >&2; exit 1; }\necho \"$4 of $5\"\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let images = ["known", "gone", "known"].map(String::from);
+        let cmd = image_ids(&images);
+        let path = format!(
+            "{}:{}",
+            tmp.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(quote_argv(&cmd.0))
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "{{.Id}} of known\n-\n{{.Id}} of known\n"
+        );
+        assert!(repo_digests(&images)
+            .0
+            .contains(&"{{.Id}} {{json .RepoDigests}}".to_string()));
+    }
+
     #[test]
     fn compose_commands_pin_files_env_and_project_dir() {
         let cmd = layout().compose("r1", &["up", "-d", "--remove-orphans"]);
@@ -413,11 +502,10 @@ mod tests {
 
     #[test]
     fn registry_login_takes_the_password_on_stdin_only() {
-        let cmd = registry_login("/tmp/berth-docker-config.X", "127.0.0.1:5000", "bot");
-        assert_eq!(
-            quote_argv(&cmd.0),
-            "env DOCKER_CONFIG=/tmp/berth-docker-config.X docker login --username bot --password-stdin 127.0.0.1:5000"
-        );
+        let cmd = registry_login("127.0.0.1:5000", "bot");
+        assert!(cmd.0[2].contains("--password-stdin"), "{:?}", cmd.0);
+        assert_eq!(&cmd.0[3..], ["sh", "bot", "127.0.0.1:5000"]);
+        assert!(!cmd.0.iter().any(|w| w.contains("--password ")));
     }
 
     #[test]

@@ -282,6 +282,10 @@ impl HostSession {
                 ))
             })?;
         let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
+        // Every command is a few small packets (channel open, exec, EOF) each waiting on the
+        // last; with Nagle's algorithm each waits out the peer's delayed ACK (~40 ms), as
+        // OpenSSH avoids by setting TCP_NODELAY for sessions.
+        tcp.set_nodelay(true).map_err(connect_err)?;
         let mut session = ssh2::Session::new().map_err(|source| SshError::Handshake {
             host: name.clone(),
             source,
@@ -429,12 +433,34 @@ impl HostSession {
         timeout: Duration,
         on_line: impl FnMut(&str),
     ) -> Result<ExecOutput, SshError> {
-        self.exec(&quote_argv(&cmd.0), stdin, timeout, on_line)
+        let started = Instant::now();
+        let line = quote_argv(&cmd.0);
+        let out = self.exec(&line, stdin, timeout, on_line);
+        tracing::debug!(
+            host = %self.name,
+            ms = started.elapsed().as_millis() as u64,
+            status = out.as_ref().map_or(-1, |o| o.status),
+            "ran {line}"
+        );
+        out
     }
 
     /// Writes a file over SFTP: to a temporary name with `mode` set before any byte is
     /// written, then renamed over the target, so a reader never sees a partial file.
     pub fn upload(&self, path: &str, contents: &[u8], mode: i32) -> Result<(), SshError> {
+        let started = Instant::now();
+        let result = self.upload_inner(path, contents, mode);
+        tracing::debug!(
+            host = %self.name,
+            ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "uploaded {path} ({} bytes)",
+            contents.len()
+        );
+        result
+    }
+
+    fn upload_inner(&self, path: &str, contents: &[u8], mode: i32) -> Result<(), SshError> {
         let host = self.name.clone();
         let err = |doing: &'static str| {
             let host = host.clone();

@@ -384,13 +384,13 @@ fn the_registry_password_never_appears_in_the_hosts_process_list() {
     }
     // This run's throwaway login configs (found in its own sampled command lines: other
     // tests deploy in parallel) are gone afterwards.
-    let dir_re =
-        regex::Regex::new(r"DOCKER_CONFIG=(/tmp/berth-docker-config\.[A-Za-z0-9]+)").unwrap();
+    let dir_re = regex::Regex::new(r"/tmp/berth-docker-config\.[A-Za-z0-9]+").unwrap();
     let ours: std::collections::BTreeSet<String> = snapshots
         .iter()
         .flat_map(|p| p.lines())
         .filter(|l| l.contains(&stage.registry.addr) || l.contains(&stage.project))
-        .filter_map(|l| dir_re.captures(l).map(|c| c[1].to_string()))
+        .flat_map(|l| dir_re.find_iter(l).map(|m| m.as_str().to_string()))
+        .filter(|d| !d.ends_with(".XXXXXXXX")) // mktemp's template, in the login script
         .collect();
     assert!(
         !ours.is_empty(),
