@@ -205,7 +205,7 @@ pub fn is_valid_tag(tag: &str) -> bool {
     static_regex(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").is_match(tag)
 }
 
-fn static_regex(re: &str) -> Regex {
+pub(crate) fn static_regex(re: &str) -> Regex {
     Regex::new(re).expect("built-in regex")
 }
 

@@ -50,6 +50,10 @@ pub enum ReleaseError {
     },
     #[error("after `up`, {host} does not run the pinned images: {mismatches}. A pull may have failed silently or another process changed the containers.")]
     DigestMismatch { host: String, mismatches: String },
+    #[error("the compose file uses {} on {host}, but {} set neither in `env-file` nor in the host's environment, so compose would use an empty string. Add {} to `env-file`, or write `${{NAME:-}}` in the compose file where empty is intended. No container was changed.", names.iter().map(|n| format!("${{{n}}}")).collect::<Vec<_>>().join(", "), if names.len() == 1 { "it is" } else { "they are" }, names.iter().map(|n| format!("`{n}=...`")).collect::<Vec<_>>().join(", "))]
+    MissingVariables { host: String, names: Vec<String> },
+    #[error("release {dir} already exists on {host}: another deploy of this commit started in the same second and ran first. Nothing was changed; run the deploy again.")]
+    ReleaseExists { host: String, dir: String },
     #[error("{host} answered something berth cannot read while {doing}: {detail}")]
     Unexpected {
         host: String,
@@ -378,9 +382,10 @@ impl HostRelease {
 
     /// Records what runs now, by image id, and which release `current` points at.
     pub fn snapshot(&mut self) -> Result<(), ReleaseError> {
-        let current = self.step("read current", &self.layout.read_current(), None, QUICK)?;
-        self.previous = Some(current.stdout.trim().to_string()).filter(|s| !s.is_empty());
-        let containers = self.containers()?;
+        let out = self.step("snapshot", &self.layout.snapshot(), None, QUICK)?;
+        let (current, rest) = out.stdout.split_once('\n').unwrap_or((&out.stdout, ""));
+        self.previous = Some(current.trim().to_string()).filter(|s| !s.is_empty());
+        let containers = parse_containers(rest);
         self.restarts_before = containers
             .iter()
             .map(|c| (c.id.clone(), c.restart_count))
@@ -401,28 +406,28 @@ impl HostRelease {
             None,
             QUICK,
         )?;
-        Ok(out
-            .stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| container_state(&v))
-            .collect())
+        Ok(parse_containers(&out.stdout))
     }
 
     /// Uploads the release, pulls, runs pre-deploy, then `up` and the switch of `current`.
     /// The caller verifies the running digests (alongside the health probe).
     pub fn deploy(&mut self, spec: &ReleaseSpec) -> Result<(), ReleaseError> {
         let id = spec.id.clone();
-        self.timed(Phase::Upload, |h| {
-            h.step(
-                "mkdir release",
-                &h.layout.prepare_release_dir(&id),
-                None,
-                QUICK,
-            )?;
+        let config = self.timed(Phase::Upload, |h| {
+            // Exclusive, unlike `mkdir -p`: a deploy must never write into a release that
+            // exists, which may be the one `current` points at.
+            let dir = h.layout.release_dir(&id);
+            if let Err(e) = h.conn.mkdir(&dir, 0o700) {
+                return Err(match h.conn.exists(&dir) {
+                    Ok(true) => ReleaseError::ReleaseExists {
+                        host: h.conn.name.clone(),
+                        dir,
+                    },
+                    _ => e.into(),
+                });
+            }
             h.release = Some(id.clone());
             h.pins = spec.built.clone();
-            let dir = h.layout.release_dir(&id);
             h.conn.upload(
                 &format!("{dir}/{}", remote::COMPOSE_FILE),
                 spec.compose.as_bytes(),
@@ -438,7 +443,8 @@ impl HostRelease {
                 spec.env_file.expose().as_bytes(),
                 0o600,
             )?;
-            h.write_record(spec, "pending")
+            h.write_record(spec, "pending")?;
+            h.resolved_config(&id)
         })?;
 
         let config_dir = match &spec.registry {
@@ -463,7 +469,7 @@ impl HostRelease {
                 }
             }
             pulled?;
-            h.pin_unbuilt(spec)
+            h.pin_unbuilt(spec, &config)
         })?;
 
         if let Some(pd) = &spec.pre_deploy {
@@ -510,20 +516,32 @@ impl HostRelease {
 
     /// Pins services that berth did not build to what was just pulled, by digest, so the
     /// release can be restored exactly later.
-    fn pin_unbuilt(&mut self, spec: &ReleaseSpec) -> Result<(), ReleaseError> {
-        let id = spec.id.clone();
-        let config = self.step(
+    /// The release's compose model as compose resolves it on the host (its files, its env
+    /// file, the host's environment), before anything is pulled or run. A variable the
+    /// compose file uses that nothing sets fails the deploy here (field notes A.5, C).
+    fn resolved_config(&mut self, id: &str) -> Result<Value, ReleaseError> {
+        let out = self.step(
             "docker compose config",
-            &self.layout.compose(&id, &["config", "--format", "json"]),
+            &self.layout.compose(id, &["config", "--format", "json"]),
             None,
             QUICK,
         )?;
-        let config: Value =
-            serde_json::from_str(&config.stdout).map_err(|e| ReleaseError::Unexpected {
+        let names = unset_variables(&out.stderr);
+        if !names.is_empty() {
+            return Err(ReleaseError::MissingVariables {
                 host: self.conn.name.clone(),
-                doing: "reading `compose config`",
-                detail: e.to_string(),
-            })?;
+                names,
+            });
+        }
+        serde_json::from_str(&out.stdout).map_err(|e| ReleaseError::Unexpected {
+            host: self.conn.name.clone(),
+            doing: "reading `compose config`",
+            detail: e.to_string(),
+        })
+    }
+
+    fn pin_unbuilt(&mut self, spec: &ReleaseSpec, config: &Value) -> Result<(), ReleaseError> {
+        let id = spec.id.clone();
         let unpinned: Vec<(String, String)> = config["services"]
             .as_object()
             .into_iter()
@@ -860,7 +878,7 @@ impl HostRelease {
         let dir = self.layout.release_dir(id);
         let mut steps = vec![
             q(&self.layout.lock_acquire()),
-            q(&self.layout.prepare_release_dir(id)),
+            format!("sftp mkdir {dir} (mode 0700; fails if it exists)"),
             format!(
                 "sftp put {dir}/{} (compose file, {} bytes)",
                 remote::COMPOSE_FILE,
@@ -879,6 +897,10 @@ impl HostRelease {
                 "sftp put {dir}/{} (mode 0600, {} bytes, redacted)",
                 remote::ENV_FILE,
                 spec.env_file.expose().len()
+            ),
+            format!(
+                "{} (fails on a variable nothing sets)",
+                q(&self.layout.compose(id, &["config", "--format", "json"]))
             ),
         ];
         if let Some(login) = &spec.registry {
@@ -955,6 +977,30 @@ fn strip_tag(image: &str) -> &str {
     }
 }
 
+/// The variables compose warned it defaulted to a blank string, in order, once each. The
+/// warning is logfmt without a terminal (`msg="The \"X\" variable ..."`), plain with one.
+fn unset_variables(stderr: &str) -> Vec<String> {
+    let re = crate::inputs::static_regex(
+        r#"The \\?"([A-Za-z_][A-Za-z0-9_]*)\\?" variable is not set\. Defaulting to a blank string"#,
+    );
+    let mut names: Vec<String> = Vec::new();
+    for c in re.captures_iter(stderr) {
+        if !names.iter().any(|n| n == &c[1]) {
+            names.push(c[1].to_string());
+        }
+    }
+    names
+}
+
+/// `docker inspect` JSON lines, as container states; anything else is skipped.
+fn parse_containers(lines: &str) -> Vec<ContainerState> {
+    lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| container_state(&v))
+        .collect()
+}
+
 pub fn container_state(v: &Value) -> ContainerState {
     let labels = &v["Config"]["Labels"];
     ContainerState {
@@ -1008,6 +1054,28 @@ pub fn random_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unset_variables_are_read_from_compose_warnings_either_way_it_prints_them() {
+        // Without a terminal (over SSH), as compose v2.40 prints it, then with one.
+        let stderr = "time=\"2026-11-24T10:49:59Z\" level=warning msg=\"The \\\"JWT_SECRET\\\" variable is not set. Defaulting to a blank string.\"\n\
+                      WARN[0000] The \"SECRET_KEY\" variable is not set. Defaulting to a blank string.\n\
+                      WARN[0000] The \"JWT_SECRET\" variable is not set. Defaulting to a blank string.\n\
+                      WARN[0000] /x/compose.yml: the attribute `version` is obsolete\n";
+        assert_eq!(unset_variables(stderr), ["JWT_SECRET", "SECRET_KEY"]);
+        assert!(unset_variables("WARN[0000] the attribute `version` is obsolete").is_empty());
+        let err = ReleaseError::MissingVariables {
+            host: "deploy@staging:22".into(),
+            names: vec!["JWT_SECRET".into(), "SECRET_KEY".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the compose file uses ${JWT_SECRET}, ${SECRET_KEY} on deploy@staging:22, but they are \
+             set neither in `env-file` nor in the host's environment, so compose would use an empty \
+             string. Add `JWT_SECRET=...`, `SECRET_KEY=...` to `env-file`, or write `${NAME:-}` in \
+             the compose file where empty is intended. No container was changed."
+        );
+    }
 
     #[test]
     fn pins_prefer_the_image_repository_digest() {

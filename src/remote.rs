@@ -77,11 +77,6 @@ impl Layout {
         argv.extend(tail.iter().map(|s| s.to_string()));
         Cmd(argv)
     }
-
-    pub fn prepare_release_dir(&self, id: &str) -> Cmd {
-        Cmd::new(["mkdir", "-p", "-m", "0700", &self.release_dir(id)])
-    }
-
     /// Takes the lock in one round trip: makes `.berth/releases` (0700) if needed, then the
     /// atomic step, `mkdir` of the lock dir, which fails if it exists, and a first heartbeat.
     /// Exits 0 when taken, [`LOCK_HELD`] when someone holds it, anything else on an error.
@@ -139,17 +134,6 @@ mkdir "$2""#
         ])
     }
 
-    /// The id of the release `current` points at, or nothing on a first deploy.
-    pub fn read_current(&self) -> Cmd {
-        Cmd::new([
-            "sh".to_string(),
-            "-c".to_string(),
-            r#"l=$(readlink "$1" 2>/dev/null) && basename "$l" || true"#.into(),
-            "sh".into(),
-            self.current(),
-        ])
-    }
-
     /// Points `current` at a release with an atomic rename of a fresh symlink.
     pub fn switch_current(&self, id: &str) -> Cmd {
         Cmd::new([
@@ -180,11 +164,25 @@ mkdir "$2""#
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            r#"ids=$(docker ps -aq --filter "label=com.docker.compose.project=$1") || exit
-[ -z "$ids" ] || docker inspect --format '{{json .}}' $ids 2>/dev/null || true"#
-                .into(),
+            CONTAINERS_SCRIPT.into(),
             "sh".into(),
             self.project.clone(),
+        ])
+    }
+
+    /// What a deploy replaces, in one round trip: the release `current` points at (an empty
+    /// first line when none), then [`Layout::project_containers`]' lines.
+    pub fn snapshot(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                r#"l=$(readlink "$2" 2>/dev/null) && basename "$l" || echo
+{CONTAINERS_SCRIPT}"#
+            ),
+            "sh".into(),
+            self.project.clone(),
+            self.current(),
         ])
     }
 }
@@ -210,6 +208,9 @@ pub const COMPOSE_FILE: &str = "compose.yml";
 pub const OVERRIDE_FILE: &str = "berth.override.yml";
 pub const ENV_FILE: &str = ".env";
 pub const RECORD_FILE: &str = "release.json";
+/// Every container of the project (`$1`) as `docker inspect` JSON, a line each.
+const CONTAINERS_SCRIPT: &str = r#"ids=$(docker ps -aq --filter "label=com.docker.compose.project=$1") || exit
+[ -z "$ids" ] || docker inspect --format '{{json .}}' $ids 2>/dev/null || true"#;
 /// `lock_acquire`'s exit status when another deploy holds the lock.
 pub const LOCK_HELD: i32 = 3;
 
@@ -454,20 +455,13 @@ mod tests {
         assert_eq!(with_docker_config(plain.clone(), None), plain);
     }
 
-    #[test]
-    fn each_image_gets_a_line_and_a_missing_one_a_dash() {
+    /// Runs a command here with a stand-in `docker` (a shell script) first on PATH.
+    fn run_with_docker(docker: &str, cmd: &Cmd) -> String {
         let tmp = tempfile::tempdir().unwrap();
-        // A stand-in `docker` that knows one image and prints the format it was given.
         let fake = tmp.path().join("docker");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\n[ \"$5\" = known ] || { echo 'No such image' >&2; exit 1; }\necho \"$4 of $5\"\n",
-        )
-        .unwrap();
+        std::fs::write(&fake, format!("#!/bin/sh\n{docker}\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let images = ["known", "gone", "known"].map(String::from);
-        let cmd = image_ids(&images);
         let path = format!(
             "{}:{}",
             tmp.path().display(),
@@ -479,14 +473,45 @@ mod tests {
             .env("PATH", path)
             .output()
             .unwrap();
-        assert!(out.status.success());
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into()
+    }
+
+    #[test]
+    fn each_image_gets_a_line_and_a_missing_one_a_dash() {
+        // Knows one image and prints the format it was given.
+        let docker =
+            r#"[ "$5" = known ] || { echo 'No such image' >&2; exit 1; }; echo "$4 of $5""#;
+        let images = ["known", "gone", "known"].map(String::from);
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
+            run_with_docker(docker, &image_ids(&images)),
             "{{.Id}} of known\n-\n{{.Id}} of known\n"
         );
-        assert!(repo_digests(&images)
-            .0
-            .contains(&"{{.Id}} {{json .RepoDigests}}".to_string()));
+        assert_eq!(
+            run_with_docker(docker, &repo_digests(&images[..1])),
+            "{{.Id}} {{json .RepoDigests}} of known\n"
+        );
+    }
+
+    #[test]
+    fn the_snapshot_names_the_current_release_then_the_containers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            deploy_dir: tmp.path().display().to_string(),
+            project: "shop".into(),
+        };
+        // `ps` lists two ids of the project; `inspect` prints a JSON line for each.
+        let docker = r#"case "$1" in
+ps) [ "$4" = label=com.docker.compose.project=shop ] && printf 'a1\nb2\n' ;;
+inspect) shift 3; for i in "$@"; do echo "{\"Id\":\"$i\"}"; done ;;
+esac"#;
+        let first = run_with_docker(docker, &layout.snapshot());
+        assert_eq!(first, "\n{\"Id\":\"a1\"}\n{\"Id\":\"b2\"}\n");
+        std::os::unix::fs::symlink(".berth/releases/r7", layout.current()).unwrap();
+        let again = run_with_docker(docker, &layout.snapshot());
+        assert_eq!(again, "r7\n{\"Id\":\"a1\"}\n{\"Id\":\"b2\"}\n");
+        let none = run_with_docker("true", &layout.snapshot());
+        assert_eq!(none, "r7\n");
     }
 
     #[test]

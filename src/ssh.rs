@@ -101,6 +101,9 @@ pub struct HostSession {
     pub name: String,
     pub host_key: HostKeyInfo,
     session: ssh2::Session,
+    /// One SFTP channel for all of a deploy's uploads: each new one costs the host a
+    /// subsystem start through the user's login shell.
+    sftp: std::sync::OnceLock<ssh2::Sftp>,
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +327,7 @@ impl HostSession {
             name,
             host_key,
             session,
+            sftp: std::sync::OnceLock::new(),
         })
     }
 
@@ -460,6 +464,35 @@ impl HostSession {
         result
     }
 
+    /// The session's SFTP channel, started on first use.
+    fn sftp(&self) -> Result<&ssh2::Sftp, SshError> {
+        if let Some(sftp) = self.sftp.get() {
+            return Ok(sftp);
+        }
+        let started = self.session.sftp().map_err(|source| SshError::Channel {
+            host: self.name.clone(),
+            doing: "starting SFTP (is the sftp subsystem enabled in sshd?)",
+            source,
+        })?;
+        Ok(self.sftp.get_or_init(|| started))
+    }
+
+    /// Makes one directory over SFTP with `mode`. Fails if it exists, as mkdir(2) does.
+    pub fn mkdir(&self, path: &str, mode: i32) -> Result<(), SshError> {
+        let made = self.sftp()?.mkdir(std::path::Path::new(path), mode);
+        tracing::debug!(host = %self.name, ok = made.is_ok(), "made dir {path}");
+        made.map_err(|source| SshError::Channel {
+            host: self.name.clone(),
+            doing: "making a directory over SFTP",
+            source,
+        })
+    }
+
+    /// Whether a path exists on the host (SFTP lstat).
+    pub fn exists(&self, path: &str) -> Result<bool, SshError> {
+        Ok(self.sftp()?.lstat(std::path::Path::new(path)).is_ok())
+    }
+
     fn upload_inner(&self, path: &str, contents: &[u8], mode: i32) -> Result<(), SshError> {
         let host = self.name.clone();
         let err = |doing: &'static str| {
@@ -470,9 +503,7 @@ impl HostSession {
                 source,
             }
         };
-        let sftp = self.session.sftp().map_err(err(
-            "starting SFTP (is the sftp subsystem enabled in sshd?)",
-        ))?;
+        let sftp = self.sftp()?;
         let tmp = format!("{path}.berth-upload");
         let target = std::path::Path::new(path);
         let tmp_path = std::path::Path::new(&tmp);

@@ -1,6 +1,7 @@
 //! The remote release over SSH, against a real sshd, engine, registry and compose v2.
 
 use crate::support::stage::{App, Stage};
+use crate::support::SHA;
 
 #[test]
 fn first_and_second_deploy_create_releases_pinned_by_digest() {
@@ -163,6 +164,80 @@ fn a_failing_pre_deploy_changes_no_container() {
     assert!(stage.health().1.contains("\"version\":\"v1\""));
     let failed = stage.releases().last().cloned().unwrap();
     assert_eq!(stage.record(&failed)["outcome"], "failed");
+}
+
+#[test]
+fn a_variable_the_compose_file_needs_and_nothing_sets_fails_before_any_container_changes() {
+    let stage = Stage::new();
+    stage.deploy_ok(&App::new("v1"));
+    let before = stage.running();
+    let current = stage.current();
+    let b = stage
+        .berth(&App::new("v2"))
+        .input("env-file", "GREETING=hi\nSECRET_KEY=k-in-the-env-file\n");
+    // SECRET_KEY comes from env-file, HOME from the host, OPTIONAL has a default, and
+    // a commented-out reference is no reference: only JWT_SECRET is missing.
+    let compose = b.workspace().join("docker-compose.staging.yml");
+    let text = std::fs::read_to_string(&compose).unwrap().replacen(
+        "    env_file: .env\n",
+        "    env_file: .env\n    environment:\n      JWT_SECRET: ${JWT_SECRET}\n      SECRET_KEY: ${SECRET_KEY}\n      \
+         DATA: ${HOME}/data\n      OPTIONAL: ${OPTIONAL:-}\n      # OLD: ${OLD_SECRET}\n",
+        1,
+    );
+    std::fs::write(&compose, text).unwrap();
+    let run = b.run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("uses ${JWT_SECRET} on") && err.contains("`JWT_SECRET=...` to `env-file`"),
+        "{err}"
+    );
+    for other in ["SECRET_KEY", "HOME", "OPTIONAL", "OLD_SECRET"] {
+        assert!(!err.contains(other), "{other} named: {err}");
+    }
+    assert_eq!(run.output("status").as_deref(), Some("failed"));
+    assert_eq!(stage.running(), before, "a container changed");
+    assert_eq!(stage.current(), current);
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
+}
+
+#[test]
+fn a_release_dir_that_exists_is_never_written_into() {
+    let stage = Stage::new();
+    stage.deploy_ok(&App::new("v1"));
+    let before = stage.running();
+    let current = stage.current();
+    // Release ids are `<UTC second>-<sha7>`: a deploy of the same commit that started in the
+    // same second would pick the same one. Occupy every id of the next half minute.
+    let now = time::OffsetDateTime::now_utc();
+    let taken: Vec<std::path::PathBuf> = (0..30)
+        .map(|s| {
+            let id = berth::remote::release_id(now + time::Duration::seconds(s), SHA);
+            let dir = stage.deploy_dir.join(".berth/releases").join(id);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("compose.yml"), "# the other deploy's\n").unwrap();
+            dir
+        })
+        .collect();
+    let run = stage.berth(&App::new("v2")).run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("already exists") && err.contains("run the deploy again"),
+        "{err}"
+    );
+    for dir in &taken {
+        let files: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+        assert_eq!(files.len(), 1, "{} was written into", dir.display());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("compose.yml")).unwrap(),
+            "# the other deploy's\n"
+        );
+    }
+    assert_eq!(stage.running(), before, "a container changed");
+    assert_eq!(stage.current(), current);
+    // Nothing ran on the host, so there is nothing to roll back.
+    assert_eq!(run.output("status").as_deref(), Some("failed"));
 }
 
 #[test]
@@ -345,6 +420,14 @@ fn env_values_arrive_byte_for_byte_with_mode_0600() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    // Only the deploy user can enter the release dirs at all.
+    for dir in [
+        stage.deploy_dir.join(".berth/releases"),
+        stage.deploy_dir.join("current/."),
+    ] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
     assert!(stage.health().1.contains("\"greeting\":\"hello world\""));
 }
 
