@@ -358,3 +358,33 @@ fn allow_untested_skips_the_gate_with_a_warning() {
         .any(|w| w.message.contains("without checking CI")));
     assert!(fake.requests().is_empty());
 }
+
+#[test]
+fn the_fixtures_carried_here_are_the_shared_ones() {
+    let carried = carried_fixtures_dir();
+    for used in [
+        "create-deployment-status.201.json",
+        "create-deployment.201.json",
+        "create-deployment.202.merged-branch.json",
+        "list-workflow-runs-for-workflow.200.json",
+        "webhook-workflow_run.completed.json",
+    ] {
+        let text = std::fs::read_to_string(carried.join(used)).expect(used);
+        serde_json::from_str::<serde_json::Value>(&text).expect(used);
+    }
+    // Beside a checkout that has ../shared, the copy must be that, byte for byte.
+    let shared =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/github-api");
+    if let Ok(entries) = std::fs::read_dir(&shared) {
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(carried.join(name)).unwrap_or_default(),
+                "tests/fixtures/github-api/{} differs from ../shared; copy it again",
+                name.to_string_lossy()
+            );
+        }
+    }
+}

@@ -14,12 +14,28 @@ use tiny_http::{Header, Response, Server};
 
 pub const REPO: &str = "acme/shop";
 
+/// Where GitHub's example bodies live: `../shared/fixtures/github-api` beside the checkout
+/// when it is there, else the copy this repository carries (`tests/fixtures/github-api`,
+/// kept byte-identical by `the_fixtures_carried_here_are_the_shared_ones`), so a clone
+/// anywhere runs the tests.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/fixtures/github-api");
+    if shared.is_dir() {
+        shared
+    } else {
+        carried_fixtures_dir()
+    }
+}
+
+pub fn carried_fixtures_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github-api")
+}
+
 pub fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../shared/fixtures/github-api/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"));
+    let path = fixtures_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
