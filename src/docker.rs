@@ -6,6 +6,7 @@ use bollard::moby::buildkit::v1::StatusResponse;
 use bollard::models::BuildInfoAux;
 use futures_util::StreamExt;
 
+use crate::inputs::static_regex;
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -382,22 +383,19 @@ impl BuildkitProgress {
     }
 }
 
-/// Builder errors name the Dockerfile line when the engine knows it
-/// (`dockerfile parse error on line 3: ...`); otherwise `step` (the failing instruction)
-/// lets the caller find it.
 /// Whether a classic build failed in its cache lookup because an image vanished mid-read.
 /// For a `FROM scratch` step the engine lists every parentless image, then reads each; one
 /// removed in between (by anyone on the engine) fails the whole build with this message
 /// before the step ran, so building again is safe.
 pub fn is_classic_cache_race(message: &str) -> bool {
-    regex::Regex::new(r#"^unable to find image "sha256:[0-9a-f]{64}"$"#)
-        .expect("built-in regex")
-        .is_match(message.trim())
+    static_regex(r#"^unable to find image "sha256:[0-9a-f]{64}"$"#).is_match(message.trim())
 }
 
+/// Builder errors name the Dockerfile line when the engine knows it
+/// (`dockerfile parse error on line 3: ...`); otherwise `step` (the failing instruction)
+/// lets the caller find it.
 fn build_error(tag: &str, message: &str, step: Option<String>) -> DockerError {
-    let line = regex::Regex::new(r"line (\d+)")
-        .expect("built-in regex")
+    let line = static_regex(r"line (\d+)")
         .captures(message)
         .and_then(|c| c[1].parse().ok());
     let mut message = message.trim().to_string();

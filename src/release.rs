@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::inputs::{HostSpec, PreDeploy};
+use crate::inputs::{static_regex, HostSpec, PreDeploy};
 use crate::remote::{self, Cmd, Layout, LockHolder, ReleaseRecord};
 use crate::report::Phase;
 use crate::secret::Secret;
@@ -514,8 +514,6 @@ impl HostRelease {
         Ok(dir)
     }
 
-    /// Pins services that berth did not build to what was just pulled, by digest, so the
-    /// release can be restored exactly later.
     /// The release's compose model as compose resolves it on the host (its files, its env
     /// file, the host's environment), before anything is pulled or run. A variable the
     /// compose file uses that nothing sets fails the deploy here (field notes A.5, C).
@@ -540,6 +538,8 @@ impl HostRelease {
         })
     }
 
+    /// Pins services that berth did not build to what was just pulled, by digest, so the
+    /// release can be restored exactly later.
     fn pin_unbuilt(&mut self, spec: &ReleaseSpec, config: &Value) -> Result<(), ReleaseError> {
         let id = spec.id.clone();
         let unpinned: Vec<(String, String)> = config["services"]
@@ -980,7 +980,7 @@ fn strip_tag(image: &str) -> &str {
 /// The variables compose warned it defaulted to a blank string, in order, once each. The
 /// warning is logfmt without a terminal (`msg="The \"X\" variable ..."`), plain with one.
 fn unset_variables(stderr: &str) -> Vec<String> {
-    let re = crate::inputs::static_regex(
+    let re = static_regex(
         r#"The \\?"([A-Za-z_][A-Za-z0-9_]*)\\?" variable is not set\. Defaulting to a blank string"#,
     );
     let mut names: Vec<String> = Vec::new();

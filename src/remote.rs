@@ -77,6 +77,7 @@ impl Layout {
         argv.extend(tail.iter().map(|s| s.to_string()));
         Cmd(argv)
     }
+
     /// Takes the lock in one round trip: makes `.berth/releases` (0700) if needed, then the
     /// atomic step, `mkdir` of the lock dir, which fails if it exists, and a first heartbeat.
     /// Exits 0 when taken, [`LOCK_HELD`] when someone holds it, anything else on an error.
@@ -456,25 +457,67 @@ mod tests {
     }
 
     /// Runs a command here with a stand-in `docker` (a shell script) first on PATH.
-    fn run_with_docker(docker: &str, cmd: &Cmd) -> String {
+    fn run_with_docker_stdin(docker: &str, cmd: &Cmd, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let fake = tmp.path().join("docker");
         std::fs::write(&fake, format!("#!/bin/sh\n{docker}\n")).unwrap();
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = format!(
             "{}:{}",
             tmp.path().display(),
             std::env::var("PATH").unwrap()
         );
-        let out = std::process::Command::new("sh")
+        let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg(quote_argv(&cmd.0))
             .env("PATH", path)
-            .output()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn run_with_docker(docker: &str, cmd: &Cmd) -> String {
+        let out = run_with_docker_stdin(docker, cmd, b"");
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into()
+    }
+
+    #[test]
+    fn a_login_gets_the_password_on_stdin_and_a_failed_one_leaves_no_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let record = tmp.path().join("record");
+        // `docker login --username U ...`: records its config dir and stdin; refuses `bad`.
+        let docker = format!(
+            r#"echo "$DOCKER_CONFIG" > {r}; cat > {r}.stdin; echo 'Login Succeeded'; [ "$3" != bad ]"#,
+            r = record.display()
+        );
+        let recorded = || std::fs::read_to_string(&record).unwrap().trim().to_string();
+        let ok = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot"), b"pw-1");
+        assert!(ok.status.success(), "{ok:?}");
+        let dir = String::from_utf8_lossy(&ok.stdout).trim().to_string();
+        assert!(dir.starts_with("/tmp/berth-docker-config."), "{dir}");
+        assert_eq!(dir, recorded());
+        assert!(std::path::Path::new(&dir).is_dir());
+        assert_eq!(
+            std::fs::read_to_string(format!("{}.stdin", record.display())).unwrap(),
+            "pw-1"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let bad = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bad"), b"pw-2");
+        assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+        assert!(bad.stdout.is_empty(), "{bad:?}");
+        assert!(
+            !std::path::Path::new(&recorded()).exists(),
+            "{} left behind",
+            recorded()
+        );
     }
 
     #[test]

@@ -237,18 +237,7 @@ fn limit(stage: &Stage, dir: &std::path::Path) -> f64 {
 /// The cost of one remote command on an open SSH session, median ms: `true`, which is
 /// only the host's login shell, and a docker CLI start, which most of berth's commands are.
 fn remote_command_cost(stage: &Stage, runs: usize) -> String {
-    let host = berth::inputs::parse_host(&stage.sshd.host(), "root", 22).unwrap();
-    let creds = berth::ssh::Credentials {
-        user: "root".into(),
-        key: berth::secret::Secret::new(stage.sshd.user_key.private_text()),
-        passphrase: None,
-    };
-    let trust = berth::ssh::HostTrust::Pinned {
-        fingerprints: vec![stage.sshd.host_key.fingerprint()],
-        known_hosts: vec![],
-    };
-    let session =
-        berth::ssh::HostSession::connect(&host, &creds, &trust, Duration::from_secs(10)).unwrap();
+    let session = stage.sshd.session();
     let median_ms = |line: &str| {
         let samples: Vec<f64> = (0..runs)
             .map(|_| {

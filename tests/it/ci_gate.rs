@@ -361,7 +361,7 @@ fn allow_untested_skips_the_gate_with_a_warning() {
 
 #[test]
 fn the_fixtures_carried_here_are_the_shared_ones() {
-    let carried = carried_fixtures_dir();
+    let carried = fixtures_dir();
     for used in [
         "create-deployment-status.201.json",
         "create-deployment.201.json",

@@ -145,8 +145,7 @@ fn ecdsa_rsa_and_passphrase_protected_keys_each_deploy() {
 fn a_failing_pre_deploy_changes_no_container() {
     let stage = Stage::new();
     stage.deploy_ok(&App::new("v1"));
-    let before = stage.running();
-    let current = stage.current();
+    let before = stage.state();
     let run = stage
         .berth(&App::new("v2"))
         .input("pre-deploy", "backend: sh /migrate.sh")
@@ -159,9 +158,7 @@ fn a_failing_pre_deploy_changes_no_container() {
         err.contains("pre-deploy command failed") && err.contains("migration 0042 failed"),
         "{err}"
     );
-    assert_eq!(stage.running(), before, "a container changed");
-    assert_eq!(stage.current(), current);
-    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    stage.assert_unchanged(&before, "v1");
     let failed = stage.releases().last().cloned().unwrap();
     assert_eq!(stage.record(&failed)["outcome"], "failed");
 }
@@ -170,8 +167,7 @@ fn a_failing_pre_deploy_changes_no_container() {
 fn a_variable_the_compose_file_needs_and_nothing_sets_fails_before_any_container_changes() {
     let stage = Stage::new();
     stage.deploy_ok(&App::new("v1"));
-    let before = stage.running();
-    let current = stage.current();
+    let before = stage.state();
     let b = stage
         .berth(&App::new("v2"))
         .input("env-file", "GREETING=hi\nSECRET_KEY=k-in-the-env-file\n");
@@ -196,17 +192,14 @@ fn a_variable_the_compose_file_needs_and_nothing_sets_fails_before_any_container
         assert!(!err.contains(other), "{other} named: {err}");
     }
     assert_eq!(run.output("status").as_deref(), Some("failed"));
-    assert_eq!(stage.running(), before, "a container changed");
-    assert_eq!(stage.current(), current);
-    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    stage.assert_unchanged(&before, "v1");
 }
 
 #[test]
 fn a_release_dir_that_exists_is_never_written_into() {
     let stage = Stage::new();
     stage.deploy_ok(&App::new("v1"));
-    let before = stage.running();
-    let current = stage.current();
+    let before = stage.state();
     // Release ids are `<UTC second>-<sha7>`: a deploy of the same commit that started in the
     // same second would pick the same one. Occupy every id of the next half minute.
     let now = time::OffsetDateTime::now_utc();
@@ -234,8 +227,7 @@ fn a_release_dir_that_exists_is_never_written_into() {
             "# the other deploy's\n"
         );
     }
-    assert_eq!(stage.running(), before, "a container changed");
-    assert_eq!(stage.current(), current);
+    stage.assert_unchanged(&before, "v1");
     // Nothing ran on the host, so there is nothing to roll back.
     assert_eq!(run.output("status").as_deref(), Some("failed"));
 }
@@ -263,7 +255,7 @@ fn a_pre_deploy_runs_once_with_the_new_image_before_the_switch() {
 fn a_pull_of_a_missing_digest_fails_and_the_old_containers_keep_running() {
     let stage = Stage::new();
     stage.deploy_ok(&App::new("v1"));
-    let before = stage.running();
+    let before = stage.state();
     let b = stage.berth(&App::new("v2")).input("images", "");
     let missing = format!(
         "{}/acme/shop-backend@sha256:{}",
@@ -279,8 +271,7 @@ fn a_pull_of_a_missing_digest_fails_and_the_old_containers_keep_running() {
     assert_eq!(run.code, 1, "{}", run.stdout);
     let err = run.errors()[0];
     assert!(err.contains("pull failed"), "{err}");
-    assert_eq!(stage.running(), before);
-    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    stage.assert_unchanged(&before, "v1");
 }
 
 fn hold_lock(stage: &Stage, actor: &str, heartbeat_age: &str) {

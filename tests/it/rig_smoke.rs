@@ -6,7 +6,7 @@ use std::time::Duration;
 use berth::docker::{Engine, RegistryAuth};
 use berth::inputs::{parse_host, parse_known_host};
 use berth::secret::Secret;
-use berth::ssh::{Credentials, HostSession, HostTrust, SshError};
+use berth::ssh::{HostSession, HostTrust, SshError};
 
 use crate::support::rig::{busybox_image, sh, Registry, Sshd};
 use crate::support::Berth;
@@ -16,14 +16,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn creds(sshd: &Sshd) -> Credentials {
-    Credentials {
-        user: "root".into(),
-        key: Secret::new(sshd.user_key.private_text()),
-        passphrase: None,
-    }
 }
 
 fn pinned(fp: &str) -> HostTrust {
@@ -91,14 +83,7 @@ fn a_wrong_registry_password_is_a_401_error_and_nothing_is_pushed() {
 #[test]
 fn ssh_verifies_the_generated_host_key_and_runs_docker_compose() {
     let sshd = Sshd::start();
-    let host = parse_host(&sshd.host(), "deploy", 22).unwrap();
-    let session = HostSession::connect(
-        &host,
-        &creds(&sshd),
-        &pinned(&sshd.host_key.fingerprint()),
-        Duration::from_secs(10),
-    )
-    .expect("connect");
+    let session = sshd.session();
     assert_eq!(session.host_key.fingerprint, sshd.host_key.fingerprint());
     let mut streamed = Vec::new();
     let out = session
@@ -121,14 +106,7 @@ fn ssh_verifies_the_generated_host_key_and_runs_docker_compose() {
 #[test]
 fn ssh_exit_status_and_stdin_are_passed_through() {
     let sshd = Sshd::start();
-    let host = parse_host(&sshd.host(), "deploy", 22).unwrap();
-    let session = HostSession::connect(
-        &host,
-        &creds(&sshd),
-        &pinned(&sshd.host_key.fingerprint()),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let session = sshd.session();
     let out = session
         .exec(
             "cat; echo err >&2; exit 7",
@@ -152,7 +130,9 @@ fn known_hosts_lines_from_ssh_keyscan_pin_the_host() {
         fingerprints: vec![],
         known_hosts: vec![parse_known_host(&line).unwrap()],
     };
-    assert!(HostSession::connect(&host, &creds(&sshd), &trust, Duration::from_secs(10)).is_ok());
+    assert!(
+        HostSession::connect(&host, &sshd.credentials(), &trust, Duration::from_secs(10)).is_ok()
+    );
 
     // The same line hashed by `ssh-keygen -H` (as many known_hosts files are) pins it too.
     let file = sshd.dir().join("known_hosts");
@@ -164,7 +144,9 @@ fn known_hosts_lines_from_ssh_keyscan_pin_the_host() {
         fingerprints: vec![],
         known_hosts: vec![parse_known_host(hashed.trim()).unwrap()],
     };
-    assert!(HostSession::connect(&host, &creds(&sshd), &trust, Duration::from_secs(10)).is_ok());
+    assert!(
+        HostSession::connect(&host, &sshd.credentials(), &trust, Duration::from_secs(10)).is_ok()
+    );
 
     // A line naming another host vouches for nothing here, even with this host's key.
     let elsewhere = format!(
@@ -176,7 +158,7 @@ fn known_hosts_lines_from_ssh_keyscan_pin_the_host() {
         fingerprints: vec![],
         known_hosts: vec![parse_known_host(&elsewhere).unwrap()],
     };
-    match HostSession::connect(&host, &creds(&sshd), &trust, Duration::from_secs(10)) {
+    match HostSession::connect(&host, &sshd.credentials(), &trust, Duration::from_secs(10)) {
         Err(SshError::HostKeyNotPinned { .. }) => {}
         Err(e) => panic!("expected an unpinned-host error, got {e}"),
         Ok(_) => panic!("a known_hosts line for another host let the connection through"),
@@ -190,7 +172,7 @@ fn a_wrong_host_key_is_refused_before_authenticating() {
     let wrong = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
     let err = match HostSession::connect(
         &host,
-        &creds(&sshd),
+        &sshd.credentials(),
         &pinned(wrong),
         Duration::from_secs(10),
     ) {

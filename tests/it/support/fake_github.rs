@@ -1,7 +1,7 @@
 //! The one fake: a local GitHub API that serves GitHub's own example bodies
-//! (../shared/fixtures/github-api) with ids, shas and statuses adjusted per test, and real
-//! behaviour: ETag/304 (not counted against the rate limit), rate-limit headers,
-//! pagination, scripted status transitions, injected 403/500 answers. It records every
+//! (tests/fixtures/github-api, copied from ../shared) with ids, shas and statuses adjusted
+//! per test, and real behaviour: ETag/304 (not counted against the rate limit), rate-limit
+//! headers, pagination, scripted status transitions, injected 403/500 answers. It records every
 //! request so tests can assert what berth sent.
 
 use std::collections::{hash_map::DefaultHasher, VecDeque};
@@ -14,21 +14,10 @@ use tiny_http::{Header, Response, Server};
 
 pub const REPO: &str = "acme/shop";
 
-/// Where GitHub's example bodies live: `../shared/fixtures/github-api` beside the checkout
-/// when it is there, else the copy this repository carries (`tests/fixtures/github-api`,
-/// kept byte-identical by `the_fixtures_carried_here_are_the_shared_ones`), so a clone
-/// anywhere runs the tests.
+/// GitHub's example bodies, as this repository carries them: a verbatim copy of
+/// `../shared/fixtures/github-api` (MIT), kept identical by
+/// `the_fixtures_carried_here_are_the_shared_ones`, so a clone anywhere runs the tests.
 pub fn fixtures_dir() -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/fixtures/github-api");
-    if shared.is_dir() {
-        shared
-    } else {
-        carried_fixtures_dir()
-    }
-}
-
-pub fn carried_fixtures_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/github-api")
 }
 

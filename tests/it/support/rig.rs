@@ -301,6 +301,31 @@ impl Sshd {
         format!("root@127.0.0.1:{}", self.port)
     }
 
+    /// berth's login to this sshd: root with the generated user key.
+    pub fn credentials(&self) -> berth::ssh::Credentials {
+        berth::ssh::Credentials {
+            user: "root".into(),
+            key: berth::secret::Secret::new(self.user_key.private_text()),
+            passphrase: None,
+        }
+    }
+
+    /// A berth SSH session to this sshd, its host key pinned.
+    pub fn session(&self) -> berth::ssh::HostSession {
+        let host = berth::inputs::parse_host(&self.host(), "root", 22).unwrap();
+        let trust = berth::ssh::HostTrust::Pinned {
+            fingerprints: vec![self.host_key.fingerprint()],
+            known_hosts: vec![],
+        };
+        berth::ssh::HostSession::connect(
+            &host,
+            &self.credentials(),
+            &trust,
+            Duration::from_secs(10),
+        )
+        .expect("connect to the rig's sshd")
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -244,6 +244,27 @@ impl Stage {
         out
     }
 
+    /// What runs and which release `current` names, for [`Stage::assert_unchanged`].
+    pub fn state(&self) -> (BTreeMap<String, String>, Option<String>) {
+        (self.running(), self.current())
+    }
+
+    /// A deploy that failed before `up` changed nothing: the same containers run the same
+    /// images, `current` is where it was, and `version` still answers healthy.
+    pub fn assert_unchanged(
+        &self,
+        before: &(BTreeMap<String, String>, Option<String>),
+        version: &str,
+    ) {
+        assert_eq!(self.running(), before.0, "a container changed");
+        assert_eq!(self.current(), before.1, "`current` moved");
+        let (_, body) = self.health();
+        assert!(
+            body.contains(&format!("\"version\":\"{version}\"")),
+            "{body}"
+        );
+    }
+
     /// The local image id of a reference such as `repo@sha256:...`.
     pub fn image_id(reference: &str) -> String {
         sh(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", reference]))
