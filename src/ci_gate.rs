@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[cfg(test)]
+use crate::github::RepositoryRef;
 use crate::github::{GithubApi, GithubError, WorkflowRun};
 use crate::inputs::{Config, GithubContext};
 use crate::report::{CiRunRecord, Report};
@@ -31,11 +33,13 @@ pub enum GateError {
         attempt: u64,
         url: String,
     },
-    #[error("no run of CI workflow `{workflow}` appeared for commit {sha} within {window:?}. Check that `ci-workflows` names the workflow exactly (its file, e.g. `ci.yml`, or its `name:`), and that CI is triggered for this commit (its `on:` events, branch and path filters).")]
+    #[error("no run of CI workflow `{workflow}` appeared for commit {sha} within {window:?}{ignored}. Check that `ci-workflows` names the workflow exactly (its file, e.g. `ci.yml`, or its `name:`), and that CI is triggered for this commit (its `on:` events, branch and path filters).")]
     NoRun {
         workflow: String,
         sha: String,
         window: Duration,
+        /// Runs for the commit that do not count (a fork's, or a refused event), said.
+        ignored: String,
     },
     #[error("timed out after {waited:?} (`ci-timeout`) waiting for CI workflow `{workflow}` on commit {sha}; it is still `{status}`: {url}. Raise `ci-timeout` if CI is slow, or re-run once CI has finished.")]
     TimedOut {
@@ -61,6 +65,10 @@ pub struct CommitChoice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateVerdict {
     Passed,
+    /// The code may not deploy at all (a fork, an event or a branch that is not allowed).
+    Refused {
+        reason: String,
+    },
     /// CI did not succeed under workflow_run: no deploy, but not a second red run.
     Skipped {
         notice: String,
@@ -172,6 +180,31 @@ pub fn deciding_run(runs: &[WorkflowRun], own_run_id: Option<u64>) -> Option<&Wo
         .max_by_key(|r| (r.id, r.run_attempt))
 }
 
+/// Why a run for the commit does not count as evidence, if it does not: only runs of this
+/// repository's own code, from an allowed event, prove anything. A pull request's run for
+/// the same sha must not open the gate.
+pub fn ignored_because(run: &WorkflowRun, events: &[String]) -> Option<String> {
+    if !run.is_from_own_repository() {
+        let head = run
+            .head_repository
+            .as_ref()
+            .map_or("an unknown repository", |h| h.full_name.as_str());
+        return Some(format!(
+            "run #{} tested code from {head}, not this repository",
+            run.run_number
+        ));
+    }
+    if !events.iter().any(|e| e == &run.event) {
+        return Some(format!(
+            "run #{} is a `{}` run and `events` allows {}",
+            run.run_number,
+            run.event,
+            events.join(", ")
+        ));
+    }
+    None
+}
+
 struct Required {
     label: String,
     id: String,
@@ -214,12 +247,13 @@ async fn poll(
     deadline: Instant,
     window: Duration,
 ) -> Result<(), GateError> {
-    let short = &sha[..sha.len().min(7)];
+    let short = crate::short_sha(sha);
     let _group = runner.group(&format!(
         "CI gate: {} on {short}",
         cfg.ci_workflows.join(", ")
     ));
     let mut required = Vec::new();
+    let mut ignored_said = std::collections::BTreeSet::new();
     for name in &cfg.ci_workflows {
         required.push(Required {
             label: name.clone(),
@@ -230,7 +264,16 @@ async fn poll(
     loop {
         let elapsed = started.elapsed();
         for wf in required.iter_mut().filter(|w| !w.decided) {
-            let runs = api.workflow_runs(&wf.id, sha, deadline).await?;
+            let mut runs = api.workflow_runs(&wf.id, sha, deadline).await?;
+            runs.retain(|r| match ignored_because(r, &cfg.events) {
+                Some(why) => {
+                    if ignored_said.insert(why.clone()) {
+                        runner.line(&format!("{}: ignored: {why}", wf.label));
+                    }
+                    false
+                }
+                None => true,
+            });
             let Some(run) = deciding_run(&runs, ctx.run_id) else {
                 runner.line(&format!(
                     "{}: no run for {short} yet ({}s)",
@@ -242,6 +285,7 @@ async fn poll(
                         workflow: wf.label.clone(),
                         sha: sha.into(),
                         window,
+                        ignored: ignored_note(&ignored_said),
                     });
                 }
                 continue;
@@ -297,11 +341,24 @@ async fn poll(
                         workflow: wf.label.clone(),
                         sha: sha.into(),
                         window: started.elapsed(),
+                        ignored: ignored_note(&ignored_said),
                     },
                 },
             );
         }
         tokio::time::sleep(cfg.ci_poll_interval).await;
+    }
+}
+
+fn ignored_note(ignored: &std::collections::BTreeSet<String>) -> String {
+    if ignored.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " that counts ({} ignored: {})",
+            ignored.len(),
+            ignored.iter().cloned().collect::<Vec<_>>().join("; ")
+        )
     }
 }
 
@@ -350,7 +407,34 @@ mod tests {
             event: "push".into(),
             workflow_id: 1,
             path: ".github/workflows/ci.yml".into(),
+            head_repository: Some(RepositoryRef {
+                full_name: "a/b".into(),
+            }),
+            repository: Some(RepositoryRef {
+                full_name: "a/b".into(),
+            }),
+            head_branch: Some("main".into()),
         }
+    }
+
+    #[test]
+    fn only_own_repository_runs_of_allowed_events_count() {
+        let events = vec!["push".to_string(), "workflow_dispatch".to_string()];
+        assert_eq!(ignored_because(&run(1, 1, "success"), &events), None);
+        let mut fork = run(2, 1, "success");
+        fork.head_repository = Some(RepositoryRef {
+            full_name: "mallory/b".into(),
+        });
+        fork.event = "pull_request".into();
+        let why = ignored_because(&fork, &events).unwrap();
+        assert!(why.contains("mallory/b"), "{why}");
+        let mut pr = run(3, 1, "success");
+        pr.event = "pull_request".into();
+        let why = ignored_because(&pr, &events).unwrap();
+        assert!(why.contains("`pull_request`"), "{why}");
+        let mut unnamed = run(4, 1, "success");
+        unnamed.head_repository = None;
+        assert!(ignored_because(&unnamed, &events).is_some());
     }
 
     #[test]

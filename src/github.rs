@@ -61,6 +61,31 @@ pub struct WorkflowRun {
     pub workflow_id: u64,
     #[serde(default)]
     pub path: String,
+    /// Where the tested code lives: a fork's pull request names the fork here.
+    #[serde(default)]
+    pub head_repository: Option<RepositoryRef>,
+    /// The repository the run ran in.
+    #[serde(default)]
+    pub repository: Option<RepositoryRef>,
+    #[serde(default)]
+    pub head_branch: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct RepositoryRef {
+    pub full_name: String,
+}
+
+impl WorkflowRun {
+    /// Whether the run tested code of the repository it ran in (not a fork's).
+    pub fn is_from_own_repository(&self) -> bool {
+        match (&self.head_repository, &self.repository) {
+            (Some(head), Some(base)) => {
+                !head.full_name.is_empty() && head.full_name.eq_ignore_ascii_case(&base.full_name)
+            }
+            _ => false,
+        }
+    }
 }
 
 fn one() -> u64 {

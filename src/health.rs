@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use url::Url;
 
-use crate::inputs::{Config, JsonExpectation, StatusMatcher};
+use crate::inputs::{redact_url, Config, JsonExpectation, StatusMatcher};
 
 /// No single probe waits longer than this, and never past the deadline.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const BODY_EXCERPT: usize = 512;
+/// Same-origin redirects followed before a probe counts as failed.
+pub const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -30,6 +32,8 @@ pub enum ProbeOutcome {
     Refused(String),
     Tls(String),
     Timeout,
+    /// The app redirected to another origin; berth does not follow (see `from_config`).
+    Redirect(String),
     Http {
         status: u16,
         body: String,
@@ -50,6 +54,7 @@ impl ProbeOutcome {
             ProbeOutcome::Refused(_) => "connection refused",
             ProbeOutcome::Tls(_) => "TLS error",
             ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::Redirect(_) => "redirect refused",
             ProbeOutcome::Http { .. } => "HTTP status",
             ProbeOutcome::JsonMismatch { .. } => "JSON mismatch",
             ProbeOutcome::Other(_) => "other error",
@@ -65,6 +70,7 @@ impl std::fmt::Display for ProbeOutcome {
             ProbeOutcome::Refused(d) => write!(f, "connection refused: {d}"),
             ProbeOutcome::Tls(d) => write!(f, "TLS error: {d}"),
             ProbeOutcome::Timeout => write!(f, "timeout: no answer within the probe timeout"),
+            ProbeOutcome::Redirect(d) => write!(f, "redirect refused: {d}"),
             ProbeOutcome::Http { status, body } => write!(f, "HTTP {status}, body: {body}"),
             ProbeOutcome::JsonMismatch {
                 pointer,
@@ -143,11 +149,30 @@ pub struct HealthProbe {
 }
 
 impl HealthProbe {
+    /// Redirects are followed only within the health URL's origin (scheme, host and port),
+    /// at most [`MAX_REDIRECTS`] times. `health-headers` carry secrets, and reqwest strips
+    /// only `Authorization` and `Cookie` on a cross-host redirect: an app (or anyone who
+    /// can make it redirect) must not receive an `X-Api-Key` at another host, nor see an
+    /// https probe go on over http.
     pub fn from_config(cfg: &Config, url: &Url) -> Result<HealthProbe, HealthError> {
+        let origin = url.origin();
+        let shown_origin = origin.ascii_serialization();
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            if attempt.url().origin() != origin {
+                let to = redact_url(attempt.url());
+                return attempt.error(format!(
+                    "the app redirected to {to}, outside {shown_origin}; berth follows redirects only within the health URL's origin, so that `health-headers` go nowhere else. Point `health-url` at the final URL"
+                ));
+            }
+            attempt.follow()
+        });
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(PROBE_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(policy)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &cfg.health_ca_cert {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
@@ -176,8 +201,9 @@ impl HealthProbe {
         })
     }
 
-    pub fn url(&self) -> &Url {
-        &self.url
+    /// The URL as it may be printed: without the password of `https://user:pw@host`.
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
     }
 
     /// One GET, bounded by `limit`.
@@ -188,12 +214,12 @@ impl HealthProbe {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return classify(&e),
+            Err(e) => return classify(&e.without_url()),
         };
         let status = resp.status().as_u16();
         let body = match tokio::time::timeout(limit, resp.bytes()).await {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => return classify(&e),
+            Ok(Err(e)) => return classify(&e.without_url()),
             Err(_) => return ProbeOutcome::Timeout,
         };
         judge(status, &body, &self.status, &self.json)
@@ -208,7 +234,7 @@ impl HealthProbe {
     ) -> HealthRecord {
         let deadline = started + self.timeout;
         let mut record = HealthRecord {
-            url: self.url.to_string(),
+            url: self.shown_url(),
             deadline: self.timeout,
             ..Default::default()
         };
@@ -308,6 +334,8 @@ fn classify(e: &reqwest::Error) -> ProbeOutcome {
     let lower = chain.to_ascii_lowercase();
     if e.is_timeout() {
         ProbeOutcome::Timeout
+    } else if e.is_redirect() {
+        ProbeOutcome::Redirect(redirect_reason(e))
     } else if lower.contains("dns error")
         || lower.contains("failed to lookup address")
         || lower.contains("name or service not known")
@@ -324,6 +352,17 @@ fn classify(e: &reqwest::Error) -> ProbeOutcome {
     } else {
         ProbeOutcome::Other(chain)
     }
+}
+
+/// The policy's own words, without reqwest's wrapping (which would print the URL again).
+fn redirect_reason(e: &reqwest::Error) -> String {
+    let mut source = std::error::Error::source(e);
+    let mut last = e.to_string();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

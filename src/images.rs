@@ -262,6 +262,21 @@ pub async fn build_and_push(
         return Ok(BTreeMap::new());
     }
     let tags = expand_tags(cfg, ctx, sha, report);
+    if tags.is_empty() {
+        // Nothing to push means nothing to deploy by digest: say so before any build.
+        return Err(Failure {
+            phase: Phase::Build,
+            title: "berth: no valid image tag".into(),
+            message: format!(
+                "every template in `tags` ({}) expanded to an empty or invalid tag for this run (branch `{}`, run number `{}`). Add a template that always gives a tag, e.g. `staging-{{sha}}`.",
+                cfg.tags.iter().map(|t| format!("`{}`", t.0)).collect::<Vec<_>>().join(", "),
+                ctx.ref_name,
+                ctx.run_number
+            ),
+            file: None,
+            line: None,
+        });
+    }
     if cfg.dry_run {
         for img in &cfg.images {
             let line = format!(
@@ -389,7 +404,11 @@ pub async fn build_and_push(
             }
             digest.get_or_insert(d);
         }
-        let digest = digest.expect("at least one tag");
+        let Some(digest) = digest else {
+            return Err(push_failure(&DockerError::NoDigest {
+                reference: repo.clone(),
+            }));
+        };
         runner.line(&format!("{}: {repo}@{digest}", img.service));
         pushed.insert(img.service.clone(), format!("{repo}@{digest}"));
     }

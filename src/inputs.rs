@@ -48,6 +48,8 @@ pub const INPUTS: &[InputSpec] = &[
     input("ci-timeout", "30m", "Longest wait for CI"),
     input("ci-poll-interval", "10s", "Interval between CI polls"),
     input("sha", "", "Commit to deploy. Default: `workflow_run.head_sha` under workflow_run, else GITHUB_SHA"),
+    input("branches", "", "Branches that may deploy: glob patterns (`main`, `release/*`), comma or newline list. Default: the repository's default branch"),
+    input("events", "push, workflow_dispatch", "Events whose code may deploy (under workflow_run: the event of the CI run). Code from a fork is always refused"),
     input("images", "", "One line per service: `service=path/to/Dockerfile[,context=dir][,target=stage]`. Empty builds nothing"),
     input("build-args", "", "`KEY=VALUE` lines passed to every build"),
     input("registry", "ghcr.io", "Registry host[:port] to push to and pull from"),
@@ -62,7 +64,7 @@ pub const INPUTS: &[InputSpec] = &[
     secret("ssh-key-passphrase", "", "Passphrase of `ssh-key`"),
     input("known-hosts", "", "known_hosts lines, as printed by `ssh-keyscan`"),
     input("host-fingerprints", "", "`SHA256:...` host key fingerprints, comma or newline list"),
-    input("insecure-skip-host-key-check", "false", "Accept any host key (not recommended)"),
+    input("insecure-skip-host-key-check", "false", "Accept any host key (not recommended; refused together with `host-fingerprints` or `known-hosts`)"),
     input("deploy-dir", "", "Absolute path on the host. Default `/opt/<repo>`"),
     input("project-name", "", "Compose project name. Default `<repo>`"),
     input("compose-file", "docker-compose.staging.yml", "Compose file, path in the workspace"),
@@ -173,7 +175,7 @@ impl TagTemplate {
     /// rejected: every character outside `[A-Za-z0-9_.-]` becomes `-`, leading `.`/`-` are
     /// dropped, and the tag is cut at 128 characters. The caller warns when that changed it.
     pub fn expand(&self, v: &TagValues) -> ExpandedTag {
-        let short = &v.sha[..v.sha.len().min(7)];
+        let short = crate::short_sha(&v.sha);
         let raw = self
             .0
             .replace("{sha}", &v.sha)
@@ -205,8 +207,17 @@ pub fn is_valid_tag(tag: &str) -> bool {
     static_regex(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").is_match(tag)
 }
 
-pub(crate) fn static_regex(re: &str) -> Regex {
-    Regex::new(re).expect("built-in regex")
+/// A built-in pattern, compiled once per process (a `Regex` clone shares the compiled
+/// program). The patterns are literals in this crate; a unit test compiles every one.
+pub(crate) fn static_regex(re: &'static str) -> Regex {
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<HashMap<&'static str, Regex>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(re)
+        // Not reachable from input: the patterns are this crate's literals.
+        .or_insert_with(|| Regex::new(re).expect("built-in regex"))
+        .clone()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +288,10 @@ pub struct Config {
     pub ci_timeout: Duration,
     pub ci_poll_interval: Duration,
     pub sha: Option<String>,
+    /// Glob patterns of the branches that may deploy; empty: the default branch.
+    pub branches: Vec<String>,
+    /// Events whose code may deploy.
+    pub events: Vec<String>,
     pub images: Vec<ImageSpec>,
     pub build_args: Vec<(String, String)>,
     pub registry: String,
@@ -301,6 +316,8 @@ pub struct Config {
     pub health_url: Option<Url>,
     /// `health-url` as given, when it has a `{host}` placeholder: probed once per host.
     pub health_url_template: Option<String>,
+    /// The password of `health-url` (`https://user:pw@host`), masked like any secret.
+    pub health_url_password: Option<Secret>,
     pub health_timeout: Duration,
     pub health_interval: Duration,
     pub health_status: StatusMatcher,
@@ -319,9 +336,10 @@ impl Config {
     pub fn health_urls(&self, hosts: &[HostSpec]) -> Vec<Url> {
         match &self.health_url_template {
             Some(t) => {
+                // Every expansion was checked at parse time, so none is dropped here.
                 let mut urls: Vec<Url> = hosts
                     .iter()
-                    .filter_map(|h| Url::parse(&t.replace("{host}", &h.host)).ok())
+                    .filter_map(|h| check_http_url(&expand_host(t, &h.host)).ok())
                     .collect();
                 urls.dedup();
                 urls
@@ -336,8 +354,45 @@ impl Config {
         out.extend(self.ssh_key_passphrase.as_ref());
         out.extend(self.env_file.as_ref());
         out.extend(self.health_headers.iter().map(|(_, v)| v));
+        out.extend(self.health_url_password.as_ref());
         out
     }
+}
+
+/// `{host}` in `health-url` becomes the host, bracketed when it is an IPv6 address.
+pub fn expand_host(template: &str, host: &str) -> String {
+    if host.contains(':') {
+        template.replace("{host}", &format!("[{host}]"))
+    } else {
+        template.replace("{host}", host)
+    }
+}
+
+/// The password of a URL's userinfo, as sent and as written (percent-encoded).
+fn url_password(u: &Url) -> Vec<String> {
+    let Some(pw) = u.password().filter(|p| !p.is_empty()) else {
+        return Vec::new();
+    };
+    let decoded = url::form_urlencoded::parse(format!("p={pw}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let mut out = vec![pw.to_string()];
+    if !decoded.is_empty() && decoded != pw {
+        out.push(decoded);
+    }
+    out
+}
+
+/// A URL fit to print: any `user:password@` is replaced by `***@`.
+pub fn redact_url(u: &Url) -> String {
+    if u.username().is_empty() && u.password().is_none() {
+        return u.to_string();
+    }
+    let mut shown = u.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("***");
+    shown.to_string()
 }
 
 /// Secrets straight from the environment, for masking even when validation fails.
@@ -353,6 +408,12 @@ pub fn raw_secrets(env: &Env) -> Vec<Secret> {
                 out.extend(env_file_values(v).into_iter().map(Secret::new));
             }
         }
+    }
+    if let Some(u) = env
+        .get(&env_name("health-url"))
+        .and_then(|u| Url::parse(u.trim()).ok())
+    {
+        out.extend(url_password(&u).into_iter().map(Secret::new));
     }
     if let Some(h) = env.get(&env_name("health-headers")) {
         for line in list_lines(h) {
@@ -370,16 +431,49 @@ pub fn raw_secrets(env: &Env) -> Vec<Secret> {
 /// when it has at least 8 characters, or at least 3 under a secret-looking key. Shorter
 /// values (`3000`, `true`, `fail`) are not secrets, and masking them would garble every log
 /// line, output and summary that contains the word (and make GitHub drop job outputs).
+///
+/// The body is read the way Compose reads a `.env` file (quotes, escapes, `export `,
+/// inline `# comments`), through `dotenvy`, so the mask is the value the app really gets.
+/// Should a line not parse, the rest is read line by line as `KEY=value`, unquoted, so
+/// nothing goes unmasked for want of a parse.
 pub fn env_file_values(body: &str) -> Vec<String> {
     let secret_key =
         static_regex(r"(?i)(pass|secret|token|key|dsn|url|auth|cred|private|salt|cert)");
-    body.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim(), v.trim().trim_matches(['"', '\'']).to_string()))
+    let mut out: Vec<String> = env_file_pairs(body)
+        .into_iter()
         .filter(|(k, v)| v.len() >= 8 || (v.len() >= 3 && secret_key.is_match(k)))
         .map(|(_, v)| v)
-        .collect()
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The `KEY`/value pairs of a `.env` body as Compose reads them. Should a line not
+/// parse, the rest is read line by line as `KEY=value`, unquoted, so that nothing goes
+/// unmasked for want of a parse.
+pub fn env_file_pairs(body: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for item in dotenvy::from_read_iter(body.as_bytes()) {
+        match item {
+            Ok(pair) => pairs.push(pair),
+            Err(_) => {
+                pairs.extend(
+                    body.lines()
+                        .filter(|l| !l.trim_start().starts_with('#'))
+                        .filter_map(|l| {
+                            let (k, v) = l.split_once('=')?;
+                            let k = k.trim().trim_start_matches("export ").trim();
+                            Some((
+                                k.to_string(),
+                                v.trim().trim_matches(['"', '\'']).to_string(),
+                            ))
+                        }),
+                );
+                break;
+            }
+        }
+    }
+    pairs
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,6 +633,14 @@ impl<'a> Parser<'a> {
                 );
                 Duration::from_secs(1)
             }
+            // Deadlines are `now + duration`; a job never runs longer than days anyway.
+            Ok(d) if d > MAX_DURATION => {
+                self.fail(
+                    name,
+                    format!("`{v}` is longer than 7 days, longer than any job may run; use e.g. `{name}: {example}`."),
+                );
+                Duration::from_secs(1)
+            }
             Ok(d) => d,
             Err(why) => {
                 self.fail(name, format!("`{v}` {why}, e.g. `{name}: {example}`."));
@@ -547,6 +649,9 @@ impl<'a> Parser<'a> {
         }
     }
 }
+
+/// The longest duration any input takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `500ms`, `30s`, `10m`, `1h`, or a sum such as `1m30s`. A bare number has no unit and is
 /// rejected: `30` could mean seconds or minutes.
@@ -558,13 +663,17 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     for cap in static_regex(r"(\d+)(ms|s|m|h)").captures_iter(v) {
-        let n: u64 = cap[1].parse().map_err(|_| UNITS.to_string())?;
-        total += match &cap[2] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            _ => Duration::from_secs(n * 3600),
+        const TOO_LONG: &str = "is longer than berth can wait";
+        let n: u64 = cap[1].parse().map_err(|_| TOO_LONG.to_string())?;
+        let part = match &cap[2] {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            _ => n.checked_mul(3600).map(Duration::from_secs),
         };
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .ok_or_else(|| TOO_LONG.to_string())?;
     }
     Ok(total)
 }
@@ -715,6 +824,30 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
     if let Some(s) = &sha {
         if !static_regex(r"^[0-9a-f]{40}$").is_match(s) {
             p.fail("sha", format!("`{s}` is not a full 40-character commit sha, e.g. `sha: ${{{{ github.sha }}}}`."));
+        }
+    }
+    let branches = list_items(&p.raw("branches"));
+    for b in &branches {
+        if let Err(e) = globset::Glob::new(b) {
+            p.fail(
+                "branches",
+                format!("`{b}` is not a glob pattern ({e}). Use branch names or patterns, e.g. `main, release/*`."),
+            );
+        }
+    }
+    let events = list_items(&p.raw("events"));
+    if events.is_empty() {
+        p.fail(
+            "events",
+            "is empty, so no event could deploy. Use e.g. `events: push, workflow_dispatch`.",
+        );
+    }
+    for e in &events {
+        if !static_regex(r"^[a-z_]+$").is_match(e) {
+            p.fail(
+                "events",
+                format!("`{e}` is not a GitHub event name, e.g. `push`, `workflow_dispatch` or `schedule`."),
+            );
         }
     }
     if mode == Mode::Deploy
@@ -878,6 +1011,16 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         }
     }
     let insecure_skip_host_key_check = p.bool("insecure-skip-host-key-check");
+    if insecure_skip_host_key_check {
+        for pinned in ["host-fingerprints", "known-hosts"] {
+            if !p.raw(pinned).trim().is_empty() {
+                p.fail(
+                    "insecure-skip-host-key-check",
+                    format!("is `true` while `{pinned}` pins host keys: berth would accept any key and ignore the pin. Remove `insecure-skip-host-key-check` to check the pin, or remove `{pinned}`."),
+                );
+            }
+        }
+    }
     if !insecure_skip_host_key_check
         && p.raw("known-hosts").trim().is_empty()
         && p.raw("host-fingerprints").trim().is_empty()
@@ -932,6 +1075,20 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
             p.fail("compose-file", format!("`{compose_rel}` must be a path inside the workspace, e.g. `deploy/docker-compose.staging.yml`."));
         } else if !compose_file.is_file() {
             p.fail("compose-file", format!("`{compose_rel}` does not exist in the workspace ({}). Check out the repository first (`actions/checkout`) and give the path relative to its root.", ctx.workspace.display()));
+        } else if let Err(why) = resolves_inside(&ctx.workspace, &compose_rel) {
+            p.fail("compose-file", why);
+        }
+    }
+    for img in &images {
+        for (what, rel) in [
+            ("Dockerfile", &img.dockerfile),
+            ("build context", &img.context),
+        ] {
+            if ctx.workspace.join(rel).exists() {
+                if let Err(why) = resolves_inside(&ctx.workspace, rel) {
+                    p.fail("images", format!("the {what} of `{}`: {why}", img.service));
+                }
+            }
         }
     }
     let env_file = Some(p.raw("env-file"))
@@ -967,8 +1124,8 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
             }
             None
         }
-        v => match check_http_url(&v.replace(
-            "{host}",
+        v => match check_http_url(&expand_host(
+            &v,
             hosts.first().map_or("localhost", |h| h.host.as_str()),
         )) {
             Ok(u) => Some(u),
@@ -982,6 +1139,21 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         },
     };
     let health_url_template = Some(p.text("health-url")).filter(|u| u.contains("{host}"));
+    if let (Some(t), Some(_)) = (&health_url_template, &health_url) {
+        // Every host must give a URL that can be probed; none is skipped in silence.
+        for h in hosts.iter().skip(1) {
+            if let Err(why) = check_http_url(&expand_host(t, &h.host)) {
+                p.fail(
+                    "health-url",
+                    format!("with `{{host}}` = `{}`: {why}. Every host in `hosts` must give a URL berth can probe.", h.host),
+                );
+            }
+        }
+    }
+    let health_url_password = health_url
+        .as_ref()
+        .and_then(|u| url_password(u).into_iter().next())
+        .map(Secret::new);
     let health_timeout = p.duration("health-timeout", "30s");
     let health_interval = p.duration("health-interval", "1s");
     if health_interval > health_timeout {
@@ -1083,6 +1255,8 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         ci_timeout,
         ci_poll_interval,
         sha,
+        branches,
+        events,
         images,
         build_args,
         registry,
@@ -1105,6 +1279,7 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         lock_timeout,
         health_url,
         health_url_template,
+        health_url_password,
         health_timeout,
         health_interval,
         health_status,
@@ -1223,6 +1398,24 @@ fn check_deploy_dir(d: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A workspace path whose real location (symlinks followed) stays inside the workspace.
+/// A checked-out symlink must not let a build or an upload read the runner's own files.
+fn resolves_inside(workspace: &Path, rel: &str) -> Result<(), String> {
+    let real = |p: &Path| {
+        std::fs::canonicalize(p).map_err(|e| format!("`{}` cannot be resolved: {e}", p.display()))
+    };
+    let root = real(workspace)?;
+    let target = real(&workspace.join(rel))?;
+    if target.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{rel}` resolves to `{}`, outside the workspace (a symlink leads out of it). berth reads only files inside GITHUB_WORKSPACE: point the input at the real file inside the repository.",
+            target.display()
+        ))
+    }
 }
 
 fn check_http_url(v: &str) -> Result<Url, String> {

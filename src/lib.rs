@@ -9,18 +9,29 @@ pub mod github;
 pub mod health;
 pub mod images;
 pub mod inputs;
+pub mod markdown;
 pub mod pipeline;
 pub mod release;
 pub mod remote;
 pub mod report;
 pub mod secret;
 pub mod ssh;
+pub mod trust;
 pub mod workflow;
 
 use std::collections::HashMap;
 
 use inputs::{Env, INPUTS, OUTPUTS};
 use workflow::{FileCommands, Runner};
+
+/// The first seven characters of a commit sha, for people. Cut on a character boundary:
+/// a "sha" read from a host's files or an event payload may be any text.
+pub fn short_sha(sha: &str) -> &str {
+    match sha.char_indices().nth(7) {
+        Some((i, _)) => &sha[..i],
+        None => sha,
+    }
+}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = env!("BERTH_GIT_COMMIT");

@@ -71,6 +71,12 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
 
     match ci_gate(&config, &ctx, runner, &mut report).await {
         Ok(GateVerdict::Passed) => {}
+        Ok(GateVerdict::Refused { reason }) => {
+            report.outcome = Some(Outcome::Skipped);
+            report.warn("berth: deploy refused", reason);
+            report.elapsed = started.elapsed();
+            return report;
+        }
         Ok(GateVerdict::Skipped { notice }) => {
             report.outcome = Some(Outcome::Skipped);
             report.notices.push(Annotation::new(
@@ -88,6 +94,18 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
         }
     }
     let sha = report.sha.clone().unwrap_or_default();
+    if config.mode == Mode::Deploy {
+        // The files berth builds and uploads must be the commit it gated.
+        if let Err(e) = crate::trust::check_workspace(&ctx.workspace, &sha) {
+            report.fail(
+                Phase::CiGate,
+                "berth: the workspace is not the gated commit",
+                e.to_string(),
+            );
+            report.elapsed = started.elapsed();
+            return report;
+        }
+    }
 
     let built = if config.mode == Mode::Deploy {
         match images::build_and_push(&config, &ctx, &sha, runner, &mut report).await {
@@ -269,6 +287,21 @@ pub async fn ci_gate(
     runner.line(&format!("Commit {} ({})", commit.sha, commit.source));
     report.sha = Some(commit.sha.clone());
     report.sha_source = Some(commit.source.clone());
+
+    // Whose code this is comes before whether its CI passed: a fork's green CI proves
+    // nothing berth may act on. A local run (no event at all) has no origin to check.
+    if !ctx.event_name.is_empty() {
+        let origin = crate::trust::Origin::of(ctx, event.as_ref());
+        if let Err(refusal) = origin.check(&cfg.events, &cfg.branches) {
+            let reason = format!("Not deploying {}: {refusal}", commit.sha);
+            report.record(
+                Phase::CiGate,
+                started.elapsed(),
+                PhaseResult::Skipped(format!("refused: {refusal}")),
+            );
+            return Ok(GateVerdict::Refused { reason });
+        }
+    }
 
     let (verdict, result) = if cfg.mode == Mode::Rollback {
         (
@@ -767,13 +800,13 @@ impl<'a> Deploy<'a> {
             })?);
         }
         let timeout = probes[0].timeout;
-        let names: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+        let names: Vec<String> = urls.iter().map(crate::inputs::redact_url).collect();
         let _group = self.runner.group(&format!("Health: {}", names.join(", ")));
         let several = probes.len() > 1;
         let wait = futures_util::future::join_all(probes.iter().map(|p| {
             let runner = self.runner.clone();
             let prefix = if several {
-                format!("{} ", p.url())
+                format!("{} ", p.shown_url())
             } else {
                 String::new()
             };
@@ -788,12 +821,12 @@ impl<'a> Deploy<'a> {
         // Every URL must pass; the slowest decides when the release counts as healthy.
         let wait = async move {
             let records = wait.await;
-            match records.iter().position(|r| r.healthy_after.is_none()) {
-                Some(i) => Err(records[i].clone()),
+            match records.iter().find(|r| r.healthy_after.is_none()) {
+                Some(unhealthy) => Err(unhealthy.clone()),
                 None => Ok(records
                     .into_iter()
                     .max_by_key(|r| r.healthy_after)
-                    .expect("at least one URL")),
+                    .unwrap_or_default()),
             }
         };
         tokio::pin!(wait);
@@ -909,7 +942,9 @@ impl<'a> Deploy<'a> {
         }
         let started = Instant::now();
         let restored = on_hosts(&touched, |h| {
-            let prev = h.previous.clone().expect("checked above");
+            let Some(prev) = h.previous.clone() else {
+                return Err(ReleaseError::NothingToRestore);
+            };
             h.activate(&prev).or_else(|e| {
                 // The connection may have died with the deploy; one fresh try.
                 h.reconnect()?;
@@ -1123,7 +1158,7 @@ fn connect_title(e: &ReleaseError) -> &'static str {
 }
 
 fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
+    crate::short_sha(sha)
 }
 
 /// The most telling lines of the failing containers' logs: errors first, else the tail.
@@ -1144,7 +1179,11 @@ pub fn telling_lines(diagnostics: &[crate::report::Diagnostics], n: usize) -> Ve
     for d in diagnostics {
         for (container, log) in &d.logs {
             for line in log.lines().filter(|l| !l.trim().is_empty()) {
-                let tagged = format!("{container}: {}", line.trim());
+                // One huge line must not crowd the others out of the annotation.
+                let tagged = format!(
+                    "{container}: {}",
+                    crate::markdown::cut_long_lines(line.trim(), 300)
+                );
                 let lower = line.to_ascii_lowercase();
                 if keywords.iter().any(|k| lower.contains(k)) {
                     telling.push(tagged.clone());

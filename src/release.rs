@@ -54,6 +54,8 @@ pub enum ReleaseError {
     MissingVariables { host: String, names: Vec<String> },
     #[error("release {dir} already exists on {host}: another deploy of this commit started in the same second and ran first. Nothing was changed; run the deploy again.")]
     ReleaseExists { host: String, dir: String },
+    #[error("there is no earlier release on this host to restore. The failed release is left in place for diagnosis.")]
+    NothingToRestore,
     #[error("{host} answered something berth cannot read while {doing}: {detail}")]
     Unexpected {
         host: String,

@@ -194,16 +194,26 @@ pub fn compose_ps(project: &str) -> Cmd {
 }
 
 /// The last `n` lines of a container's log, stderr included.
+/// The last `n` lines of a container's log, each cut to `LOG_LINE_BYTES` on the host.
+/// Docker's json-file driver stores a line over 16 KiB as several entries and `--tail`
+/// counts entries, so one huge line would fill the whole tail: berth reads up to
+/// `LOG_ENTRIES_PER_LINE` times more entries, cuts the lines, and keeps the last `n`.
+/// What crosses the connection is bounded whatever the app printed.
 pub fn container_logs(container: &str, n: usize) -> Cmd {
     Cmd::new([
         "sh".to_string(),
         "-c".into(),
-        r#"docker logs --tail "$2" "$1" 2>&1"#.into(),
+        r#"docker logs --tail "$3" "$1" 2>&1 | awk -v max="$4" '{ if (length($0) > max) print substr($0, 1, max) " … [line cut: " length($0) - max " more]"; else print }' | tail -n "$2""#.into(),
         "sh".into(),
         container.into(),
         n.to_string(),
+        (n * LOG_ENTRIES_PER_LINE).to_string(),
+        LOG_LINE_BYTES.to_string(),
     ])
 }
+
+const LOG_ENTRIES_PER_LINE: usize = 20;
+const LOG_LINE_BYTES: usize = 2000;
 
 pub const COMPOSE_FILE: &str = "compose.yml";
 pub const OVERRIDE_FILE: &str = "berth.override.yml";
@@ -321,7 +331,7 @@ impl std::fmt::Display for LockHolder {
             } else {
                 &self.actor
             },
-            &self.sha[..self.sha.len().min(7)],
+            crate::short_sha(&self.sha),
             self.started_at,
             if self.run_url.is_empty() {
                 "no run URL"
@@ -365,7 +375,7 @@ pub fn release_id(now: time::OffsetDateTime, sha: &str) -> String {
         now.to_offset(time::UtcOffset::UTC)
             .format(&fmt)
             .expect("format"),
-        &sha[..sha.len().min(7)]
+        crate::short_sha(sha)
     )
 }
 

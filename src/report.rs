@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::health::HealthRecord;
-use crate::workflow::{Annotation, Level, Runner};
+use crate::markdown::{self, Blocks};
+use crate::workflow::{Annotation, Level, Runner, ANNOTATIONS_PER_LEVEL};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -241,7 +242,7 @@ impl Report {
     fn short_sha(&self) -> String {
         self.sha
             .as_deref()
-            .map(|s| s[..s.len().min(7)].to_string())
+            .map(|s| crate::short_sha(s).to_string())
             .unwrap_or_else(|| "unknown".into())
     }
 
@@ -293,7 +294,7 @@ impl Report {
         out.extend(self.errors.iter().cloned());
         out.extend(self.warnings.iter().cloned());
         out.extend(self.notices.iter().cloned());
-        out
+        fold_past_the_cap(out)
     }
 
     pub fn outputs(&self) -> Vec<(&'static str, String)> {
@@ -322,30 +323,83 @@ impl Report {
         ]
     }
 
+    /// The job summary. Every piece of text berth did not write itself goes through
+    /// [`markdown`]'s escaping, and the whole stays under GitHub's 1 MiB limit.
     pub fn summary_markdown(&self) -> String {
-        let mut md = String::new();
+        let mut blocks = Blocks::default();
         let icon = match self.outcome() {
             Outcome::Deployed => "✅",
             Outcome::RolledBack => "↩️",
             Outcome::Failed => "❌",
             Outcome::Skipped => "⏭️",
         };
-        let _ = writeln!(md, "## {icon} berth: {}\n", self.headline());
+        blocks.push(format!(
+            "## {icon} berth: {}\n\n",
+            markdown::text(&self.headline())
+        ));
         if let Some(f) = &self.failure {
-            let _ = writeln!(md, "**{}**\n", f.title);
-            let _ = writeln!(md, "```\n{}\n```\n", truncate_lines(&f.message, 40));
-            let _ = writeln!(
-                md,
-                "**What to do next:** {}\n",
+            blocks.push(format!(
+                "**{}**\n\n{}\n**What to do next:** {}\n\n",
+                markdown::text(&f.title),
+                markdown::fence("", &tail_of(&truncate_lines(&f.message, 40))),
                 next_step(f.phase, self.outcome(), self.recovery.is_some())
-            );
+            ));
         }
+        blocks.push(self.annotation_lines());
+        if let Some(src) = &self.sha_source {
+            blocks.push(format!(
+                "Commit {} ({}).\n\n",
+                markdown::code(self.sha.as_deref().unwrap_or("?")),
+                markdown::text(src)
+            ));
+        }
+        blocks.push(self.phase_table());
+        blocks.push(self.image_table());
+        blocks.push(self.host_table());
+        if let Some(h) = &self.health {
+            blocks.push(format!("### Health\n\n{}\n\n", health_line(h)));
+        }
+        if let Some(rb) = &self.rollback {
+            let mut md = format!(
+                "### Rollback\n\n{} Restored {} in {}: {}.\n",
+                if rb.healthy { "✅" } else { "❌" },
+                markdown::code(rb.restored.as_deref().unwrap_or("?")),
+                secs(rb.duration),
+                markdown::text(&rb.detail)
+            );
+            if let Some(h) = &rb.health {
+                let _ = writeln!(md, "\n{}", health_line(h));
+            }
+            md.push('\n');
+            blocks.push(md);
+        }
+        if let Some(cmd) = &self.recovery {
+            blocks.push(format!(
+                "### Recover by hand\n\n{}\n",
+                markdown::fence("sh", cmd)
+            ));
+        }
+        blocks.push(self.ci_table());
+        if !self.plan.is_empty() {
+            blocks.push(format!(
+                "### Plan (dry run)\n\n{}\n",
+                markdown::fence("", &self.plan.join("\n"))
+            ));
+        }
+        for d in &self.diagnostics {
+            blocks.push(diagnostics_block(d));
+        }
+        blocks.finish(SUMMARY_BUDGET)
+    }
+
+    fn annotation_lines(&self) -> String {
+        let mut md = String::new();
         for e in &self.errors {
             let _ = writeln!(
                 md,
                 "- **{}**: {}",
-                e.title.as_deref().unwrap_or("error"),
-                e.message
+                markdown::text(e.title.as_deref().unwrap_or("error")),
+                markdown::text(&e.message)
             );
         }
         if !self.errors.is_empty() {
@@ -355,162 +409,122 @@ impl Report {
             let _ = writeln!(
                 md,
                 "> ⚠️ **{}**: {}",
-                w.title.as_deref().unwrap_or("warning"),
-                one_line(&w.message)
+                markdown::text(w.title.as_deref().unwrap_or("warning")),
+                markdown::text(&w.message)
             );
         }
         if !self.warnings.is_empty() {
             md.push('\n');
         }
-        if let Some(src) = &self.sha_source {
+        md
+    }
+
+    fn phase_table(&self) -> String {
+        if self.phases.is_empty() {
+            return String::new();
+        }
+        let mut md = String::from("### Phases\n\n| phase | time | result |\n|---|---:|---|\n");
+        for p in &self.phases {
+            let (icon, text) = match &p.result {
+                PhaseResult::Ok(t) => ("✅", t),
+                PhaseResult::Failed(t) => ("❌", t),
+                PhaseResult::Skipped(t) => ("⏭️", t),
+            };
             let _ = writeln!(
                 md,
-                "Commit `{}` ({src}).\n",
-                self.sha.as_deref().unwrap_or("?")
+                "| {} | {} | {icon} {} |",
+                p.phase.label(),
+                secs(p.duration),
+                markdown::cell(text, 300)
             );
         }
-        if !self.phases.is_empty() {
-            md.push_str("### Phases\n\n| phase | time | result |\n|---|---:|---|\n");
-            for p in &self.phases {
-                let (icon, text) = match &p.result {
-                    PhaseResult::Ok(t) => ("✅", t),
-                    PhaseResult::Failed(t) => ("❌", t),
-                    PhaseResult::Skipped(t) => ("⏭️", t),
-                };
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {icon} {} |",
-                    p.phase.label(),
-                    secs(p.duration),
-                    cell(text, 300)
-                );
-            }
-            md.push('\n');
+        md.push('\n');
+        md
+    }
+
+    fn image_table(&self) -> String {
+        if self.images.is_empty() {
+            return String::new();
         }
-        if !self.images.is_empty() {
-            md.push_str("### Images\n\n| service | tags | deployed by digest |\n|---|---|---|\n");
-            for (svc, img) in &self.images {
-                let tags = self
-                    .image_tags
-                    .iter()
-                    .map(|t| format!("`{t}`"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let _ = writeln!(md, "| {svc} | {tags} | `{img}` |");
-            }
-            md.push('\n');
-        }
-        if !self.hosts.is_empty() {
-            md.push_str(
-                "### Hosts\n\n| host | host key | release | previous |\n|---|---|---|---|\n",
-            );
-            for h in &self.hosts {
-                let _ = writeln!(
-                    md,
-                    "| {} | `{}` | {} | {} |",
-                    h.host,
-                    h.fingerprint,
-                    h.release
-                        .as_deref()
-                        .map(|r| format!("`{r}`"))
-                        .unwrap_or("–".into()),
-                    h.previous
-                        .as_deref()
-                        .map(|r| format!("`{r}`"))
-                        .unwrap_or("none (first deploy)".into())
-                );
-            }
-            md.push('\n');
-        }
-        if let Some(h) = &self.health {
-            md.push_str("### Health\n\n");
-            let _ = writeln!(md, "{}", health_line(h));
-            md.push('\n');
-        }
-        if let Some(rb) = &self.rollback {
-            md.push_str("### Rollback\n\n");
+        let mut md =
+            String::from("### Images\n\n| service | tags | deployed by digest |\n|---|---|---|\n");
+        let tags = self
+            .image_tags
+            .iter()
+            .map(|t| markdown::code(t))
+            .collect::<Vec<_>>()
+            .join(" ");
+        for (svc, img) in &self.images {
             let _ = writeln!(
                 md,
-                "{} Restored `{}` in {}: {}.",
-                if rb.healthy { "✅" } else { "❌" },
-                rb.restored.as_deref().unwrap_or("?"),
-                secs(rb.duration),
-                rb.detail
+                "| {} | {tags} | {} |",
+                markdown::cell(svc, 100),
+                markdown::code(img)
             );
-            if let Some(h) = &rb.health {
-                let _ = writeln!(md, "\n{}", health_line(h));
-            }
+        }
+        md.push('\n');
+        md
+    }
+
+    fn host_table(&self) -> String {
+        if self.hosts.is_empty() {
+            return String::new();
+        }
+        let mut md = String::from(
+            "### Hosts\n\n| host | host key | release | previous |\n|---|---|---|---|\n",
+        );
+        for h in &self.hosts {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                markdown::cell(&h.host, 200),
+                markdown::code(&h.fingerprint),
+                h.release
+                    .as_deref()
+                    .map(markdown::code)
+                    .unwrap_or("–".into()),
+                h.previous
+                    .as_deref()
+                    .map(markdown::code)
+                    .unwrap_or("none (first deploy)".into())
+            );
+        }
+        md.push('\n');
+        md
+    }
+
+    fn ci_table(&self) -> String {
+        if self.ci.runs.is_empty() {
+            return String::new();
+        }
+        let mut md = String::from(
+            "### CI runs checked\n\n| workflow | run | status | conclusion |\n|---|---|---|---|\n",
+        );
+        for r in &self.ci.runs {
+            let run = format!("#{} attempt {}", r.run_number, r.attempt);
+            let run = match link_target(&r.url) {
+                Some(url) => format!("[{run}]({url})"),
+                None => run,
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {run} | {} | {} |",
+                markdown::cell(&r.workflow, 100),
+                markdown::cell(&r.status, 40),
+                markdown::cell(r.conclusion.as_deref().unwrap_or("–"), 40)
+            );
+        }
+        if self.ci.requests == 0 {
             md.push('\n');
-        }
-        if let Some(cmd) = &self.recovery {
-            let _ = writeln!(md, "### Recover by hand\n\n```sh\n{cmd}\n```\n");
-        }
-        if !self.ci.runs.is_empty() {
-            md.push_str("### CI runs checked\n\n| workflow | run | status | conclusion |\n|---|---|---|---|\n");
-            for r in &self.ci.runs {
-                let _ = writeln!(
-                    md,
-                    "| {} | [#{} attempt {}]({}) | {} | {} |",
-                    r.workflow,
-                    r.run_number,
-                    r.attempt,
-                    r.url,
-                    r.status,
-                    r.conclusion.as_deref().unwrap_or("–")
-                );
-            }
-            if self.ci.requests == 0 {
-                md.push('\n');
-            } else {
-                let _ = writeln!(
+        } else {
+            let _ = writeln!(
                 md,
                 "\nWaited {} for CI; {} API requests, {} answered 304 (not counted against the rate limit).\n",
                 secs(self.ci.waited),
                 self.ci.requests,
                 self.ci.not_modified
             );
-            }
         }
-        if !self.plan.is_empty() {
-            md.push_str("### Plan (dry run)\n\n```\n");
-            for step in &self.plan {
-                let _ = writeln!(md, "{step}");
-            }
-            md.push_str("```\n\n");
-        }
-        let mut diagnostics = String::new();
-        for d in &self.diagnostics {
-            let _ = writeln!(
-                diagnostics,
-                "<details><summary>Diagnostics from {}: services and log tails</summary>\n",
-                d.host
-            );
-            let _ = writeln!(
-                diagnostics,
-                "```\n{}\n```\n",
-                truncate_lines(d.ps.trim_end(), 60)
-            );
-            for (container, log) in &d.logs {
-                if log.trim().is_empty() {
-                    let _ = writeln!(diagnostics, "**{container}**: no log output\n");
-                    continue;
-                }
-                let _ = writeln!(
-                    diagnostics,
-                    "**{container}** (last lines of its log)\n\n```\n{}\n```\n",
-                    truncate_bytes(log.trim_end(), LOG_BYTES)
-                );
-            }
-            diagnostics.push_str("</details>\n\n");
-        }
-        if md.len() + diagnostics.len() > SUMMARY_BUDGET {
-            let room = SUMMARY_BUDGET.saturating_sub(md.len());
-            diagnostics = format!(
-                "{}\n\n_Diagnostics truncated to keep the job summary under GitHub's 1 MiB limit._\n",
-                truncate_bytes(&diagnostics, room.saturating_sub(200))
-            );
-        }
-        md.push_str(&diagnostics);
         md
     }
 
@@ -526,8 +540,8 @@ impl Report {
     }
 }
 
-/// GitHub drops a step summary over 1 MiB; stay well under it.
-pub const SUMMARY_BUDGET: usize = 900 * 1024;
+/// The summary's budget: under GitHub's 1 MiB with room for the runner's masking.
+pub const SUMMARY_BUDGET: usize = markdown::SUMMARY_LIMIT - 64 * 1024;
 /// One container's log tail in the summary.
 const LOG_BYTES: usize = 64 * 1024;
 
@@ -548,15 +562,46 @@ fn health_line(h: &HealthRecord) -> String {
             format!(
                 "; last failure at {}: {}",
                 secs(a.offset),
-                cell(&a.outcome.to_string(), 300)
+                markdown::cell(&a.outcome.to_string(), 300)
             )
         })
         .unwrap_or_default();
     format!(
-        "`{}`: {} attempt(s) ({counts}); {first_ok}{last}.",
-        h.url,
+        "{}: {} attempt(s) ({counts}); {first_ok}{last}.",
+        markdown::code(&h.url),
         h.attempts.len()
     )
+}
+
+/// The runner records at most [`ANNOTATIONS_PER_LEVEL`] annotations of a level per step;
+/// the rest would only reach the log. So the last one a level may have carries all the
+/// others too, and every problem (say, every invalid input) stays an annotation.
+fn fold_past_the_cap(annotations: Vec<Annotation>) -> Vec<Annotation> {
+    let mut out: Vec<Annotation> = Vec::with_capacity(annotations.len());
+    for level in [Level::Error, Level::Warning, Level::Notice] {
+        let of_level: Vec<Annotation> = annotations
+            .iter()
+            .filter(|a| a.level == level)
+            .cloned()
+            .collect();
+        if of_level.len() <= ANNOTATIONS_PER_LEVEL {
+            out.extend(of_level);
+            continue;
+        }
+        let (kept, rest) = of_level.split_at(ANNOTATIONS_PER_LEVEL - 1);
+        out.extend(kept.iter().cloned());
+        let folded = rest
+            .iter()
+            .map(|a| format!("{}: {}", a.title.as_deref().unwrap_or("berth"), a.message))
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push(Annotation::new(
+            level,
+            format!("berth: {} more", rest.len()),
+            folded,
+        ));
+    }
+    out
 }
 
 /// The advice line for the common failures.
@@ -581,12 +626,50 @@ fn next_step(phase: Phase, outcome: Outcome, recovery: bool) -> &'static str {
     }
 }
 
-fn cell(s: &str, max: usize) -> String {
-    let flat = one_line(s);
-    match flat.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &flat[..i]),
-        None => flat,
+/// One host's services and the log tails of its failing containers, folded.
+fn diagnostics_block(d: &Diagnostics) -> String {
+    let mut md = format!(
+        "<details><summary>Diagnostics from {}: services and log tails</summary>\n\n{}\n",
+        markdown::text(&d.host),
+        markdown::fence("", &truncate_lines(d.ps.trim_end(), 60))
+    );
+    for (container, log) in &d.logs {
+        if log.trim().is_empty() {
+            let _ = writeln!(md, "**{}**: no log output\n", markdown::text(container));
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "**{}** (last lines of its log)\n\n{}",
+            markdown::text(container),
+            markdown::fence("", &tail_of(log.trim_end()))
+        );
     }
+    md.push_str("</details>\n\n");
+    md
+}
+
+/// The end of a log for the summary: long lines cut first, so that one huge line cannot
+/// push every line before it out of the tail, then the last [`LOG_BYTES`].
+fn tail_of(log: &str) -> String {
+    truncate_bytes(
+        &markdown::cut_long_lines(log, markdown::LINE_BYTES),
+        LOG_BYTES,
+    )
+}
+
+/// A URL berth may render as a link target: http(s), with nothing that could end the
+/// Markdown link early.
+fn link_target(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    matches!(parsed.scheme(), "https" | "http").then(|| {
+        parsed
+            .as_str()
+            .replace('(', "%28")
+            .replace(')', "%29")
+            .replace('<', "%3C")
+            .replace('>', "%3E")
+    })
 }
 
 /// The last `n` lines, saying how many were dropped.
@@ -618,10 +701,6 @@ pub fn truncate_bytes(s: &str, max: usize) -> String {
     )
 }
 
-fn one_line(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
-}
-
 pub fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 10.0 {
@@ -645,18 +724,128 @@ mod tests {
                 ps: "NAME STATUS".into(),
                 logs: vec![(
                     "backend-1".into(),
-                    format!("{}\nLAST LINE {i}", "x".repeat(200_000)),
+                    format!("{}\nLAST LINE {i}", "x\n".repeat(100_000)),
                 )],
             })
             .collect();
         let md = r.summary_markdown();
-        assert!(md.len() < 1024 * 1024, "{} bytes", md.len());
+        assert!(md.len() <= SUMMARY_BUDGET, "{} bytes", md.len());
         assert!(md.contains("[truncated:"), "a cut log says so");
         assert!(
             md.contains("under GitHub's 1 MiB limit"),
             "a cut summary says so"
         );
-        assert!(md.contains("LAST LINE 19"), "tails keep their end");
+        assert!(md.contains("LAST LINE 0"), "tails keep their end");
+        assert!(
+            md.starts_with("## ❌ berth: Failed"),
+            "the headline comes first"
+        );
+        assert!(
+            md.contains("**berth: health check failed**"),
+            "the root cause stays"
+        );
+    }
+
+    #[test]
+    fn a_single_huge_log_line_is_cut_and_the_summary_stays_bounded() {
+        let mut r = Report::default();
+        r.fail(
+            Phase::Health,
+            "berth: health check failed",
+            "y".repeat(3 << 20),
+        );
+        r.diagnostics = vec![Diagnostics {
+            host: "h".into(),
+            ps: "p".repeat(2 << 20),
+            logs: vec![("web-1".into(), "z".repeat(2 << 20))],
+        }];
+        let md = r.summary_markdown();
+        assert!(md.len() < 200 * 1024, "{} bytes", md.len());
+        assert_eq!(md.matches("[line cut:").count(), 3, "each cut line says so");
+    }
+
+    #[test]
+    fn app_text_cannot_close_a_fence_or_add_markup() {
+        let mut r = Report::default();
+        r.fail(
+            Phase::Health,
+            "berth: health check failed",
+            "body: ```\n# Forged heading\n[click](https://evil.example)",
+        );
+        r.warn(
+            "berth: crash loop",
+            "web | exit 3 | # not a heading [x](https://e.example)",
+        );
+        r.record(
+            Phase::Up,
+            Duration::from_secs(1),
+            PhaseResult::Failed("a | b\n# c".into()),
+        );
+        r.diagnostics = vec![Diagnostics {
+            host: "h".into(),
+            ps: "NAME".into(),
+            logs: vec![(
+                "web-1".into(),
+                "````\n## Injected\n<script>x</script>".into(),
+            )],
+        }];
+        let md = r.summary_markdown();
+        // Outside a code block, no line is a heading but berth's own, and no text links.
+        let mut fence: Option<String> = None;
+        for line in md.lines() {
+            let ticks: String = line.chars().take_while(|c| *c == '`').collect();
+            match &fence {
+                Some(open) if ticks.len() >= open.len() && line.trim_end() == ticks => fence = None,
+                Some(_) => {}
+                None if ticks.len() >= 3 => fence = Some(ticks),
+                None => {
+                    if line.starts_with('#') {
+                        assert!(
+                            line.starts_with("## ❌ berth") || line.starts_with("### "),
+                            "{line}"
+                        );
+                    }
+                    assert!(!line.contains("](https://e"), "{line}");
+                    assert!(!line.contains("<script>"), "{line}");
+                    if line.starts_with('|') && line.contains("a \\| b") {
+                        let unescaped =
+                            line.len() - line.replace('|', "").len() - line.matches("\\|").count();
+                        assert_eq!(unescaped, 4, "three columns: {line}");
+                    }
+                }
+            }
+        }
+        assert!(fence.is_none(), "every fence closes");
+        assert!(
+            md.contains("# Forged heading") && md.contains("## Injected"),
+            "still readable"
+        );
+    }
+
+    #[test]
+    fn every_error_stays_an_annotation_past_the_runners_cap() {
+        let mut r = Report::default();
+        for i in 0..14 {
+            r.errors.push(Annotation::new(
+                Level::Error,
+                format!("berth: invalid input in{i}"),
+                format!("problem {i}"),
+            ));
+        }
+        r.warn("berth: w", "a warning");
+        let a = r.annotations();
+        let errors: Vec<&Annotation> = a.iter().filter(|a| a.level == Level::Error).collect();
+        assert_eq!(errors.len(), ANNOTATIONS_PER_LEVEL);
+        let last = errors.last().unwrap();
+        assert_eq!(last.title.as_deref(), Some("berth: 5 more"));
+        for i in 9..14 {
+            assert!(
+                last.message.contains(&format!("in{i}: problem {i}")),
+                "{}",
+                last.message
+            );
+        }
+        assert_eq!(a.iter().filter(|a| a.level == Level::Warning).count(), 1);
     }
 
     #[test]

@@ -192,24 +192,19 @@ impl Runner {
         scrub_with(&self.lock().masks, text)
     }
 
+    /// Prints text that is not a command. Any of it may have come from outside berth (a
+    /// container's log, a health body, a remote error), so every line is defused first.
     pub fn line(&self, text: &str) {
         let mut inner = self.lock();
         let text = scrub_with(&inner.masks, text);
-        for line in text.lines() {
-            // A line that starts with `::` would be read as a command; break it up.
-            if line.starts_with("::") {
-                let _ = writeln!(inner.out, " {line}");
-            } else {
-                let _ = writeln!(inner.out, "{line}");
-            }
-        }
+        let _ = write!(inner.out, "{}", defuse(&text));
         let _ = inner.out.flush();
     }
 
     pub fn debug_line(&self, text: &str) {
         let mut inner = self.lock();
         let text = scrub_with(&inner.masks, text);
-        let _ = writeln!(inner.err, "{text}");
+        let _ = write!(inner.err, "{}", defuse(&text));
     }
 
     /// Writes an annotation unless the runner's per-level cap is reached, in which case
@@ -223,15 +218,16 @@ impl Runner {
         a.message = scrub_with(&inner.masks, &a.message);
         a.title = a.title.map(|t| scrub_with(&inner.masks, &t));
         let line = if over_cap {
-            format!(
+            // Past the cap the runner would only log it; say it as a plain, defused line.
+            defuse(&format!(
                 "{}: {}",
                 a.title.as_deref().unwrap_or(a.level.command()),
                 a.message
-            )
+            ))
         } else {
-            a.to_command()
+            a.to_command() + "\n"
         };
-        let _ = writeln!(inner.out, "{line}");
+        let _ = write!(inner.out, "{line}");
         let _ = inner.out.flush();
     }
 
@@ -277,7 +273,18 @@ impl Runner {
 
     pub fn append_summary(&self, markdown: &str) {
         let mut inner = self.lock();
-        let markdown = scrub_with(&inner.masks, markdown);
+        let mut markdown = scrub_with(&inner.masks, markdown);
+        // The report keeps itself well under the limit; this is the last line of defence,
+        // since over it GitHub drops the whole summary and fails the step.
+        let limit = crate::markdown::SUMMARY_LIMIT - 1024;
+        if markdown.len() > limit {
+            let mut end = limit;
+            while !markdown.is_char_boundary(end) {
+                end -= 1;
+            }
+            markdown.truncate(end);
+            markdown.push_str("\n\n_[summary cut at GitHub's 1 MiB limit]_\n");
+        }
         match inner.files.summary.clone() {
             Some(path) => {
                 if let Err(e) = append(&path, &markdown) {
@@ -301,6 +308,47 @@ impl Drop for GroupGuard {
         let _ = writeln!(inner.out, "::endgroup::");
         let _ = inner.out.flush();
     }
+}
+
+/// Breaks text into the lines the runner will see and makes sure none of them is a
+/// workflow command, each line ending in `\n`.
+///
+/// The runner (actions/runner `ProcessInvoker`) reads output with .NET `ReadLine`, which
+/// ends a line at `\n`, `\r\n` *and a lone `\r`*. On each line it tries the v2 parser,
+/// which trims leading whitespace and then wants `::`, and the legacy parser, which takes
+/// `##[` anywhere in the line. So a zero-width space goes in front of a leading `::` and
+/// inside every `##[`: the text reads the same, and neither parser fires.
+pub fn defuse(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in runner_lines(text) {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        out.push_str(indent);
+        if body.starts_with("::") {
+            out.push(ZWSP);
+        }
+        out.push_str(&body.replace("##[", "##\u{200B}["));
+        out.push('\n');
+    }
+    out
+}
+
+const ZWSP: char = '\u{200B}';
+
+/// Lines as .NET `ReadLine` splits them: at `\n`, `\r\n` or a lone `\r`. Text with no
+/// line at all still gives one (empty) line, as `writeln!` would print.
+pub fn runner_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['\r', '\n']) {
+        lines.push(&rest[..i]);
+        let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[i + skip..];
+    }
+    if !rest.is_empty() || lines.is_empty() {
+        lines.push(rest);
+    }
+    lines
 }
 
 fn scrub_with(masks: &[String], text: &str) -> String {
@@ -413,9 +461,40 @@ mod tests {
 
     #[test]
     fn a_logged_line_cannot_inject_a_command() {
-        let (r, out, _) = runner(FileCommands::default(), &[]);
+        let (r, out, err) = runner(FileCommands::default(), &[]);
         r.line("::set-output name=x::y");
-        assert_eq!(out.text(), " ::set-output name=x::y\n");
+        r.line("  \t::warning::indented");
+        r.line("err\r::notice::after a lone CR\r\n::error::after CRLF");
+        r.line("text ##[error]legacy ##[warning]twice");
+        r.debug_line("::stop-commands::t");
+        assert_eq!(
+            out.text(),
+            "\u{200B}::set-output name=x::y\n  \t\u{200B}::warning::indented\nerr\n\u{200B}::notice::after a lone CR\n\u{200B}::error::after CRLF\ntext ##\u{200B}[error]legacy ##\u{200B}[warning]twice\n"
+        );
+        assert_eq!(err.text(), "\u{200B}::stop-commands::t\n");
+    }
+
+    #[test]
+    fn runner_lines_split_like_dotnet_readline() {
+        assert_eq!(runner_lines("a\rb\r\nc\nd"), ["a", "b", "c", "d"]);
+        assert_eq!(runner_lines("a\n"), ["a"]);
+        assert_eq!(runner_lines("a\n\nb"), ["a", "", "b"]);
+        assert_eq!(runner_lines(""), [""]);
+    }
+
+    #[test]
+    fn annotations_past_the_cap_are_defused_too() {
+        let (r, out, _) = runner(FileCommands::default(), &[]);
+        for _ in 0..ANNOTATIONS_PER_LEVEL {
+            r.error("t", "fine");
+        }
+        r.error("t", "body\r::warning::forged ##[error]x");
+        let text = out.text();
+        let last: Vec<&str> = text.lines().rev().take(2).collect();
+        assert_eq!(
+            last,
+            ["\u{200B}::warning::forged ##\u{200B}[error]x", "t: body"]
+        );
     }
 
     #[test]

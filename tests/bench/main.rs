@@ -426,7 +426,11 @@ fn main() {
     let event = stage.deploy_dir.with_file_name("push.json");
     std::fs::write(
         &event,
-        serde_json::json!({"head_commit": {"timestamp": "2026-11-24T10:00:00Z"}}).to_string(),
+        serde_json::json!({
+            "head_commit": {"timestamp": "2026-11-24T10:00:00Z"},
+            "repository": {"full_name": "acme/shop", "default_branch": "main"}
+        })
+        .to_string(),
     )
     .unwrap();
     let first = stage

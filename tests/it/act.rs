@@ -139,9 +139,7 @@ fn act_runs_the_action_for_workflow_run_push_and_a_broken_release() {
         sh(Command::new("git").args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]))
             .trim()
             .to_string();
-    let mut event = crate::support::fake_github::fixture("webhook-workflow_run.completed.json");
-    event["workflow_run"]["head_sha"] = head.clone().into();
-    event["workflow_run"]["conclusion"] = "success".into();
+    let event = crate::support::workflow_run_payload(&head, "success");
     let event_path = stage.deploy_dir.with_file_name("workflow_run.json");
     std::fs::write(&event_path, event.to_string()).unwrap();
     let a = act(
@@ -168,10 +166,16 @@ fn act_runs_the_action_for_workflow_run_push_and_a_broken_release() {
     // b. push whose CI run failed: refused, the job fails.
     fake.workflow(1, "CI", "ci.yml")
         .run("ci.yml", FakeRun::new(555, &head, &[FAILURE]));
+    let push_path = stage.deploy_dir.with_file_name("push.json");
+    let push = serde_json::json!({
+        "ref": "refs/heads/main", "after": head,
+        "repository": {"full_name": "acme/shop", "default_branch": "main"}
+    });
+    std::fs::write(&push_path, push.to_string()).unwrap();
     let b = act(
         &stage,
         "push",
-        None,
+        Some(&push_path),
         &[("CI_WORKFLOWS", "ci.yml"), ("BUILD_ARGS", "VERSION=act-2")],
         &fake.url,
     );

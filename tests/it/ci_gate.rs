@@ -6,7 +6,7 @@ use berth::inputs::{self, GithubContext};
 use berth::report::Report;
 
 use crate::support::fake_github::*;
-use crate::support::{captured_runner, Berth, SHA};
+use crate::support::{captured_runner, workflow_run_payload, Berth, SHA};
 
 const PAYLOAD_SHA: &str = "fedcba9876543210fedcba9876543210fedcba98";
 
@@ -34,17 +34,12 @@ fn gate(b: &Berth) -> (Result<GateVerdict, GateError>, Report, String) {
 
 /// A workflow_run event file from GitHub's webhook example, for PAYLOAD_SHA.
 fn workflow_run_event(b: Berth, conclusion: &str) -> Berth {
-    let mut event = fixture("webhook-workflow_run.completed.json");
-    event["workflow_run"]["head_sha"] = PAYLOAD_SHA.into();
-    event["workflow_run"]["conclusion"] = conclusion.into();
-    let path = std::env::temp_dir().join(format!(
-        "berth-event-{}-{conclusion}.json",
-        std::process::id()
-    ));
-    std::fs::write(&path, event.to_string()).unwrap();
-    b.env("GITHUB_EVENT_NAME", "workflow_run")
-        .env("GITHUB_EVENT_PATH", path.to_str().unwrap())
-        .input("ci-workflows", "")
+    b.event(
+        "workflow_run",
+        &workflow_run_payload(PAYLOAD_SHA, conclusion),
+    )
+    .checkout(PAYLOAD_SHA)
+    .input("ci-workflows", "")
 }
 
 #[test]

@@ -252,6 +252,12 @@ struct TlsServer {
 impl TlsServer {
     /// `openssl s_server` with a certificate for 127.0.0.1 signed by a fresh CA.
     fn start() -> TlsServer {
+        TlsServer::serving(&[])
+    }
+
+    /// With `files`, `s_server -HTTP` answers `GET /name` with the file `name` as the whole
+    /// raw HTTP response (status line and headers included); without, `-www` status pages.
+    fn serving(files: &[(&str, &str)]) -> TlsServer {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let run = |args: &str| {
@@ -263,12 +269,15 @@ impl TlsServer {
         run("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null");
         std::fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
         run("openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile ext 2>/dev/null");
+        for (name, body) in files {
+            std::fs::write(d.join(name), body).unwrap();
+        }
         let port = free_port();
         let child = Command::new("openssl")
             .args([
                 "s_server",
                 "-quiet",
-                "-www",
+                if files.is_empty() { "-www" } else { "-HTTP" },
                 "-accept",
                 &format!("127.0.0.1:{port}"),
                 "-cert",
@@ -400,4 +409,160 @@ fn a_container_not_running_the_pinned_digest_fails_verification() {
         err.contains("running images do not match") && err.contains("backend"),
         "{err}"
     );
+}
+
+/// The request headers a [`Recorder`] saw, one list per request.
+type SeenHeaders = std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, String)>>>>;
+
+/// A plain HTTP server on loopback that answers every request with `answer` and records
+/// the headers it got, so a test can see what reached it.
+struct Recorder {
+    url: String,
+    seen: SeenHeaders,
+    server: std::sync::Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start(answer: impl Fn(&str) -> (u16, Option<String>) + Send + 'static) -> Recorder {
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let seen: SeenHeaders = Default::default();
+        let (srv, log) = (server.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            for req in srv.incoming_requests() {
+                let headers = req
+                    .headers()
+                    .iter()
+                    .map(|h| (h.field.to_string(), h.value.to_string()))
+                    .collect();
+                log.lock().unwrap().push(headers);
+                let (status, location) = answer(req.url());
+                let mut resp = tiny_http::Response::from_string("{}").with_status_code(status);
+                if let Some(l) = location {
+                    resp.add_header(tiny_http::Header::from_bytes("Location", l).unwrap());
+                }
+                let _ = req.respond(resp);
+            }
+        });
+        Recorder {
+            url,
+            seen,
+            server,
+            thread: Some(thread),
+        }
+    }
+
+    fn saw_header(&self, value: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .any(|(_, v)| v.contains(value))
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn health_headers_never_follow_a_redirect_to_another_origin() {
+    let elsewhere = Recorder::start(|_| (200, None));
+    let target = format!("{}/health", elsewhere.url);
+    let app = Recorder::start(move |_| (302, Some(target.clone())));
+    let p = probe(
+        &format!("{}/health", app.url),
+        &[("health-headers", "X-Api-Key: key-secret-7781")],
+    );
+    match once(&p) {
+        ProbeOutcome::Redirect(why) => assert!(
+            why.contains(&elsewhere.url) && why.contains("only within the health URL's origin"),
+            "{why}"
+        ),
+        other => panic!("a cross-origin redirect must be refused: {other:?}"),
+    }
+    assert!(
+        app.saw_header("key-secret-7781"),
+        "the app itself gets the header"
+    );
+    assert!(
+        !elsewhere.saw_header("key-secret-7781") && elsewhere.seen.lock().unwrap().is_empty(),
+        "the other origin was contacted"
+    );
+}
+
+#[test]
+fn a_same_origin_redirect_is_followed_with_its_headers() {
+    let app = Recorder::start(|path| match path {
+        "/health" => (301, Some("/health/ready".into())),
+        _ => (200, None),
+    });
+    let p = probe(
+        &format!("{}/health", app.url),
+        &[("health-headers", "X-Api-Key: key-secret-7782")],
+    );
+    assert_eq!(once(&p), ProbeOutcome::Healthy { status: 200 });
+    let seen = app.seen.lock().unwrap().len();
+    assert_eq!(seen, 2, "the redirect and the final URL");
+    assert!(app.saw_header("key-secret-7782"));
+}
+
+#[test]
+fn an_https_probe_is_never_downgraded_to_http() {
+    let plain = Recorder::start(|_| (200, None));
+    let redirect = format!(
+        "HTTP/1.0 302 Found\r\nLocation: {}/health\r\nContent-Length: 0\r\n\r\n",
+        plain.url
+    );
+    let tls = TlsServer::serving(&[("health", &redirect)]);
+    let p = probe(
+        &format!("https://127.0.0.1:{}/health", tls.port),
+        &[
+            ("health-ca-cert", &tls.ca),
+            ("health-headers", "X-Api-Key: key-secret-7784"),
+        ],
+    );
+    match once(&p) {
+        ProbeOutcome::Redirect(why) => assert!(why.contains(&plain.url), "{why}"),
+        other => panic!("an https -> http redirect must be refused: {other:?}"),
+    }
+    assert!(
+        plain.seen.lock().unwrap().is_empty(),
+        "the probe went on over http"
+    );
+}
+
+#[test]
+fn credentials_in_the_health_url_are_sent_but_never_printed() {
+    let app = Recorder::start(|_| (500, None));
+    let url = app
+        .url
+        .replace("http://", "http://probe:urlpw-secret-7783@")
+        + "/health";
+    let p = probe(&url, &[]);
+    assert!(
+        !p.shown_url().contains("urlpw-secret-7783"),
+        "{}",
+        p.shown_url()
+    );
+    assert!(matches!(once(&p), ProbeOutcome::Http { status: 500, .. }));
+    assert!(app.saw_header("Basic "), "the credentials are used");
+    let run = Berth::valid().input("health-url", &url).run();
+    assert!(
+        run.stdout.contains("::add-mask::urlpw-secret-7783"),
+        "the password is masked"
+    );
+    let everything = run.everything();
+    let leaked: Vec<&str> = everything
+        .lines()
+        .filter(|l| l.contains("urlpw-secret-7783") && !l.starts_with("::add-mask::"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:#?}");
 }

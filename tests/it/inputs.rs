@@ -417,3 +417,113 @@ fn a_malformed_github_repository_is_named_where_defaults_need_it() {
     inputs::parse(&env, &GithubContext::from_env(&env))
         .expect("explicit values need no repository");
 }
+
+#[test]
+fn ipv6_hosts_are_bracketed_in_health_urls_and_an_unprobeable_host_is_an_input_error() {
+    let b = Berth::valid()
+        .input("hosts", "deploy@[::1]:22, deploy@127.0.0.1:22")
+        .input("health-url", "http://{host}:8080/api/health");
+    let env = b.env_map();
+    let cfg = inputs::parse(&env, &GithubContext::from_env(&env)).expect("valid");
+    let urls: Vec<String> = cfg
+        .health_urls(&cfg.hosts)
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "http://[::1]:8080/api/health",
+            "http://127.0.0.1:8080/api/health"
+        ]
+    );
+    // `10.0.0.1.5` is a fine ssh host name to berth, but no URL host: it must not be
+    // skipped in silence and leave that host unprobed.
+    assert_rejected(
+        Berth::valid()
+            .input("hosts", "deploy@127.0.0.1:22, deploy@10.0.0.1.5:22")
+            .input("health-url", "http://{host}:8080/api/health"),
+        "health-url",
+        "`10.0.0.1.5`",
+    );
+}
+
+#[test]
+fn skipping_the_host_key_check_while_pinning_keys_is_an_input_error() {
+    // Berth::valid pins `host-fingerprints`.
+    assert_rejected(
+        Berth::valid().input("insecure-skip-host-key-check", "true"),
+        "insecure-skip-host-key-check",
+        "`host-fingerprints` pins host keys",
+    );
+    let alone = Berth::valid()
+        .input("host-fingerprints", "")
+        .input("insecure-skip-host-key-check", "true");
+    assert!(errors_for(&alone, "insecure-skip-host-key-check").is_empty());
+}
+
+#[test]
+fn a_duration_too_long_to_add_to_a_clock_is_an_input_error_not_a_panic() {
+    for v in ["99999999999999999h", "18446744073709551615s", "200h"] {
+        assert_rejected(
+            Berth::valid().input("ci-timeout", v),
+            "ci-timeout",
+            "longer than",
+        );
+    }
+}
+
+#[test]
+fn branches_and_events_are_checked() {
+    assert_rejected(
+        Berth::valid().input("events", "push, Pull-Request"),
+        "events",
+        "`Pull-Request` is not a GitHub event name",
+    );
+    assert_rejected(
+        Berth::valid().input("branches", "release/[a"),
+        "branches",
+        "`release/[a` is not a glob pattern",
+    );
+    let b = Berth::valid().input("branches", "main\nrelease/*");
+    let env = b.env_map();
+    let cfg = inputs::parse(&env, &GithubContext::from_env(&env)).expect("valid");
+    assert_eq!(cfg.branches, ["main", "release/*"]);
+    assert_eq!(cfg.events, ["push", "workflow_dispatch"]);
+}
+
+#[test]
+fn more_invalid_inputs_than_the_annotation_cap_all_reach_an_annotation() {
+    let run = Berth::new()
+        .input("mode", "bogus")
+        .input("health-timeout", "x")
+        .input("health-interval", "y")
+        .input("health-status", "abc")
+        .input("rollback", "maybe")
+        .input("keep-releases", "0")
+        .input("ssh-port", "0")
+        .run();
+    assert_eq!(run.code, 1);
+    let errors = run.errors();
+    assert!(
+        errors.len() <= 10,
+        "the runner records 10: {}",
+        errors.len()
+    );
+    let all = errors.join("\n");
+    for input in [
+        "mode",
+        "health-timeout",
+        "health-interval",
+        "health-status",
+        "rollback",
+        "keep-releases",
+        "ssh-port",
+        "hosts",
+    ] {
+        assert!(
+            all.contains(&format!("`{input}`")),
+            "{input} is in no annotation:\n{all}"
+        );
+    }
+}

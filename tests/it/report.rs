@@ -103,14 +103,11 @@ fn golden_summaries_and_annotations_for_each_outcome() {
     golden("rolled-back.summary.md", &rolled.summary);
     golden("rolled-back.annotations.txt", &annotations(&rolled));
 
-    let mut event = crate::support::fake_github::fixture("webhook-workflow_run.completed.json");
-    event["workflow_run"]["conclusion"] = "failure".into();
-    let event_path = stage.deploy_dir.with_file_name("event.json");
-    std::fs::write(&event_path, event.to_string()).unwrap();
+    let payload =
+        crate::support::workflow_run_payload("3484a3fb816e0859fd6e1cea078d76385ff50625", "failure");
     let skipped = Berth::valid()
         .input("ci-workflows", "")
-        .env("GITHUB_EVENT_NAME", "workflow_run")
-        .env("GITHUB_EVENT_PATH", event_path.to_str().unwrap())
+        .event("workflow_run", &payload)
         .run();
     assert_eq!(skipped.output("status").as_deref(), Some("skipped"));
     golden("skipped.summary.md", &skipped.summary);

@@ -72,3 +72,75 @@ fn secrets_never_leak_when_a_valid_deploy_fails() {
     assert_eq!(run.output("status").as_deref(), Some("failed"));
     assert_clean(&run);
 }
+
+/// An env file in every form Compose accepts: quoted with a comment after, `export`ed,
+/// unquoted with an inline comment, single-quoted with a `#` inside, escaped quotes.
+const DOTENV_FORMS: &str = "QUOTED_PASSWORD=\"quoted-secret-3301\" # rotated monthly\n\
+export EXPORTED_TOKEN=exported-secret-3302\n\
+COMMENTED_KEY=commented-secret-3303 # trailing note\n\
+SINGLE_SECRET='single # not-a-comment-3305'\n\
+ESCAPED_SECRET=\"esc\\\"aped-secret-3306\"\n\
+# a comment line\n\
+PLAIN=plain-value-3307\n";
+
+#[test]
+fn env_file_values_are_read_exactly_as_compose_reads_them() {
+    crate::support::rig::require_engine();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("berth.env"), DOTENV_FORMS).unwrap();
+    let ours = berth::inputs::env_file_pairs(DOTENV_FORMS);
+    let environment: Vec<String> = ours
+        .iter()
+        .map(|(k, _)| format!("      {k}: ${{{k}}}\n"))
+        .collect();
+    std::fs::write(
+        dir.path().join("compose.yml"),
+        format!(
+            "services:\n  app:\n    image: busybox\n    environment:\n{}",
+            environment.concat()
+        ),
+    )
+    .unwrap();
+    let json = crate::support::rig::sh(
+        std::process::Command::new("docker")
+            .current_dir(dir.path())
+            .args(["compose", "-f", "compose.yml", "--env-file", "berth.env"])
+            .args(["config", "--format", "json"]),
+    );
+    let config: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let theirs = &config["services"]["app"]["environment"];
+    assert_eq!(ours.len(), 6, "{ours:?}");
+    for (key, value) in &ours {
+        assert_eq!(
+            theirs[key].as_str(),
+            Some(value.as_str()),
+            "{key}: berth reads {value:?}, compose {:?}",
+            theirs[key]
+        );
+    }
+}
+
+#[test]
+fn every_dotenv_form_is_masked_as_its_real_value() {
+    let run = with_secrets(Berth::valid())
+        .input("env-file", DOTENV_FORMS)
+        .run();
+    for value in [
+        "quoted-secret-3301",
+        "exported-secret-3302",
+        "commented-secret-3303",
+        "single # not-a-comment-3305",
+        "esc\"aped-secret-3306",
+    ] {
+        let mask = format!("::add-mask::{value}");
+        assert!(
+            run.stdout.lines().any(|l| l == mask),
+            "no mask of exactly {value:?}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        !run.stdout.contains("::add-mask::quoted-secret-3301\" #"),
+        "the comment is not part of the value"
+    );
+}

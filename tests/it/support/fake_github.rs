@@ -34,6 +34,9 @@ pub struct FakeRun {
     pub attempt: u64,
     pub head_sha: String,
     pub event: String,
+    /// The repository whose code the run tested: a fork's pull request names the fork.
+    pub head_repo: String,
+    pub head_branch: String,
     /// (status, conclusion) per poll of this workflow's runs; the last one sticks.
     pub script: Vec<(&'static str, Option<&'static str>)>,
 }
@@ -49,8 +52,25 @@ impl FakeRun {
             attempt: 1,
             head_sha: head_sha.into(),
             event: "push".into(),
+            head_repo: REPO.into(),
+            head_branch: "main".into(),
             script: script.to_vec(),
         }
+    }
+
+    /// A pull request run for the same sha, from this repository's own branch.
+    pub fn pull_request(mut self) -> FakeRun {
+        self.event = "pull_request".into();
+        self.head_branch = "feature".into();
+        self
+    }
+
+    /// A pull request run from a fork: its code lives in `fork`.
+    pub fn forked(mut self, fork: &str) -> FakeRun {
+        self.event = "pull_request".into();
+        self.head_repo = fork.into();
+        self.head_branch = "main".into();
+        self
     }
 
     pub fn attempt(mut self, n: u64) -> FakeRun {
@@ -369,6 +389,9 @@ fn handle(
                 v["status"] = json!(status);
                 v["conclusion"] = json!(conclusion);
                 v["event"] = json!(r.event);
+                v["head_branch"] = json!(r.head_branch);
+                v["repository"]["full_name"] = json!(REPO);
+                v["head_repository"]["full_name"] = json!(r.head_repo);
                 v["workflow_id"] = json!(wf.id);
                 v["path"] = json!(format!(".github/workflows/{}", wf.file));
                 v["html_url"] = json!(format!("https://github.com/{REPO}/actions/runs/{}", r.id));

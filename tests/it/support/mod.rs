@@ -1,6 +1,7 @@
 pub mod fake_github;
 pub mod fleet;
 pub mod rig;
+pub mod runner_parser;
 pub mod stage;
 
 use std::collections::BTreeMap;
@@ -76,8 +77,15 @@ impl Berth {
             "services:\n  web:\n    image: example/web\n",
         )
         .unwrap();
+        // A checkout of SHA, as actions/checkout leaves it: berth builds only the gated commit.
+        std::fs::create_dir_all(ws.join(".git")).unwrap();
+        std::fs::write(ws.join(".git/HEAD"), format!("{SHA}\n")).unwrap();
+        // The push event's payload, as the runner writes it.
+        let event = dir.path().join("event.json");
+        std::fs::write(&event, push_payload().to_string()).unwrap();
         let mut env = BTreeMap::new();
         let path = |p: &str| dir.path().join(p).to_string_lossy().to_string();
+        env.insert("GITHUB_EVENT_PATH".into(), path("event.json"));
         env.insert("GITHUB_ACTIONS".into(), "true".into());
         env.insert("GITHUB_REPOSITORY".into(), "acme/shop".into());
         env.insert("GITHUB_WORKSPACE".into(), ws.to_string_lossy().to_string());
@@ -106,6 +114,20 @@ impl Berth {
             .input("health-url", "http://127.0.0.1:1/api/health")
             .input("ci-workflows", "ci.yml")
             .input("github-token", "ghs_testtoken")
+    }
+
+    /// Checks the workspace out at `sha` (a detached HEAD), as actions/checkout would.
+    pub fn checkout(self, sha: &str) -> Berth {
+        std::fs::write(self.workspace().join(".git/HEAD"), format!("{sha}\n")).unwrap();
+        self
+    }
+
+    /// Writes `payload` as this run's event and names the event.
+    pub fn event(self, name: &str, payload: &serde_json::Value) -> Berth {
+        let path = self.dir.path().join("event.json");
+        std::fs::write(&path, payload.to_string()).unwrap();
+        self.env("GITHUB_EVENT_NAME", name)
+            .env("GITHUB_EVENT_PATH", path.to_str().unwrap())
     }
 
     pub fn input(mut self, name: &str, value: &str) -> Berth {
@@ -151,6 +173,26 @@ impl Berth {
             summary: read("summary"),
         }
     }
+}
+
+/// The parts of a push event's payload berth reads: the repository and its default branch.
+pub fn push_payload() -> serde_json::Value {
+    serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": SHA,
+        "repository": {"full_name": "acme/shop", "default_branch": "main"}
+    })
+}
+
+/// GitHub's example workflow_run payload (a run of `octo-org/octo-repo`'s own code on its
+/// default branch) for `sha`, concluded as given, from a `push` CI run.
+pub fn workflow_run_payload(sha: &str, conclusion: &str) -> serde_json::Value {
+    let mut event = fake_github::fixture("webhook-workflow_run.completed.json");
+    event["workflow_run"]["head_sha"] = sha.into();
+    event["workflow_run"]["conclusion"] = conclusion.into();
+    // The example is a `repository_dispatch` run; berth deploys `push` runs by default.
+    event["workflow_run"]["event"] = "push".into();
+    event
 }
 
 /// A runner whose stdout is captured, for tests that call berth's library directly.

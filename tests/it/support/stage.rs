@@ -24,7 +24,8 @@ pub struct Stage {
 #[derive(Debug, Clone)]
 pub struct App {
     pub version: String,
-    /// healthy | 500 | degraded | crash
+    /// healthy | 500 | degraded | crash | inject500 | injectcrash (the last two print text
+    /// that a careless tool would hand to the runner as workflow commands)
     pub mode: &'static str,
     pub start_delay: u32,
 }
@@ -64,6 +65,7 @@ impl App {
 case "$MODE" in
   500) printf 'HTTP/1.0 500 Internal Server Error\r\nContent-Type: application/json\r\n\r\n{"success":false,"error":"database unavailable"}' ;;
   degraded) printf 'Content-Type: application/json\r\n\r\n{"success":true,"data":{"status":"degraded"}}' ;;
+  inject500) printf 'HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nerr\r::warning::FORGED-HEALTH\r\n##[error]FORGED-HEALTH-LEGACY ```\n# FORGED-HEADING [click](https://evil.example)' ;;
   *) printf 'Content-Type: application/json\r\n\r\n{"success":true,"data":{"status":"healthy","version":"%s","greeting":"%s","timestamp":"%s"}}' "$VERSION" "$GREETING" "$(date -u +%FT%TZ)" ;;
 esac
 "#,
@@ -72,13 +74,20 @@ esac
             &backend.join("start.sh"),
             r#"#!/bin/sh
 if [ "$MODE" = crash ]; then echo "fatal: cannot connect to database" >&2; exit 3; fi
+if [ "$MODE" = injectcrash ]; then
+  printf '::stop-commands::t\n##[error]FORGED-LOG\nok\r::notice::FORGED-NOTICE\n  ::warning::FORGED-INDENT\n```\n# FORGED-LOG-HEADING\n'
+  echo "fatal: ##[error]FORGED-STDERR" >&2
+  head -c 2097152 /dev/zero | tr '\0' x
+  echo
+  exit 3
+fi
 sleep "$START_DELAY"
 exec httpd -f -p 8080 -h /www
 "#,
         );
         write_exec(
             &backend.join("migrate.sh"),
-            "#!/bin/sh\necho \"migrating schema to $VERSION\"\nif [ \"$MIGRATE\" = fail ]; then echo 'error: migration 0042 failed: relation \"users\" already exists' >&2; exit 4; fi\necho migrated\n",
+            "#!/bin/sh\necho \"migrating schema to $VERSION\"\n[ -n \"$MIGRATE_SAY\" ] && printf \"$MIGRATE_SAY\"\nif [ \"$MIGRATE\" = fail ]; then echo 'error: migration 0042 failed: relation \"users\" already exists' >&2; exit 4; fi\necho migrated\n",
         );
         std::fs::write(
             backend.join("Dockerfile"),

@@ -1,0 +1,266 @@
+//! The trust boundary: only this repository's own code, from an allowed event and branch,
+//! and exactly the commit whose CI was checked, reaches a host. The fake GitHub serves
+//! payloads for a fork's pull request, a same-repository pull request, a push on another
+//! branch and a dispatch; refusals are checked against the real registry and sshd.
+
+use berth::ci_gate::{GateError, GateVerdict};
+use berth::inputs::{self, GithubContext};
+use berth::report::Report;
+
+use crate::support::fake_github::*;
+use crate::support::stage::{App, Stage};
+use crate::support::{captured_runner, workflow_run_payload, Berth, Run, SHA};
+
+/// Runs only the gate, through the library.
+fn gate(b: &Berth) -> Result<GateVerdict, GateError> {
+    let env = b.env_map();
+    let ctx = GithubContext::from_env(&env);
+    let cfg = inputs::parse(&env, &ctx).expect("valid inputs");
+    let (runner, _) = captured_runner();
+    let mut report = Report::default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(berth::pipeline::ci_gate(&cfg, &ctx, &runner, &mut report))
+}
+
+fn fork_payload() -> serde_json::Value {
+    let mut event = workflow_run_payload(SHA, "success");
+    event["workflow_run"]["event"] = "pull_request".into();
+    event["workflow_run"]["head_repository"]["full_name"] = "mallory/octo-repo".into();
+    // The fork's own `master`: a branch name says nothing about whose code it is.
+    event["workflow_run"]["head_branch"] = "master".into();
+    event
+}
+
+/// The one warning of a refused run, after checking it ended `skipped` with exit 0.
+fn refusal(run: &Run) -> String {
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.output("status").as_deref(), Some("skipped"));
+    assert!(run.errors().is_empty(), "{:?}", run.errors());
+    let warnings: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("::warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("title=berth%3A deploy refused"),
+        "{}",
+        warnings[0]
+    );
+    warnings[0].to_string()
+}
+
+/// Nothing was built or pushed, no host was contacted, nothing on it exists.
+fn assert_untouched(stage: &Stage) {
+    let (_, catalog) = stage.registry.api("/v2/_catalog");
+    assert!(
+        catalog.contains("\"repositories\":[]"),
+        "something was pushed: {catalog}"
+    );
+    assert!(!stage.deploy_dir.exists(), "the deploy dir was created");
+    let log = stage.sshd.log_text();
+    assert!(
+        !log.contains("Connection from") && !log.contains("Accepted"),
+        "the host was contacted:\n{log}"
+    );
+}
+
+#[test]
+fn a_forks_pull_request_under_workflow_run_is_refused_and_nothing_happens() {
+    let stage = Stage::new();
+    for (events, branches) in [("", ""), ("push, pull_request", "**")] {
+        let mut b = stage
+            .berth(&App::new("fork"))
+            .event("workflow_run", &fork_payload())
+            .input("allow-untested", "false")
+            .input("sha", "")
+            .input("images", "backend=backend/Dockerfile");
+        if !events.is_empty() {
+            b = b.input("events", events).input("branches", branches);
+        }
+        let run = b.run();
+        let warning = refusal(&run);
+        assert!(
+            warning.contains("mallory/octo-repo")
+                && warning.contains("never deploys code from another repository"),
+            "{warning}"
+        );
+        assert!(
+            run.summary.contains("deploy refused") && run.summary.contains("mallory/octo-repo"),
+            "the summary says why:\n{}",
+            run.summary
+        );
+        assert!(run.summary.contains("refused"), "{}", run.summary);
+        assert_untouched(&stage);
+    }
+}
+
+#[test]
+fn a_same_repository_pull_request_is_refused_by_default_and_allowed_by_events() {
+    let fake = FakeGithub::start();
+    let mut event = workflow_run_payload(SHA, "success");
+    event["workflow_run"]["event"] = "pull_request".into();
+    let b = Berth::valid()
+        .env("GITHUB_API_URL", &fake.url)
+        .event("workflow_run", &event)
+        .input("ci-workflows", "");
+    let run = b.run();
+    let warning = refusal(&run);
+    assert!(
+        warning.contains("`pull_request` event")
+            && warning.contains("events: push, workflow_dispatch, pull_request"),
+        "{warning}"
+    );
+    assert!(
+        fake.requests().is_empty(),
+        "a refused run asks GitHub nothing"
+    );
+    let allowed = b.input("events", "push, workflow_dispatch, pull_request");
+    assert_eq!(gate(&allowed).unwrap(), GateVerdict::Passed);
+}
+
+#[test]
+fn a_push_on_another_branch_is_refused_and_branches_allows_it() {
+    let fake = FakeGithub::start();
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(800, SHA, &[SUCCESS]));
+    let b = Berth::valid()
+        .env("GITHUB_API_URL", &fake.url)
+        .env("GITHUB_REF_NAME", "feature/login")
+        .input("ci-poll-interval", "100ms");
+    let warning = refusal(&b.run());
+    assert!(
+        warning.contains("branch `feature/login` may not deploy")
+            && warning.contains("`main` (the default branch)")
+            && warning.contains("branches: main, feature/login"),
+        "{warning}"
+    );
+    assert!(
+        fake.requests().is_empty(),
+        "refused before the CI gate asks"
+    );
+    assert_eq!(
+        gate(&b.input("branches", "main\nfeature/*")).unwrap(),
+        GateVerdict::Passed
+    );
+}
+
+#[test]
+fn a_dispatch_deploys_from_the_default_branch_only() {
+    let fake = FakeGithub::start();
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(801, SHA, &[SUCCESS]));
+    let payload = serde_json::json!({
+        "inputs": {}, "ref": "refs/heads/main",
+        "repository": {"full_name": "acme/shop", "default_branch": "main"}
+    });
+    let b = Berth::valid()
+        .env("GITHUB_API_URL", &fake.url)
+        .event("workflow_dispatch", &payload)
+        .input("ci-poll-interval", "100ms");
+    assert_eq!(gate(&b).unwrap(), GateVerdict::Passed);
+    let warning = refusal(&b.env("GITHUB_REF_NAME", "hotfix").run());
+    assert!(
+        warning.contains("branch `hotfix` may not deploy"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn pull_request_runs_for_the_same_sha_do_not_open_the_gate() {
+    let fake = FakeGithub::start();
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(905, SHA, &[FAILURE]))
+        .run(
+            "ci.yml",
+            FakeRun::new(910, SHA, &[SUCCESS]).forked("mallory/shop"),
+        )
+        .run("ci.yml", FakeRun::new(911, SHA, &[SUCCESS]).pull_request());
+    let b = Berth::valid()
+        .env("GITHUB_API_URL", &fake.url)
+        .input("ci-poll-interval", "100ms");
+    match gate(&b) {
+        Err(GateError::Failed { run_number, .. }) => assert_eq!(run_number, 905),
+        other => panic!("the push run (failed) must decide, not a PR's: {other:?}"),
+    }
+
+    let only_prs = FakeGithub::start();
+    only_prs
+        .workflow(1, "CI", "ci.yml")
+        .run(
+            "ci.yml",
+            FakeRun::new(910, SHA, &[SUCCESS]).forked("mallory/shop"),
+        )
+        .run("ci.yml", FakeRun::new(911, SHA, &[SUCCESS]).pull_request());
+    let run = Berth::valid()
+        .env("GITHUB_API_URL", &only_prs.url)
+        .input("ci-poll-interval", "100ms")
+        .input("ci-timeout", "1s")
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("no CI run found") && err.contains("2 ignored"),
+        "{err}"
+    );
+    assert!(
+        err.contains("mallory/shop, not this repository") && err.contains("`pull_request` run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_workspace_must_be_the_gated_commit() {
+    let stage = Stage::new();
+    let other = "1111111111111111111111111111111111111111";
+    let run = stage.berth(&App::new("ws")).checkout(other).run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("workspace is not the gated commit")
+            && err.contains(other)
+            && err.contains(SHA),
+        "{err}"
+    );
+    assert!(
+        err.contains("ref: ${{ github.event.workflow_run.head_sha"),
+        "the fix is named: {err}"
+    );
+    assert_untouched(&stage);
+
+    let b = stage.berth(&App::new("ws"));
+    std::fs::remove_dir_all(b.workspace().join(".git")).unwrap();
+    let run = b.run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.errors()[0].contains("has no `.git`") && run.errors()[0].contains("actions/checkout"),
+        "{}",
+        run.errors()[0]
+    );
+    assert_untouched(&stage);
+}
+
+#[test]
+fn a_symlink_out_of_the_workspace_is_refused_as_an_input_error() {
+    let b = Berth::valid().input("images", "web=web/Dockerfile,context=ctx");
+    let ws = b.workspace();
+    std::fs::remove_file(ws.join("docker-compose.staging.yml")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", ws.join("docker-compose.staging.yml")).unwrap();
+    std::fs::create_dir_all(ws.join("web")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", ws.join("web/Dockerfile")).unwrap();
+    std::os::unix::fs::symlink("/etc", ws.join("ctx")).unwrap();
+    let run = b.run();
+    assert_eq!(run.code, 1);
+    let errors = run.errors().join("\n");
+    assert!(
+        errors.contains("invalid input compose-file") && errors.contains("outside the workspace"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("the Dockerfile of `web`") && errors.contains("the build context of `web`"),
+        "{errors}"
+    );
+}
