@@ -51,6 +51,8 @@ pub enum GateError {
     },
     #[error("no workflow named `{name}` in this repository. Known workflows: {known}. Use a workflow file name (e.g. `ci.yml`) or its exact `name:`.")]
     UnknownWorkflow { name: String, known: String },
+    #[error("`sha` is {sha}, but the workflow_run that triggered berth tested {tested}; its conclusion says nothing about {sha}. Leave `sha` empty to deploy the tested commit, or set `ci-workflows` so that berth checks CI for {sha} itself.")]
+    ShaNotTested { sha: String, tested: String },
     #[error(transparent)]
     Api(#[from] GithubError),
 }

@@ -282,17 +282,21 @@ struct ClassicProgress {
 
 impl ClassicProgress {
     fn push(&mut self, text: &str, on_line: &mut impl FnMut(&str)) {
-        self.pending.push_str(text);
-        while let Some(pos) = self.pending.find('\n') {
-            let line: String = self.pending.drain(..=pos).collect();
-            let line = line.trim_end();
+        let mut pending = std::mem::take(&mut self.pending).into_bytes();
+        pending.extend_from_slice(text.as_bytes());
+        let mut lines = Vec::new();
+        crate::workflow::drain_lines(&mut pending, &mut |l| {
+            lines.push(String::from_utf8_lossy(l).trim_end().to_string())
+        });
+        self.pending = String::from_utf8_lossy(&pending).into_owned();
+        for line in lines {
             if let Some((_, instruction)) = line
                 .strip_prefix("Step ")
                 .and_then(|rest| rest.split_once(" : "))
             {
                 self.step = Some(instruction.to_string());
             }
-            on_line(line);
+            on_line(&line);
         }
     }
 
@@ -356,13 +360,12 @@ impl BuildkitProgress {
             let n = self.number(&log.vertex);
             let buf = self.partial.entry(log.vertex.clone()).or_default();
             buf.extend_from_slice(&log.msg);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
+            crate::workflow::drain_lines(buf, &mut |line| {
                 on_line(&format!(
                     "#{n} {}",
-                    String::from_utf8_lossy(&line).trim_end()
-                ));
-            }
+                    String::from_utf8_lossy(line).trim_end()
+                ))
+            });
         }
         for w in &status.warnings {
             let n = self.number(&w.vertex);

@@ -220,7 +220,7 @@ impl GithubApi {
                     return Ok((body, next));
                 }
                 403 | 429 => match rate_limit_wait(&head) {
-                    Some(wait) if Instant::now() + wait <= deadline => {
+                    Some(wait) if wait <= deadline.saturating_duration_since(Instant::now()) => {
                         tracing::info!("GitHub rate limit on {path}: waiting {wait:?}");
                         tokio::time::sleep(wait).await;
                     }

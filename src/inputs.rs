@@ -370,16 +370,23 @@ pub fn expand_host(template: &str, host: &str) -> String {
 
 /// The password of a URL's userinfo, as sent and as written (percent-encoded).
 fn url_password(u: &Url) -> Vec<String> {
-    let Some(pw) = u.password().filter(|p| !p.is_empty()) else {
-        return Vec::new();
-    };
-    let decoded = url::form_urlencoded::parse(format!("p={pw}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    let mut out = vec![pw.to_string()];
-    if !decoded.is_empty() && decoded != pw {
-        out.push(decoded);
+    // `https://TOKEN@host` carries its secret as the user name; a short user name
+    // (`admin`) is no secret, and masking it would garble every line that says it.
+    let user = Some(u.username()).filter(|n| n.len() >= 8);
+    let mut out = Vec::new();
+    for part in [u.password(), user]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.is_empty())
+    {
+        let decoded = url::form_urlencoded::parse(format!("p={part}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        out.push(part.to_string());
+        if !decoded.is_empty() && decoded != part {
+            out.push(decoded);
+        }
     }
     out
 }
@@ -502,6 +509,8 @@ pub struct GithubContext {
     pub actor: String,
     pub server_url: String,
     pub api_url: String,
+    /// `GITHUB_ACTIONS=true`: a real runner (or act), where an event always exists.
+    pub on_runner: bool,
 }
 
 impl GithubContext {
@@ -559,6 +568,7 @@ impl GithubContext {
             api_url: or("GITHUB_API_URL", "https://api.github.com")
                 .trim_end_matches('/')
                 .to_string(),
+            on_runner: env.get("GITHUB_ACTIONS").is_some_and(|v| v == "true"),
         }
     }
 
@@ -828,7 +838,12 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
     }
     let branches = list_items(&p.raw("branches"));
     for b in &branches {
-        if let Err(e) = globset::Glob::new(b) {
+        if b.starts_with('!') {
+            p.fail(
+                "branches",
+                format!("`{b}`: berth has no exclusion patterns; list the branches that may deploy, e.g. `main, release/*`."),
+            );
+        } else if let Err(e) = globset::Glob::new(b) {
             p.fail(
                 "branches",
                 format!("`{b}` is not a glob pattern ({e}). Use branch names or patterns, e.g. `main, release/*`."),
@@ -1152,8 +1167,9 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
     }
     let health_url_password = health_url
         .as_ref()
-        .and_then(|u| url_password(u).into_iter().next())
-        .map(Secret::new);
+        .map(url_password)
+        .filter(|parts| !parts.is_empty())
+        .map(|parts| Secret::new(parts.join("\n")));
     let health_timeout = p.duration("health-timeout", "30s");
     let health_interval = p.duration("health-interval", "1s");
     if health_interval > health_timeout {
@@ -1419,13 +1435,27 @@ fn resolves_inside(workspace: &Path, rel: &str) -> Result<(), String> {
 }
 
 fn check_http_url(v: &str) -> Result<Url, String> {
+    // The value is echoed in the error: never with its credentials.
+    let shown = without_userinfo(v);
     match Url::parse(v) {
         Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => Ok(u),
         Ok(u) => Err(format!(
-            "`{v}` must be an http:// or https:// URL with a host, not `{}:`",
+            "`{shown}` must be an http:// or https:// URL with a host, not `{}:`",
             u.scheme()
         )),
-        Err(_) => Err(format!("`{v}` is not a URL with a scheme")),
+        Err(_) => Err(format!("`{shown}` is not a URL with a scheme")),
+    }
+}
+
+/// `scheme://user:pw@rest` as `scheme://***@rest`, by text: for a value that may not parse.
+fn without_userinfo(v: &str) -> String {
+    let Some((scheme, rest)) = v.split_once("://") else {
+        return v.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => v.to_string(),
     }
 }
 

@@ -65,7 +65,16 @@ fn inline(s: &str, in_table: bool) -> String {
 
 fn escape_plain(s: &str, in_table: bool) -> String {
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        // GitHub links `@user` and `#123` after rendering Markdown; a zero-width space
+        // keeps app text from mentioning people or pointing at issues.
+        if c == '@' || (c == '#' && chars.peek().is_some_and(|n| n.is_ascii_digit())) {
+            out.push('\\');
+            out.push(c);
+            out.push(ZWSP);
+            continue;
+        }
         if matches!(
             c,
             '\\' | '*' | '_' | '[' | ']' | '<' | '>' | '&' | '~' | '#' | '!'
@@ -143,6 +152,44 @@ fn defuse_autolinks(s: &str) -> String {
     out
 }
 
+/// The summary's writer of outside text: it scrubs secrets from the *raw* text first, and
+/// only then escapes, cuts or fences it. Escaping first would change a secret's bytes
+/// (`_` to `\\_`, `://` broken up) so that no mask, berth's or the runner's, matched it.
+pub struct Md<'a> {
+    scrub: &'a dyn Fn(&str) -> String,
+}
+
+impl<'a> Md<'a> {
+    pub fn new(scrub: &'a dyn Fn(&str) -> String) -> Md<'a> {
+        Md { scrub }
+    }
+
+    pub fn text(&self, s: &str) -> String {
+        text(&(self.scrub)(s))
+    }
+
+    pub fn cell(&self, s: &str, max: usize) -> String {
+        cell(&(self.scrub)(s), max)
+    }
+
+    pub fn code(&self, s: &str) -> String {
+        code(&(self.scrub)(s))
+    }
+
+    pub fn fence(&self, info: &str, body: &str) -> String {
+        fence(info, &(self.scrub)(body))
+    }
+
+    /// Text for the inside of raw HTML (`<summary>`), where Markdown escapes do nothing.
+    pub fn html(&self, s: &str) -> String {
+        one_line(&(self.scrub)(s))
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    }
+}
+
 /// Summary sections in order of importance, written out within a byte budget: a section
 /// that no longer fits is left out whole (never cut mid-table or mid-fence), and the
 /// summary says so.
@@ -192,6 +239,29 @@ mod tests {
         );
         assert_eq!(text("a\r\n## b\rc"), "a \\#\\# b c");
         assert_eq!(text("see www.evil.example"), "see www\u{200B}.evil.example");
+        assert_eq!(
+            text("ping @admin about #12"),
+            "ping \\@\u{200B}admin about \\#\u{200B}12"
+        );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_before_escaping_changes_their_bytes() {
+        let scrub = |s: &str| s.replace("postgres://u:pw_1@db", "***");
+        let md = Md::new(&scrub);
+        let leaked = "DATABASE_URL=postgres://u:pw_1@db | next";
+        for out in [
+            md.text(leaked),
+            md.cell(leaked, 300),
+            md.fence("", leaked),
+            md.html(leaked),
+        ] {
+            assert!(!out.contains("pw"), "{out}");
+        }
+        assert_eq!(
+            md.html("<b>x</b> & \"q\""),
+            "&lt;b&gt;x&lt;/b&gt; &amp; &quot;q&quot;"
+        );
     }
 
     #[test]

@@ -95,8 +95,14 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
     }
     let sha = report.sha.clone().unwrap_or_default();
     if config.mode == Mode::Deploy {
-        // The files berth builds and uploads must be the commit it gated.
-        if let Err(e) = crate::trust::check_workspace(&ctx.workspace, &sha) {
+        // The files berth builds and uploads must be the commit it gated: the checkout
+        // holding the compose file, and each holding a Dockerfile or build context.
+        let mut read_from = vec![config.compose_file.clone()];
+        for img in &config.images {
+            read_from.push(ctx.workspace.join(&img.dockerfile));
+            read_from.push(ctx.workspace.join(&img.context));
+        }
+        if let Err(e) = crate::trust::check_checkouts(&ctx.workspace, &read_from, &sha) {
             report.fail(
                 Phase::CiGate,
                 "berth: the workspace is not the gated commit",
@@ -268,6 +274,7 @@ fn gate_title(e: &GateError) -> &'static str {
         GateError::NoRun { .. } => "berth: no CI run found for this commit",
         GateError::UnknownWorkflow { .. } => "berth: unknown CI workflow",
         GateError::Api(_) => "berth: GitHub API error in the CI gate",
+        GateError::ShaNotTested { .. } => "berth: the commit to deploy is not the one CI tested",
         GateError::Event { .. } | GateError::NoHeadSha | GateError::NoSha => {
             "berth: cannot tell which commit to deploy"
         }
@@ -290,7 +297,8 @@ pub async fn ci_gate(
 
     // Whose code this is comes before whether its CI passed: a fork's green CI proves
     // nothing berth may act on. A local run (no event at all) has no origin to check.
-    if !ctx.event_name.is_empty() {
+    // On a runner there is always an event; without one, fail closed there.
+    if !ctx.event_name.is_empty() || ctx.on_runner {
         let origin = crate::trust::Origin::of(ctx, event.as_ref());
         if let Err(refusal) = origin.check(&cfg.events, &cfg.branches) {
             let reason = format!("Not deploying {}: {refusal}", commit.sha);
@@ -322,6 +330,22 @@ pub async fn ci_gate(
         )
     } else if ctx.event_name == "workflow_run" && cfg.ci_workflows.is_empty() {
         let event = event.as_ref().ok_or(GateError::NoHeadSha)?;
+        // The triggering run is evidence only for the commit it tested.
+        let tested = event["workflow_run"]["head_sha"]
+            .as_str()
+            .unwrap_or_default();
+        if !tested.eq_ignore_ascii_case(&commit.sha) {
+            let e = GateError::ShaNotTested {
+                sha: commit.sha.clone(),
+                tested: tested.into(),
+            };
+            report.record(
+                Phase::CiGate,
+                started.elapsed(),
+                PhaseResult::Failed(e.to_string()),
+            );
+            return Err(e);
+        }
         match ci_gate::verdict_from_workflow_run(event, &commit.sha, report) {
             GateVerdict::Passed => (
                 Ok(GateVerdict::Passed),

@@ -193,8 +193,7 @@ pub fn compose_ps(project: &str) -> Cmd {
     Cmd::new(["docker", "compose", "-p", project, "ps", "-a"])
 }
 
-/// The last `n` lines of a container's log, stderr included.
-/// The last `n` lines of a container's log, each cut to `LOG_LINE_BYTES` on the host.
+/// The last `n` lines of a container's log (stderr included), each cut to `LOG_LINE_BYTES` on the host.
 /// Docker's json-file driver stores a line over 16 KiB as several entries and `--tail`
 /// counts entries, so one huge line would fill the whole tail: berth reads up to
 /// `LOG_ENTRIES_PER_LINE` times more entries, cuts the lines, and keeps the last `n`.

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::health::HealthRecord;
-use crate::markdown::{self, Blocks};
+use crate::markdown::{self, Blocks, Md};
 use crate::workflow::{Annotation, Level, Runner, ANNOTATIONS_PER_LEVEL};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,6 +326,11 @@ impl Report {
     /// The job summary. Every piece of text berth did not write itself goes through
     /// [`markdown`]'s escaping, and the whole stays under GitHub's 1 MiB limit.
     pub fn summary_markdown(&self) -> String {
+        self.summary_with(&Md::new(&|s: &str| s.to_string()))
+    }
+
+    /// The job summary, with `w` scrubbing every outside text before it is escaped.
+    pub fn summary_with(&self, w: &Md) -> String {
         let mut blocks = Blocks::default();
         let icon = match self.outcome() {
             Outcome::Deployed => "✅",
@@ -333,84 +338,78 @@ impl Report {
             Outcome::Failed => "❌",
             Outcome::Skipped => "⏭️",
         };
-        blocks.push(format!(
-            "## {icon} berth: {}\n\n",
-            markdown::text(&self.headline())
-        ));
+        blocks.push(format!("## {icon} berth: {}\n\n", w.text(&self.headline())));
         if let Some(f) = &self.failure {
             blocks.push(format!(
                 "**{}**\n\n{}\n**What to do next:** {}\n\n",
-                markdown::text(&f.title),
-                markdown::fence("", &tail_of(&truncate_lines(&f.message, 40))),
+                w.text(&f.title),
+                w.fence("", &tail_of(&truncate_lines(&f.message, 40))),
                 next_step(f.phase, self.outcome(), self.recovery.is_some())
             ));
         }
-        blocks.push(self.annotation_lines());
+        blocks.push(self.annotation_lines(w));
         if let Some(src) = &self.sha_source {
             blocks.push(format!(
                 "Commit {} ({}).\n\n",
-                markdown::code(self.sha.as_deref().unwrap_or("?")),
-                markdown::text(src)
+                w.code(self.sha.as_deref().unwrap_or("?")),
+                w.text(src)
             ));
         }
-        blocks.push(self.phase_table());
-        blocks.push(self.image_table());
-        blocks.push(self.host_table());
+        blocks.push(self.phase_table(w));
+        blocks.push(self.image_table(w));
+        blocks.push(self.host_table(w));
         if let Some(h) = &self.health {
-            blocks.push(format!("### Health\n\n{}\n\n", health_line(h)));
+            blocks.push(format!("### Health\n\n{}\n\n", health_line(h, w)));
         }
         if let Some(rb) = &self.rollback {
             let mut md = format!(
                 "### Rollback\n\n{} Restored {} in {}: {}.\n",
                 if rb.healthy { "✅" } else { "❌" },
-                markdown::code(rb.restored.as_deref().unwrap_or("?")),
+                w.code(rb.restored.as_deref().unwrap_or("?")),
                 secs(rb.duration),
-                markdown::text(&rb.detail)
+                w.text(&rb.detail)
             );
             if let Some(h) = &rb.health {
-                let _ = writeln!(md, "\n{}", health_line(h));
+                let _ = writeln!(md, "\n{}", health_line(h, w));
             }
             md.push('\n');
             blocks.push(md);
         }
         if let Some(cmd) = &self.recovery {
-            blocks.push(format!(
-                "### Recover by hand\n\n{}\n",
-                markdown::fence("sh", cmd)
-            ));
+            blocks.push(format!("### Recover by hand\n\n{}\n", w.fence("sh", cmd)));
         }
-        blocks.push(self.ci_table());
+        blocks.push(self.ci_table(w));
         if !self.plan.is_empty() {
             blocks.push(format!(
                 "### Plan (dry run)\n\n{}\n",
-                markdown::fence("", &self.plan.join("\n"))
+                w.fence("", &self.plan.join("\n"))
             ));
         }
         for d in &self.diagnostics {
-            blocks.push(diagnostics_block(d));
+            blocks.push(diagnostics_block(d, w));
         }
         blocks.finish(SUMMARY_BUDGET)
     }
 
-    fn annotation_lines(&self) -> String {
+    fn annotation_lines(&self, w: &Md) -> String {
         let mut md = String::new();
         for e in &self.errors {
             let _ = writeln!(
                 md,
                 "- **{}**: {}",
-                markdown::text(e.title.as_deref().unwrap_or("error")),
-                markdown::text(&e.message)
+                w.text(e.title.as_deref().unwrap_or("error")),
+                w.text(&e.message)
             );
         }
         if !self.errors.is_empty() {
             md.push('\n');
         }
-        for w in &self.warnings {
+        for warning in &self.warnings {
             let _ = writeln!(
                 md,
                 "> ⚠️ **{}**: {}",
-                markdown::text(w.title.as_deref().unwrap_or("warning")),
-                markdown::text(&w.message)
+                w.text(warning.title.as_deref().unwrap_or("warning")),
+                w.text(&warning.message)
             );
         }
         if !self.warnings.is_empty() {
@@ -419,7 +418,7 @@ impl Report {
         md
     }
 
-    fn phase_table(&self) -> String {
+    fn phase_table(&self, w: &Md) -> String {
         if self.phases.is_empty() {
             return String::new();
         }
@@ -435,14 +434,14 @@ impl Report {
                 "| {} | {} | {icon} {} |",
                 p.phase.label(),
                 secs(p.duration),
-                markdown::cell(text, 300)
+                w.cell(text, 300)
             );
         }
         md.push('\n');
         md
     }
 
-    fn image_table(&self) -> String {
+    fn image_table(&self, w: &Md) -> String {
         if self.images.is_empty() {
             return String::new();
         }
@@ -451,22 +450,17 @@ impl Report {
         let tags = self
             .image_tags
             .iter()
-            .map(|t| markdown::code(t))
+            .map(|t| w.code(t))
             .collect::<Vec<_>>()
             .join(" ");
         for (svc, img) in &self.images {
-            let _ = writeln!(
-                md,
-                "| {} | {tags} | {} |",
-                markdown::cell(svc, 100),
-                markdown::code(img)
-            );
+            let _ = writeln!(md, "| {} | {tags} | {} |", w.cell(svc, 100), w.code(img));
         }
         md.push('\n');
         md
     }
 
-    fn host_table(&self) -> String {
+    fn host_table(&self, w: &Md) -> String {
         if self.hosts.is_empty() {
             return String::new();
         }
@@ -477,15 +471,15 @@ impl Report {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} |",
-                markdown::cell(&h.host, 200),
-                markdown::code(&h.fingerprint),
+                w.cell(&h.host, 200),
+                w.code(&h.fingerprint),
                 h.release
                     .as_deref()
-                    .map(markdown::code)
+                    .map(|r| w.code(r))
                     .unwrap_or("–".into()),
                 h.previous
                     .as_deref()
-                    .map(markdown::code)
+                    .map(|r| w.code(r))
                     .unwrap_or("none (first deploy)".into())
             );
         }
@@ -493,7 +487,7 @@ impl Report {
         md
     }
 
-    fn ci_table(&self) -> String {
+    fn ci_table(&self, w: &Md) -> String {
         if self.ci.runs.is_empty() {
             return String::new();
         }
@@ -509,9 +503,9 @@ impl Report {
             let _ = writeln!(
                 md,
                 "| {} | {run} | {} | {} |",
-                markdown::cell(&r.workflow, 100),
-                markdown::cell(&r.status, 40),
-                markdown::cell(r.conclusion.as_deref().unwrap_or("–"), 40)
+                w.cell(&r.workflow, 100),
+                w.cell(&r.status, 40),
+                w.cell(r.conclusion.as_deref().unwrap_or("–"), 40)
             );
         }
         if self.ci.requests == 0 {
@@ -536,7 +530,8 @@ impl Report {
         for (name, value) in self.outputs() {
             runner.set_output(name, &value);
         }
-        runner.append_summary(&self.summary_markdown());
+        let scrub = |s: &str| runner.scrub(s);
+        runner.append_summary(&self.summary_with(&Md::new(&scrub)));
     }
 }
 
@@ -545,7 +540,7 @@ pub const SUMMARY_BUDGET: usize = markdown::SUMMARY_LIMIT - 64 * 1024;
 /// One container's log tail in the summary.
 const LOG_BYTES: usize = 64 * 1024;
 
-fn health_line(h: &HealthRecord) -> String {
+fn health_line(h: &HealthRecord, w: &Md) -> String {
     let counts = h
         .counts()
         .into_iter()
@@ -562,13 +557,13 @@ fn health_line(h: &HealthRecord) -> String {
             format!(
                 "; last failure at {}: {}",
                 secs(a.offset),
-                markdown::cell(&a.outcome.to_string(), 300)
+                w.cell(&a.outcome.to_string(), 300)
             )
         })
         .unwrap_or_default();
     format!(
         "{}: {} attempt(s) ({counts}); {first_ok}{last}.",
-        markdown::code(&h.url),
+        w.code(&h.url),
         h.attempts.len()
     )
 }
@@ -627,22 +622,22 @@ fn next_step(phase: Phase, outcome: Outcome, recovery: bool) -> &'static str {
 }
 
 /// One host's services and the log tails of its failing containers, folded.
-fn diagnostics_block(d: &Diagnostics) -> String {
+fn diagnostics_block(d: &Diagnostics, w: &Md) -> String {
     let mut md = format!(
         "<details><summary>Diagnostics from {}: services and log tails</summary>\n\n{}\n",
-        markdown::text(&d.host),
-        markdown::fence("", &truncate_lines(d.ps.trim_end(), 60))
+        w.html(&d.host),
+        w.fence("", &truncate_lines(d.ps.trim_end(), 60))
     );
     for (container, log) in &d.logs {
         if log.trim().is_empty() {
-            let _ = writeln!(md, "**{}**: no log output\n", markdown::text(container));
+            let _ = writeln!(md, "**{}**: no log output\n", w.text(container));
             continue;
         }
         let _ = writeln!(
             md,
             "**{}** (last lines of its log)\n\n{}",
-            markdown::text(container),
-            markdown::fence("", &tail_of(log.trim_end()))
+            w.text(container),
+            w.fence("", &tail_of(log.trim_end()))
         );
     }
     md.push_str("</details>\n\n");

@@ -549,9 +549,9 @@ impl HostSession {
     }
 }
 
-/// One output stream of a remote command, split into lines as they arrive. Remote output
-/// can come from the app (a migration, `compose up`), so what is kept is bounded: a line
-/// is shown cut at [`SHOWN_LINE_BYTES`], and only the last [`KEPT_BYTES`] are kept.
+/// One output stream of a remote command, split into lines as they arrive (as the
+/// runner splits them). Remote output can come from the app (a migration, `compose up`),
+/// so what is kept is bounded: only the last [`KEPT_BYTES`] of it.
 #[derive(Default)]
 struct LineBuffer {
     pending: Vec<u8>,
@@ -559,40 +559,25 @@ struct LineBuffer {
     dropped: usize,
 }
 
-/// Longest line streamed to the log.
-const SHOWN_LINE_BYTES: usize = 8 * 1024;
 /// Most output kept from one stream of one command (its tail).
 const KEPT_BYTES: usize = 8 * 1024 * 1024;
 
 impl LineBuffer {
     fn push(&mut self, bytes: &[u8], on_line: &mut impl FnMut(&str)) {
-        let scanned = self.pending.len();
         self.pending.extend_from_slice(bytes);
-        let mut from = scanned;
-        while let Some(pos) = self.pending[from..].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=from + pos).collect();
+        let mut lines = Vec::new();
+        crate::workflow::drain_lines(&mut self.pending, &mut |l| {
+            lines.push(String::from_utf8_lossy(l).into_owned())
+        });
+        for line in lines {
             self.take(&line, on_line);
-            from = 0;
         }
     }
 
-    fn take(&mut self, line: &[u8], on_line: &mut impl FnMut(&str)) {
-        let text = String::from_utf8_lossy(line);
-        let shown = text.trim_end_matches(['\n', '\r']);
-        if shown.len() > SHOWN_LINE_BYTES {
-            let mut end = SHOWN_LINE_BYTES;
-            while !shown.is_char_boundary(end) {
-                end -= 1;
-            }
-            on_line(&format!(
-                "{} … [line cut: {} more bytes]",
-                &shown[..end],
-                shown.len() - end
-            ));
-        } else {
-            on_line(shown);
-        }
-        self.all.push_str(&text);
+    fn take(&mut self, line: &str, on_line: &mut impl FnMut(&str)) {
+        on_line(line);
+        self.all.push_str(line);
+        self.all.push('\n');
         if self.all.len() > KEPT_BYTES {
             let mut cut = self.all.len() - KEPT_BYTES / 2;
             while !self.all.is_char_boundary(cut) {
@@ -605,7 +590,9 @@ impl LineBuffer {
 
     fn finish(&mut self, on_line: &mut impl FnMut(&str)) {
         if !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
+            let rest = String::from_utf8_lossy(&std::mem::take(&mut self.pending))
+                .trim_end_matches('\r')
+                .to_string();
             self.take(&rest, on_line);
         }
         if self.dropped > 0 {
@@ -642,19 +629,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_huge_stream_is_shown_cut_and_kept_bounded() {
+    fn a_huge_stream_is_kept_bounded() {
         let mut buf = LineBuffer::default();
-        let mut shown = Vec::new();
+        let mut shown = 0;
         let chunk = vec![b'x'; 64 * 1024];
         for _ in 0..(3 * KEPT_BYTES / chunk.len()) {
-            buf.push(&chunk, &mut |l| shown.push(l.len()));
+            buf.push(&chunk, &mut |_| shown += 1);
         }
-        buf.push(b"\nlast line\n", &mut |l| shown.push(l.len()));
-        buf.finish(&mut |l| shown.push(l.len()));
-        assert_eq!(shown.len(), 2, "one huge line, then the last");
-        assert!(shown[0] < SHOWN_LINE_BYTES + 100, "shown cut: {}", shown[0]);
+        buf.push(b"\nlast line\n", &mut |_| shown += 1);
+        buf.finish(&mut |_| shown += 1);
+        assert!(shown > 3, "a line that never ends is handed over in pieces");
         assert!(buf.all.len() <= KEPT_BYTES + 100, "kept {}", buf.all.len());
-        assert!(buf.all.starts_with("[") && buf.all.ends_with("last line\n"));
+        assert!(buf.all.starts_with('[') && buf.all.ends_with("last line\n"));
     }
 
     #[test]

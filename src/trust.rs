@@ -125,7 +125,8 @@ impl Origin {
         }
         let patterns: Vec<String> = if branches.is_empty() {
             match &self.default_branch {
-                Some(b) => vec![b.clone()],
+                // A branch name, not a pattern: git allows `{`, `}`, `,` in names.
+                Some(b) => vec![globset::escape(b)],
                 None => return Err(Refusal::NoDefaultBranch),
             }
         } else {
@@ -185,8 +186,43 @@ pub enum WorkspaceError {
     Mismatch { head: String, gated: String },
 }
 
-/// Fails unless the workspace's `HEAD` is `gated`. Read from `.git` itself: the action's
-/// image has no git binary.
+/// Fails unless every checkout berth reads from is at `gated`: the checkout that holds
+/// each of `paths` (the compose file, each Dockerfile and build context), found as the
+/// nearest `.git` at or above it within the workspace, so a nested checkout
+/// (`actions/checkout` with `path:`) is checked too.
+pub fn check_checkouts(
+    workspace: &Path,
+    paths: &[PathBuf],
+    gated: &str,
+) -> Result<(), WorkspaceError> {
+    let mut checked = std::collections::BTreeSet::new();
+    for path in paths {
+        let mut dir = if path.is_dir() {
+            path.clone()
+        } else {
+            path.parent().unwrap_or(workspace).to_path_buf()
+        };
+        let root = loop {
+            if dir.join(".git").exists() || dir == workspace || !dir.starts_with(workspace) {
+                break dir;
+            }
+            match dir.parent() {
+                Some(p) => dir = p.to_path_buf(),
+                None => break workspace.to_path_buf(),
+            }
+        };
+        if checked.insert(root.clone()) {
+            check_workspace(&root, gated)?;
+        }
+    }
+    if checked.is_empty() {
+        check_workspace(workspace, gated)?;
+    }
+    Ok(())
+}
+
+/// Fails unless the checkout at `workspace` has `HEAD` at `gated`. Read from `.git`
+/// itself: the action's image has no git binary.
 pub fn check_workspace(workspace: &Path, gated: &str) -> Result<(), WorkspaceError> {
     let unreadable = |detail: String| WorkspaceError::Unreadable {
         detail,
@@ -442,5 +478,34 @@ mod tests {
             check_workspace(bare.path(), A),
             Err(WorkspaceError::NoGit { .. })
         ));
+    }
+
+    #[test]
+    fn a_nested_checkout_is_checked_where_its_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path();
+        std::fs::create_dir_all(ws.join(".git")).unwrap();
+        std::fs::write(ws.join(".git/HEAD"), format!("{A}\n")).unwrap();
+        std::fs::create_dir_all(ws.join("app/.git")).unwrap();
+        std::fs::write(ws.join("app/.git/HEAD"), format!("{B}\n")).unwrap();
+        std::fs::create_dir_all(ws.join("app/deploy")).unwrap();
+        let compose = ws.join("app/deploy/compose.yml");
+        std::fs::write(&compose, "services: {}\n").unwrap();
+        let err = check_checkouts(ws, std::slice::from_ref(&compose), A).unwrap_err();
+        assert!(
+            matches!(err, WorkspaceError::Mismatch { ref head, .. } if head == B),
+            "{err}"
+        );
+        assert_eq!(check_checkouts(ws, &[compose], B), Ok(()));
+        assert_eq!(check_checkouts(ws, &[ws.join("top.yml")], A), Ok(()));
+    }
+
+    #[test]
+    fn the_default_branch_is_a_name_not_a_pattern() {
+        let mut o = origin("push", Some("acme/shop"), Some("a"));
+        o.default_branch = Some("{a,b}".into());
+        assert!(o.check(&list(&["push"]), &[]).is_err());
+        o.branch = Some("{a,b}".into());
+        assert_eq!(o.check(&list(&["push"]), &[]), Ok(()));
     }
 }

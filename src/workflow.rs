@@ -266,7 +266,7 @@ impl Runner {
                 }
             }
             None => {
-                let _ = writeln!(inner.err, "output {name}={value}");
+                let _ = write!(inner.err, "{}", defuse(&format!("output {name}={value}")));
             }
         }
     }
@@ -292,7 +292,7 @@ impl Runner {
                 }
             }
             None => {
-                let _ = writeln!(inner.err, "{markdown}");
+                let _ = write!(inner.err, "{}", defuse(&markdown));
             }
         }
     }
@@ -327,7 +327,7 @@ pub fn defuse(text: &str) -> String {
         if body.starts_with("::") {
             out.push(ZWSP);
         }
-        out.push_str(&body.replace("##[", "##\u{200B}["));
+        out.push_str(&cut_line(body).replace("##[", "##\u{200B}["));
         out.push('\n');
     }
     out
@@ -349,6 +349,62 @@ pub fn runner_lines(text: &str) -> Vec<&str> {
         lines.push(rest);
     }
     lines
+}
+
+/// Longest line berth prints: the rest is cut (after scrubbing) and the cut is said.
+pub const SHOWN_LINE_BYTES: usize = 8 * 1024;
+/// Longest partial line a stream buffers while waiting for its end.
+pub const PENDING_LINE_BYTES: usize = 64 * 1024;
+
+/// Takes every complete line out of `pending` (ended by `\n`, `\r\n` or a lone `\r`, as
+/// the runner splits them) and hands it to `on_line` without its end. A partial line
+/// longer than [`PENDING_LINE_BYTES`] is handed over as it is, so that output that never
+/// ends a line (a progress bar, a huge blob) cannot grow without bound.
+pub fn drain_lines(pending: &mut Vec<u8>, on_line: &mut impl FnMut(&[u8])) {
+    let mut start = 0;
+    let mut i = 0;
+    while i < pending.len() {
+        match pending[i] {
+            b'\n' => {
+                on_line(&pending[start..i]);
+                start = i + 1;
+            }
+            // A lone CR ends a line; CR LF is one end. A CR last in the buffer waits.
+            b'\r' if i + 1 < pending.len() => {
+                on_line(&pending[start..i]);
+                start = if pending[i + 1] == b'\n' {
+                    i + 2
+                } else {
+                    i + 1
+                };
+                i = start;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    pending.drain(..start);
+    if pending.len() > PENDING_LINE_BYTES {
+        on_line(pending);
+        pending.clear();
+    }
+}
+
+fn cut_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= SHOWN_LINE_BYTES {
+        return line.into();
+    }
+    let mut end = SHOWN_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} … [line cut: {} more bytes]",
+        &line[..end],
+        line.len() - end
+    )
+    .into()
 }
 
 fn scrub_with(masks: &[String], text: &str) -> String {
@@ -472,6 +528,21 @@ mod tests {
             "\u{200B}::set-output name=x::y\n  \t\u{200B}::warning::indented\nerr\n\u{200B}::notice::after a lone CR\n\u{200B}::error::after CRLF\ntext ##\u{200B}[error]legacy ##\u{200B}[warning]twice\n"
         );
         assert_eq!(err.text(), "\u{200B}::stop-commands::t\n");
+    }
+
+    #[test]
+    fn streamed_output_is_drained_in_runner_lines_and_bounded() {
+        let mut pending = b"a\rb\r\nc\nd\r".to_vec();
+        let mut lines = Vec::new();
+        drain_lines(&mut pending, &mut |l| {
+            lines.push(String::from_utf8_lossy(l).to_string())
+        });
+        assert_eq!(lines, ["a", "b", "c"]);
+        assert_eq!(pending, b"d\r", "a CR last may be the start of CR LF");
+        let mut huge = vec![b'x'; PENDING_LINE_BYTES + 1];
+        let mut n = 0;
+        drain_lines(&mut huge, &mut |_| n += 1);
+        assert_eq!((n, huge.len()), (1, 0));
     }
 
     #[test]

@@ -383,3 +383,18 @@ fn the_fixtures_carried_here_are_the_shared_ones() {
         }
     }
 }
+
+#[test]
+fn a_retry_after_too_large_for_the_clock_is_a_rate_limit_error_not_a_panic() {
+    let fake = FakeGithub::start();
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(930, SHA, &[SUCCESS]));
+    fake.fault(Fault::SecondaryRateLimit {
+        retry_after: u64::MAX,
+    });
+    let run = push(&fake).run();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let err = run.errors().into_iter().next().expect("an error");
+    assert!(err.contains("rate limit"), "{err}");
+    assert_eq!(run.output("status").as_deref(), Some("failed"));
+}

@@ -527,3 +527,40 @@ fn more_invalid_inputs_than_the_annotation_cap_all_reach_an_annotation() {
         );
     }
 }
+
+#[test]
+fn credentials_in_a_bad_health_url_are_not_echoed_and_a_token_user_is_masked() {
+    let run = Berth::valid()
+        .input(
+            "health-url",
+            "ftp://probe:pw-secret-7786@staging.example.com/health",
+        )
+        .run();
+    let everything = run.everything();
+    assert!(
+        everything.contains("ftp://***@staging.example.com/health"),
+        "{everything}"
+    );
+    assert!(
+        !everything
+            .lines()
+            .any(|l| l.contains("pw-secret-7786") && !l.starts_with("::add-mask::")),
+        "{everything}"
+    );
+    let token = Berth::valid()
+        .input(
+            "health-url",
+            "https://tokenuser-secret-7787@staging.example.com/health",
+        )
+        .run();
+    assert!(
+        token.stdout.contains("::add-mask::tokenuser-secret-7787"),
+        "{}",
+        token.stdout
+    );
+    assert_rejected(
+        Berth::valid().input("branches", "**, !wip/**"),
+        "branches",
+        "no exclusion patterns",
+    );
+}

@@ -144,3 +144,33 @@ fn every_dotenv_form_is_masked_as_its_real_value() {
         "the comment is not part of the value"
     );
 }
+
+#[test]
+fn a_secret_printed_by_the_app_is_scrubbed_before_the_summary_escapes_it() {
+    let stage = crate::support::stage::Stage::new();
+    let url = "postgres://shop:pw_secret-3399@db:5432/shop";
+    let run = stage
+        .berth(&crate::support::stage::App::new("leaky"))
+        .input("pre-deploy", "backend: sh /migrate.sh")
+        .input(
+            "env-file",
+            &format!("DATABASE_URL={url}\nMIGRATE_SAY='connecting to {url}\\n'\nMIGRATE=fail\n"),
+        )
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.summary.contains("pre-deploy"), "{}", run.summary);
+    for form in ["pw_secret-3399", "pw\\_secret-3399", "shop:pw"] {
+        assert!(
+            !run.summary.contains(form) && !run.output.contains(form),
+            "{form} leaked into the summary:\n{}",
+            run.summary
+        );
+    }
+    assert!(
+        !run.stdout
+            .lines()
+            .any(|l| l.contains("pw_secret-3399") && !l.starts_with("::add-mask::")),
+        "{}",
+        run.stdout
+    );
+}

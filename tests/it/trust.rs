@@ -264,3 +264,20 @@ fn a_symlink_out_of_the_workspace_is_refused_as_an_input_error() {
         "{errors}"
     );
 }
+
+#[test]
+fn under_workflow_run_an_explicit_sha_must_be_the_tested_one() {
+    let other = "2222222222222222222222222222222222222222";
+    let run = Berth::valid()
+        .event("workflow_run", &workflow_run_payload(SHA, "success"))
+        .input("ci-workflows", "")
+        .input("sha", other)
+        .checkout(other)
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("not the one CI tested") && err.contains(other) && err.contains(SHA),
+        "{err}"
+    );
+}
