@@ -66,10 +66,16 @@ fn inline(s: &str, in_table: bool) -> String {
 fn escape_plain(s: &str, in_table: bool) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     let mut chars = s.chars().peekable();
+    let mut prev: Option<char> = None;
     while let Some(c) = chars.next() {
-        // GitHub links `@user` and `#123` after rendering Markdown; a zero-width space
-        // keeps app text from mentioning people or pointing at issues.
-        if c == '@' || (c == '#' && chars.peek().is_some_and(|n| n.is_ascii_digit())) {
+        // GitHub links `@user` and `#123` at the start of a word after rendering Markdown;
+        // a zero-width space keeps app text from mentioning people or pointing at issues.
+        // (`root@host` is no mention.)
+        let word_start = !prev.is_some_and(|p| p.is_alphanumeric());
+        prev = Some(c);
+        if word_start
+            && (c == '@' || (c == '#' && chars.peek().is_some_and(|n| n.is_ascii_digit())))
+        {
             out.push('\\');
             out.push(c);
             out.push(ZWSP);

@@ -707,12 +707,9 @@ impl<'a> Deploy<'a> {
                     )),
                 );
                 report.health = Some(record);
+                self.mark(hosts, "deployed", report).await;
                 let spec = self.spec.clone();
-                let finals = on_hosts(hosts, move |h| {
-                    h.write_record(&spec, "deployed")?;
-                    h.prune(&spec)
-                })
-                .await;
+                let finals = on_hosts(hosts, move |h| h.prune(&spec)).await;
                 for r in finals {
                     if let Err(e) = r {
                         report.warn(
@@ -895,6 +892,23 @@ impl<'a> Deploy<'a> {
         }
     }
 
+    /// Writes this run's release record with `outcome` on `hosts`. A record is what a
+    /// later rollback trusts, so one that cannot be written is said, never swallowed.
+    async fn mark(&self, hosts: &[Host], outcome: &'static str, report: &mut Report) {
+        let spec = self.spec.clone();
+        let written = on_hosts(hosts, move |h| {
+            h.write_record(&spec, outcome)
+                .map_err(|e| format!("{}: {e}", h.name()))
+        })
+        .await;
+        for e in written.into_iter().filter_map(Result::err) {
+            report.warn(
+                "berth: release record not written",
+                format!("Could not record this release as `{outcome}` on {e}. A later rollback reads these records to choose a release; check the host's deploy dir (disk space, permissions)."),
+            );
+        }
+    }
+
     /// The one rollback path: collect diagnostics, then restore the previous release on
     /// every host whose containers may have changed, and prove it healthy.
     async fn fail_and_restore(
@@ -921,15 +935,9 @@ impl<'a> Deploy<'a> {
             .filter(|h| h.lock().unwrap_or_else(|e| e.into_inner()).touched)
             .cloned()
             .collect();
-        let spec = self.spec.clone();
-        let mark = |outcome: &'static str| {
-            let spec = spec.clone();
-            move |h: &mut HostRelease| {
-                let _ = h.write_record(&spec, outcome);
-            }
-        };
+        // The failed release says so at once, whatever the restore does next.
+        self.mark(hosts, "failed", report).await;
         if touched.is_empty() {
-            on_hosts(hosts, mark("failed")).await;
             report.record(
                 Phase::Rollback,
                 Duration::ZERO,
@@ -940,7 +948,6 @@ impl<'a> Deploy<'a> {
             return;
         }
         if self.cfg.rollback == RollbackPolicy::Off {
-            on_hosts(hosts, mark("failed")).await;
             report.record(
                 Phase::Rollback,
                 Duration::ZERO,
@@ -948,36 +955,55 @@ impl<'a> Deploy<'a> {
             );
             return;
         }
+        // Where each host goes back to: its newest release proven healthy, which may be
+        // older than `current` when current was a release that never proved itself.
         let missing: Vec<String> = touched
             .iter()
             .filter_map(|h| {
                 let h = h.lock().unwrap_or_else(|e| e.into_inner());
-                h.previous.is_none().then(|| h.name().to_string())
+                h.restore_target.is_none().then(|| h.name().to_string())
             })
             .collect();
         if !missing.is_empty() {
-            on_hosts(hosts, mark("failed")).await;
+            let first_deploy = touched.iter().all(|h| {
+                let h = h.lock().unwrap_or_else(|e| e.into_inner());
+                h.restore_target.is_some() || h.previous.is_none()
+            });
+            let why = if first_deploy {
+                format!("first deploy on {}", missing.join(", "))
+            } else {
+                format!(
+                    "no release was ever proven healthy on {}",
+                    missing.join(", ")
+                )
+            };
             report.record(
                 Phase::Rollback,
                 Duration::ZERO,
-                PhaseResult::Skipped(format!("first deploy on {}: nothing to restore; the failed release is left in place for diagnosis", missing.join(", "))),
+                PhaseResult::Skipped(format!(
+                    "{why}: nothing to restore; the failed release is left in place for diagnosis"
+                )),
             );
             return;
         }
         let started = Instant::now();
         let restored = on_hosts(&touched, |h| {
-            let Some(prev) = h.previous.clone() else {
+            let Some(target) = h.restore_target.clone() else {
                 return Err(ReleaseError::NothingToRestore);
             };
-            h.activate(&prev).or_else(|e| {
+            h.activate(&target).or_else(|e| {
                 // The connection may have died with the deploy; one fresh try.
                 h.reconnect()?;
-                h.activate(&prev).map_err(|_| e)
+                h.activate(&target).map_err(|_| e)
             })
         })
         .await;
-        on_hosts(&touched, mark("rolled-back")).await;
-        let previous = report.previous_release.clone();
+        let previous = touched.first().and_then(|h| {
+            h.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore_target
+                .clone()
+        });
         let mut rb = RollbackReport {
             restored: previous.clone(),
             ..Default::default()
@@ -1002,6 +1028,7 @@ impl<'a> Deploy<'a> {
         }
         rb.duration = started.elapsed();
         if rb.healthy {
+            self.mark(&touched, "rolled-back", report).await;
             report.outcome = Some(Outcome::RolledBack);
             report.record(
                 Phase::Rollback,
@@ -1018,11 +1045,11 @@ impl<'a> Deploy<'a> {
                 rb.duration,
                 PhaseResult::Failed(rb.detail.clone()),
             );
-            let prev = previous.unwrap_or_default();
             let cmds: Vec<String> = touched
                 .iter()
                 .map(|h| {
                     let h = h.lock().unwrap_or_else(|e| e.into_inner());
+                    let prev = h.restore_target.clone().unwrap_or_default();
                     let up = crate::ssh::quote_argv(
                         &h.layout.compose(&prev, &["up", "-d", "--remove-orphans"]).0,
                     );
@@ -1048,22 +1075,50 @@ impl<'a> Deploy<'a> {
         report.rollback = Some(rb);
     }
 
-    /// `mode: rollback`: re-activate the release before current (or `release`), then prove
-    /// it healthy.
+    /// `mode: rollback`: re-activate the newest release proven healthy other than current
+    /// (or the one `release` names, with a warning when it never proved healthy), then
+    /// prove it healthy.
     async fn manual_rollback(&self, hosts: &[Host], report: &mut Report) {
         let wanted = self.cfg.release.clone();
         let started = Instant::now();
+        let runner = self.runner.clone();
         let results = on_hosts(hosts, move |h| {
             h.snapshot()?;
+            // What there is to choose from, as each record says.
+            for e in &h.releases {
+                runner.line(&format!(
+                    "{}: release {} {}{}",
+                    h.name(),
+                    e.id,
+                    e.outcome().as_str(),
+                    if Some(&e.id) == h.previous.as_ref() { " (current)" } else { "" }
+                ));
+            }
             let target = match &wanted {
                 Some(id) => id.clone(),
-                None => h.release_before_current()?,
+                None => h.proven_other_than_current()?,
+            };
+            let unproven = match h.outcome_of(&target) {
+                Some(crate::remote::Outcome::Deployed) => None,
+                Some(o) => Some(format!("release {target} on {} never proved healthy (its record says `{}`); restoring it because it was named", h.name(), o.as_str())),
+                None => None,
             };
             h.activate(&target)?;
             h.release = Some(target.clone());
-            Ok::<String, ReleaseError>(target)
+            Ok::<(String, Option<String>), ReleaseError>((target, unproven))
         })
         .await;
+        let results: Vec<Result<String, ReleaseError>> = results
+            .into_iter()
+            .map(|r| {
+                r.map(|(target, unproven)| {
+                    if let Some(w) = unproven {
+                        report.warn("berth: restoring a release that never proved healthy", w);
+                    }
+                    target
+                })
+            })
+            .collect();
         let targets: Vec<String> = match results.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(t) => t,
             Err(e) => {

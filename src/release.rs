@@ -135,7 +135,15 @@ pub struct HostRelease {
     pub touched: bool,
     /// `current` points at the new release.
     pub switched: bool,
+    /// What `verify` checks: the pins of the release activated last.
     pub pins: BTreeMap<String, String>,
+    /// This run's release's own pins, for its record: restoring another release changes
+    /// `pins`, never these.
+    pub own_pins: BTreeMap<String, String>,
+    /// The releases on the host and their outcomes, newest first, as of the snapshot.
+    pub releases: Vec<remote::ReleaseEntry>,
+    /// Where a rollback goes: the newest release proven healthy (`outcome: deployed`).
+    pub restore_target: Option<String>,
     pub replaced: BTreeMap<String, String>,
     /// Restart counts by container id before this run changed anything: containers that
     /// `up` recreates get new ids, so any restart of theirs counts.
@@ -175,6 +183,9 @@ impl HostRelease {
             touched: false,
             switched: false,
             pins: BTreeMap::new(),
+            own_pins: BTreeMap::new(),
+            releases: Vec::new(),
+            restore_target: None,
             replaced: BTreeMap::new(),
             restarts_before: BTreeMap::new(),
             timings: Vec::new(),
@@ -397,6 +408,17 @@ impl HostRelease {
             .filter(|c| !c.one_off)
             .map(|c| (c.service, c.image_id))
             .collect();
+        self.list_releases()?;
+        Ok(())
+    }
+
+    /// Reads every release and its outcome, and where a rollback would go: the newest
+    /// release proven healthy. Not "the one before current": that may be a release that
+    /// failed, was rolled back, or was interrupted.
+    pub fn list_releases(&mut self) -> Result<(), ReleaseError> {
+        let out = self.step("list releases", &self.layout.release_records(), None, QUICK)?;
+        self.releases = remote::parse_release_records(&out.stdout);
+        self.restore_target = remote::newest_proven(&self.releases, &[]).map(|e| e.id.clone());
         Ok(())
     }
 
@@ -430,6 +452,7 @@ impl HostRelease {
             }
             h.release = Some(id.clone());
             h.pins = spec.built.clone();
+            h.own_pins = spec.built.clone();
             h.conn.upload(
                 &format!("{dir}/{}", remote::COMPOSE_FILE),
                 spec.compose.as_bytes(),
@@ -471,7 +494,10 @@ impl HostRelease {
                 }
             }
             pulled?;
-            h.pin_unbuilt(spec, &config)
+            h.pin_unbuilt(spec, &config)?;
+            h.own_pins = h.pins.clone();
+            // The record names every pin now, before anything runs from them.
+            h.write_record(spec, "pending")
         })?;
 
         if let Some(pd) = &spec.pre_deploy {
@@ -629,9 +655,14 @@ impl HostRelease {
             id: id.clone(),
             sha: spec.sha.clone(),
             created_at: spec.holder.started_at.clone(),
+            updated_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            compose_sha256: sha256_hex(spec.compose.as_bytes()),
+            env_sha256: sha256_hex(spec.env_file.expose().as_bytes()),
             actor: spec.holder.actor.clone(),
             run_url: spec.holder.run_url.clone(),
-            images: self.pins.clone(),
+            images: self.own_pins.clone(),
             replaced: self.replaced.clone(),
             previous_release: self.previous.clone(),
             outcome: outcome.into(),
@@ -680,14 +711,9 @@ impl HostRelease {
     /// no kept release references. Never `docker system prune`.
     pub fn prune(&mut self, spec: &ReleaseSpec) -> Result<Vec<String>, ReleaseError> {
         let current = self.release.clone().unwrap_or_default();
-        let listed = self.step("list releases", &self.layout.list_releases(), None, QUICK)?;
-        let all: Vec<String> = listed
-            .stdout
-            .lines()
-            .map(|l| l.trim().to_string())
-            .collect();
+        self.list_releases()?;
         let doomed =
-            remote::releases_to_prune(all.clone(), spec.keep_releases as usize, &current, None);
+            remote::releases_to_prune(&self.releases, spec.keep_releases as usize, &current, None);
         for id in &doomed {
             self.step(
                 "remove release",
@@ -699,13 +725,13 @@ impl HostRelease {
         if spec.image_prefix.is_empty() {
             return Ok(doomed);
         }
-        let mut referenced = std::collections::BTreeSet::new();
-        for id in all.iter().filter(|id| !doomed.contains(id)) {
-            let out = self.quiet(&self.layout.read_release_record(id), None, QUICK, false)?;
-            if let Ok(rec) = serde_json::from_str::<ReleaseRecord>(&out.stdout) {
-                referenced.extend(rec.images.into_values());
-            }
-        }
+        let referenced: std::collections::BTreeSet<String> = self
+            .releases
+            .iter()
+            .filter(|e| !doomed.contains(&e.id))
+            .filter_map(|e| e.record.as_ref())
+            .flat_map(|r| r.images.values().cloned())
+            .collect();
         let images = self.step(
             "list project images",
             &remote::project_images(&spec.image_prefix),
@@ -926,25 +952,37 @@ impl HostRelease {
         (self.conn.name.clone(), steps)
     }
 
-    /// The release listed just before `current`, for `mode: rollback` without `release`.
-    pub fn release_before_current(&mut self) -> Result<String, ReleaseError> {
-        let listed = self.step("list releases", &self.layout.list_releases(), None, QUICK)?;
-        let mut ids: Vec<String> = listed
-            .stdout
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
-        ids.sort();
+    /// For `mode: rollback` without `release`: the newest release proven healthy other
+    /// than the one `current` points at.
+    pub fn proven_other_than_current(&mut self) -> Result<String, ReleaseError> {
+        self.list_releases()?;
         let current = self.previous.clone().unwrap_or_default();
-        let pos = ids.iter().position(|i| i == &current).unwrap_or(ids.len());
-        ids.truncate(pos);
-        ids.pop().ok_or_else(|| ReleaseError::Unexpected {
-            host: self.conn.name.clone(),
-            doing: "choosing a release to restore",
-            detail: format!("there is no release before `{current}`. Name one with `release:`."),
-        })
+        remote::newest_proven(&self.releases, &[current.as_str()])
+            .map(|e| e.id.clone())
+            .ok_or_else(|| ReleaseError::Unexpected {
+                host: self.conn.name.clone(),
+                doing: "choosing a release to restore",
+                detail: format!(
+                    "no release other than `{current}` was ever proven healthy here. Name one with `release:` (the list above shows each release's outcome)."
+                ),
+            })
     }
+
+    /// The outcome of release `id` as its record says, if the host has it.
+    pub fn outcome_of(&self, id: &str) -> Option<remote::Outcome> {
+        self.releases
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.outcome())
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn short_id(id: &str) -> String {

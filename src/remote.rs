@@ -151,6 +151,21 @@ mkdir "$2""#
         Cmd::new(["ls", "-1", &self.releases_dir()])
     }
 
+    /// Every release dir with its record, in one round trip: for each, a line
+    /// `RECORD_MARK id`, then its `release.json` (nothing when it has none).
+    pub fn release_records(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                r#"cd "$1" 2>/dev/null || exit 0
+for d in *; do [ -d "$d" ] || continue; echo "{RECORD_MARK} $d"; cat "$d/{RECORD_FILE}" 2>/dev/null; echo; done"#
+            ),
+            "sh".into(),
+            self.releases_dir(),
+        ])
+    }
+
     pub fn read_release_record(&self, id: &str) -> Cmd {
         Cmd::new(["cat", &format!("{}/{RECORD_FILE}", self.release_dir(id))])
     }
@@ -347,6 +362,14 @@ pub struct ReleaseRecord {
     pub id: String,
     pub sha: String,
     pub created_at: String,
+    /// When the outcome was last written.
+    #[serde(default)]
+    pub updated_at: String,
+    /// SHA-256 of this release's compose file and env file, as uploaded.
+    #[serde(default)]
+    pub compose_sha256: String,
+    #[serde(default)]
+    pub env_sha256: String,
     pub actor: String,
     pub run_url: String,
     /// service -> pinned image (`repo@sha256:...`, or `sha256:<id>` for local-only images).
@@ -354,7 +377,100 @@ pub struct ReleaseRecord {
     /// What ran before this release was switched in: service -> image id.
     pub replaced: BTreeMap<String, String>,
     pub previous_release: Option<String>,
+    /// `pending`, `deployed` (proven healthy), `rolled-back`, `failed` or `interrupted`.
     pub outcome: String,
+}
+
+/// What a release turned out to be, as its record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    /// Proven healthy: the only kind a rollback goes to by itself.
+    Deployed,
+    RolledBack,
+    Failed,
+    Interrupted,
+    /// No record, or one berth cannot read (an upload that failed half-way).
+    Unknown,
+}
+
+impl Outcome {
+    pub fn parse(s: &str) -> Outcome {
+        match s {
+            "pending" => Outcome::Pending,
+            "deployed" => Outcome::Deployed,
+            "rolled-back" => Outcome::RolledBack,
+            "failed" => Outcome::Failed,
+            "interrupted" => Outcome::Interrupted,
+            _ => Outcome::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Deployed => "deployed",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Unknown => "unknown (no readable record)",
+        }
+    }
+}
+
+pub const RECORD_MARK: &str = "==berth-release==";
+
+/// One release dir on a host and its record, if it has a readable one.
+#[derive(Debug, Clone)]
+pub struct ReleaseEntry {
+    pub id: String,
+    pub record: Option<ReleaseRecord>,
+}
+
+impl ReleaseEntry {
+    pub fn outcome(&self) -> Outcome {
+        self.record
+            .as_ref()
+            .map_or(Outcome::Unknown, |r| Outcome::parse(&r.outcome))
+    }
+}
+
+/// The output of [`Layout::release_records`], newest release first.
+pub fn parse_release_records(out: &str) -> Vec<ReleaseEntry> {
+    let mut entries: Vec<ReleaseEntry> = Vec::new();
+    let mut body = String::new();
+    let finish = |entries: &mut Vec<ReleaseEntry>, body: &mut String| {
+        if let Some(last) = entries.last_mut() {
+            last.record = serde_json::from_str(body.trim()).ok();
+        }
+        body.clear();
+    };
+    for line in out.lines() {
+        match line.strip_prefix(RECORD_MARK) {
+            Some(id) => {
+                finish(&mut entries, &mut body);
+                entries.push(ReleaseEntry {
+                    id: id.trim().to_string(),
+                    record: None,
+                });
+            }
+            None => {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    finish(&mut entries, &mut body);
+    entries.retain(|e| !e.id.is_empty() && !e.id.starts_with('.'));
+    entries.sort_by(|a, b| b.id.cmp(&a.id));
+    entries
+}
+
+/// The release a rollback goes to: the newest one proven healthy, other than `except`.
+pub fn newest_proven<'a>(entries: &'a [ReleaseEntry], except: &[&str]) -> Option<&'a ReleaseEntry> {
+    entries
+        .iter()
+        .find(|e| e.outcome() == Outcome::Deployed && !except.contains(&e.id.as_str()))
 }
 
 /// The override file pinning each service to its image: JSON, which is valid YAML.
@@ -379,20 +495,36 @@ pub fn release_id(now: time::OffsetDateTime, sha: &str) -> String {
 }
 
 /// Which release dirs to delete: all but the newest `keep`, never `current` or `protect`.
+/// Releases that are not proven (failed, rolled back, interrupted, partial) kept for
+/// diagnosis, newest first; older ones are pruned.
+pub const UNPROVEN_KEPT: usize = 2;
+
+/// Which release dirs to delete: `keep` counts proven releases only, so a run of failed
+/// deploys (or a partial upload) never displaces a release a rollback could go to. The
+/// newest [`UNPROVEN_KEPT`] unproven ones stay for diagnosis. `current` and `protect`
+/// always stay.
 pub fn releases_to_prune(
-    mut ids: Vec<String>,
+    entries: &[ReleaseEntry],
     keep: usize,
     current: &str,
     protect: Option<&str>,
 ) -> Vec<String> {
-    ids.retain(|id| !id.is_empty() && !id.starts_with('.'));
-    ids.sort();
-    ids.reverse();
-    ids.into_iter()
-        .enumerate()
-        .filter(|(i, id)| *i >= keep && id != current && Some(id.as_str()) != protect)
-        .map(|(_, id)| id)
-        .collect()
+    let (mut proven, mut unproven) = (0, 0);
+    let mut doomed = Vec::new();
+    // `entries` is newest first.
+    for e in entries {
+        let kept = if e.outcome() == Outcome::Deployed {
+            proven += 1;
+            proven <= keep
+        } else {
+            unproven += 1;
+            unproven <= UNPROVEN_KEPT
+        };
+        if !kept && e.id != current && Some(e.id.as_str()) != protect {
+            doomed.push(e.id.clone());
+        }
+    }
+    doomed
 }
 
 #[cfg(test)]
@@ -606,18 +738,61 @@ esac"#;
         assert_eq!(release_id(t, "abc1234def"), "20261124T101500Z-abc1234");
     }
 
+    fn entries(list: &[(&str, &str)]) -> Vec<ReleaseEntry> {
+        let out: String = list
+            .iter()
+            .map(|(id, outcome)| {
+                let record = if outcome.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        r#"{{"id":"{id}","sha":"s","created_at":"","actor":"","run_url":"","images":{{}},"replaced":{{}},"previous_release":null,"outcome":"{outcome}"}}"#
+                    )
+                };
+                format!("{RECORD_MARK} {id}\n{record}\n")
+            })
+            .collect();
+        parse_release_records(&out)
+    }
+
     #[test]
     fn pruning_keeps_the_newest_and_current() {
-        let ids = ["r1", "r2", "r3", "r4"].map(String::from).to_vec();
+        let e = entries(&[
+            ("r1", "deployed"),
+            ("r2", "deployed"),
+            ("r3", "deployed"),
+            ("r4", "deployed"),
+        ]);
+        assert_eq!(releases_to_prune(&e, 2, "r4", None), vec!["r2", "r1"]);
+        assert_eq!(releases_to_prune(&e, 2, "r1", None), vec!["r2"]);
+        assert_eq!(releases_to_prune(&e, 1, "r4", Some("r3")), vec!["r2", "r1"]);
+    }
+
+    #[test]
+    fn failed_and_partial_releases_never_displace_proven_ones() {
+        // Newest last here: r5..r8 failed, rolled back, a partial upload, interrupted.
+        let e = entries(&[
+            ("r1", "deployed"),
+            ("r2", "deployed"),
+            ("r3", "deployed"),
+            ("r4", "rolled-back"),
+            ("r5", "failed"),
+            ("r6", ""),
+            ("r7", "interrupted"),
+            ("r8", "deployed"),
+        ]);
+        let doomed = releases_to_prune(&e, 3, "r8", None);
         assert_eq!(
-            releases_to_prune(ids.clone(), 2, "r4", None),
-            vec!["r2", "r1"]
+            doomed,
+            vec!["r5", "r4", "r1"],
+            "keeps r8 r3 r2 proven, r7 r6 unproven"
         );
-        assert_eq!(releases_to_prune(ids.clone(), 2, "r1", None), vec!["r2"]);
         assert_eq!(
-            releases_to_prune(ids, 1, "r4", Some("r3")),
-            vec!["r2", "r1"]
+            newest_proven(&e, &["r8"]).map(|e| e.id.as_str()),
+            Some("r3")
         );
+        assert_eq!(e[1].outcome(), Outcome::Interrupted);
+        assert_eq!(e[2].outcome(), Outcome::Unknown);
     }
 
     #[test]

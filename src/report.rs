@@ -267,8 +267,10 @@ impl Report {
                     Some(p) => format!("at {}", p.label()),
                     None => "to deploy".to_string(),
                 },
-                self.previous_release
-                    .as_deref()
+                self.rollback
+                    .as_ref()
+                    .and_then(|r| r.restored.as_deref())
+                    .or(self.previous_release.as_deref())
                     .unwrap_or("the previous release")
             ),
             Outcome::Failed => format!(
