@@ -184,10 +184,14 @@ fn inside(workspace: &Path, rel: &str) -> PathBuf {
 }
 
 /// The tags every image gets, expanded once for this run.
+/// The tags of this run from the templates that name the commit or the run
+/// (`immutable`: pushed before the deploy) or from the moving ones (pushed only once the
+/// deploy proved healthy, so that a moving tag always names what serves).
 pub fn expand_tags(
     cfg: &Config,
     ctx: &GithubContext,
     sha: &str,
+    immutable: bool,
     report: &mut Report,
 ) -> Vec<String> {
     let values = TagValues {
@@ -196,7 +200,7 @@ pub fn expand_tags(
         run_number: ctx.run_number.clone(),
     };
     let mut tags = Vec::new();
-    for t in &cfg.tags {
+    for t in cfg.tags.iter().filter(|t| t.is_immutable() == immutable) {
         let e = t.expand(&values);
         if let Some(raw) = &e.sanitised_from {
             report.warn(
@@ -242,6 +246,61 @@ pub fn repository(cfg: &Config, service: &str) -> String {
     format!("{}-{}", cfg.image_prefix, service)
 }
 
+/// Moves the moving tags (`staging-latest`, any template without `{sha}`, `{short_sha}`
+/// or `{run_number}`) to the images just proven healthy. A failure here does not undo a
+/// healthy deploy: it is a warning saying which tag still names an older image.
+pub async fn push_moving_tags(
+    cfg: &Config,
+    ctx: &GithubContext,
+    sha: &str,
+    runner: &Runner,
+    report: &mut Report,
+) {
+    let moving = expand_tags(cfg, ctx, sha, false, report);
+    let Some(first) = report.image_tags.first().cloned() else {
+        return;
+    };
+    if moving.is_empty() || cfg.images.is_empty() {
+        return;
+    }
+    let engine = match Engine::connect(cfg.builder).await {
+        Ok(e) => e,
+        Err(e) => {
+            report.warn(
+                "berth: moving tags not pushed",
+                format!(
+                    "{} still name(s) the previous images: {e}",
+                    moving.join(", ")
+                ),
+            );
+            return;
+        }
+    };
+    let auth = RegistryAuth {
+        server: cfg.registry.clone(),
+        username: cfg.registry_username.clone(),
+        password: cfg.registry_password.clone(),
+    };
+    let _group = runner.group(&format!("Move {}", moving.join(", ")));
+    for img in &cfg.images {
+        let repo = repository(cfg, &img.service);
+        for tag in &moving {
+            let moved = match engine.tag(&format!("{repo}:{first}"), &repo, tag).await {
+                Ok(()) => engine.push(&repo, tag, &auth, |_| {}).await,
+                Err(e) => Err(e),
+            };
+            match moved {
+                Ok(d) => runner.line(&format!("{}: {repo}:{tag} -> {d}", img.service)),
+                Err(e) => report.warn(
+                    "berth: moving tag not pushed",
+                    format!("The deploy is healthy, but {repo}:{tag} still names the previous image: {e}"),
+                ),
+            }
+        }
+    }
+    report.image_tags.extend(moving);
+}
+
 /// Builds every image, then (only if all built) pushes every tag. Returns
 /// service -> `repo@sha256:...`.
 pub async fn build_and_push(
@@ -261,15 +320,15 @@ pub async fn build_and_push(
         );
         return Ok(BTreeMap::new());
     }
-    let tags = expand_tags(cfg, ctx, sha, report);
+    let tags = expand_tags(cfg, ctx, sha, true, report);
     if tags.is_empty() {
         // Nothing to push means nothing to deploy by digest: say so before any build.
         return Err(Failure {
             phase: Phase::Build,
             title: "berth: no valid image tag".into(),
             message: format!(
-                "every template in `tags` ({}) expanded to an empty or invalid tag for this run (branch `{}`, run number `{}`). Add a template that always gives a tag, e.g. `staging-{{sha}}`.",
-                cfg.tags.iter().map(|t| format!("`{}`", t.0)).collect::<Vec<_>>().join(", "),
+                "every template in `tags` that names the commit or run ({}) expanded to an empty or invalid tag for this run (branch `{}`, run number `{}`). Add a template that always gives a tag, e.g. `staging-{{sha}}`.",
+                cfg.tags.iter().filter(|t| t.is_immutable()).map(|t| format!("`{}`", t.0)).collect::<Vec<_>>().join(", "),
                 ctx.ref_name,
                 ctx.run_number
             ),
@@ -415,7 +474,10 @@ pub async fn build_and_push(
     report.record(
         Phase::Push,
         started.elapsed(),
-        PhaseResult::Ok(format!("{} tag(s) per image", tags.len())),
+        PhaseResult::Ok(format!(
+            "{} tag(s) per image; moving tags wait for a healthy deploy",
+            tags.len()
+        )),
     );
     report.image_tags = tags;
     Ok(pushed)

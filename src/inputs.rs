@@ -40,7 +40,7 @@ const fn secret(name: &'static str, default: &'static str, description: &'static
 
 pub const INPUTS: &[InputSpec] = &[
     input("mode", "deploy", "`deploy`, or `rollback` (re-activate a previous release)"),
-    input("release", "", "With `mode: rollback`: the release id to restore (default: the one before current)"),
+    input("release", "", "With `mode: rollback`: the release id to restore (default: the newest release proven healthy, other than current)"),
     input("dry-run", "false", "Print the plan and touch nothing"),
     secret("github-token", "${{ github.token }}", "Token for the CI gate and Deployments"),
     input("ci-workflows", "", "Workflow files or names (comma or newline list) that must have succeeded for `sha`"),
@@ -56,7 +56,7 @@ pub const INPUTS: &[InputSpec] = &[
     input("registry-username", "${{ github.actor }}", "Registry user"),
     secret("registry-password", "${{ github.token }}", "Registry password or token"),
     input("image-prefix", "", "Default `<registry>/<owner>/<repo>` lower-cased; a service's image is `<image-prefix>-<service>`"),
-    input("tags", "staging-{sha}\nstaging-latest", "Tag templates, one a line; placeholders {sha} {short_sha} {branch} {run_number}"),
+    input("tags", "staging-{sha}\nstaging-latest", "Tag templates, one a line; placeholders {sha} {short_sha} {branch} {run_number}. Tags naming the commit or run are pushed before the deploy; the others (moving) only after it proved healthy"),
     input("hosts", "", "Required. `[user@]host[:port]`, comma or newline list"),
     input("ssh-user", "deploy", "SSH user for hosts that name none"),
     input("ssh-port", "22", "SSH port for hosts that name none"),
@@ -70,7 +70,7 @@ pub const INPUTS: &[InputSpec] = &[
     input("compose-file", "docker-compose.staging.yml", "Compose file, path in the workspace"),
     secret("env-file", "", "Contents of the app's `.env`, written with mode 0600"),
     input("pre-deploy", "", "`service: command`, run once with the new images before the switch"),
-    input("keep-releases", "3", "Release dirs (and their images) kept on each host"),
+    input("keep-releases", "3", "Proven releases (and their images) kept on each host; the newest 2 unproven ones are kept too, for diagnosis"),
     input("lock-timeout", "10m", "Longest wait for another deploy's lock"),
     input("health-url", "", "Required with `mode: deploy`. URL polled until healthy"),
     input("health-timeout", "30s", "Hard deadline for the health check, from `up`"),
@@ -171,6 +171,14 @@ pub struct ExpandedTag {
 const PLACEHOLDERS: &[&str] = &["sha", "short_sha", "branch", "run_number"];
 
 impl TagTemplate {
+    /// Names the commit or the run, so it never moves to another image: such tags are
+    /// pushed before the deploy; the others only after it proved healthy.
+    pub fn is_immutable(&self) -> bool {
+        ["{sha}", "{short_sha}", "{run_number}"]
+            .iter()
+            .any(|p| self.0.contains(p))
+    }
+
     /// `{branch}` may hold characters a tag cannot (`feature/x`). It is sanitised, not
     /// rejected: every character outside `[A-Za-z0-9_.-]` becomes `-`, leading `.`/`-` are
     /// dropped, and the tag is cut at 128 characters. The caller warns when that changed it.
@@ -965,6 +973,12 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         if let Err(why) = check_tag_template(&t.0) {
             p.fail("tags", why);
         }
+    }
+    if !tags.is_empty() && !tags.iter().any(TagTemplate::is_immutable) {
+        p.fail(
+            "tags",
+            "has no template that names the commit or run ({sha}, {short_sha} or {run_number}). berth pushes those before the deploy and deploys by their digest; tags without them (`staging-latest`) move only once the deploy is healthy. Add one, e.g. `staging-{sha}`.",
+        );
     }
 
     let ssh_user = p.text("ssh-user");

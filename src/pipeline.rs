@@ -113,20 +113,6 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
         }
     }
 
-    let built = if config.mode == Mode::Deploy {
-        match images::build_and_push(&config, &ctx, &sha, runner, &mut report).await {
-            Ok(built) => built,
-            Err(failure) => {
-                report.failure = Some(failure);
-                report.elapsed = started.elapsed();
-                return report;
-            }
-        }
-    } else {
-        BTreeMap::new()
-    };
-    report.images = built.clone();
-
     let tracker = GithubDeployment::create(&config, &ctx, &sha, &mut report).await;
     if let Some(t) = &tracker {
         t.post(
@@ -140,14 +126,49 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
         )
         .await;
     }
-    let deploy = Deploy::new(&config, &ctx, runner, &sha, built);
-    deploy.run(&mut report).await;
+    deliver(&config, &ctx, &sha, runner, &mut report).await;
     report.elapsed = started.elapsed();
     if let Some(t) = &tracker {
         let (state, description) = deployment_state(&report);
         t.post(state, &description, &mut report).await;
     }
     report
+}
+
+/// From a gated commit to a verdict: every host is reached (host key, auth) and checked
+/// before anything is pushed, since a host that cannot take the release must not leave
+/// new tags in the registry; then build and push (immutable tags), lock, deploy, health,
+/// and only after a healthy deploy the moving tags.
+async fn deliver(
+    config: &Config,
+    ctx: &GithubContext,
+    sha: &str,
+    runner: &Runner,
+    report: &mut Report,
+) {
+    let mut deploy = Deploy::new(config, ctx, runner, sha);
+    let Some(hosts) = deploy.connect(report).await else {
+        return;
+    };
+    if config.mode == Mode::Deploy && !deploy.preflight(&hosts, report).await {
+        return;
+    }
+    if config.mode == Mode::Deploy {
+        match images::build_and_push(config, ctx, sha, runner, report).await {
+            Ok(built) => {
+                report.images = built.clone();
+                deploy.set_built(built);
+            }
+            Err(failure) => {
+                report.failure = Some(failure);
+                return;
+            }
+        }
+    }
+    deploy.run(&hosts, report).await;
+    if config.mode == Mode::Deploy && !config.dry_run && report.outcome() == Outcome::Deployed {
+        images::push_moving_tags(config, ctx, sha, runner, report).await;
+    }
 }
 
 /// The GitHub Deployment of this run: reporting only, so its failures warn and never stop
@@ -429,18 +450,14 @@ struct Deploy<'a> {
     cfg: &'a Config,
     runner: &'a Runner,
     spec: ReleaseSpec,
+    /// The login for the host's pull, used only when berth pushed images there.
+    registry: Option<RegistryLogin>,
     accesses: Vec<Access>,
     layout: Layout,
 }
 
 impl<'a> Deploy<'a> {
-    fn new(
-        cfg: &'a Config,
-        ctx: &GithubContext,
-        runner: &'a Runner,
-        sha: &str,
-        built: BTreeMap<String, String>,
-    ) -> Deploy<'a> {
+    fn new(cfg: &'a Config, ctx: &GithubContext, runner: &'a Runner, sha: &str) -> Deploy<'a> {
         let now = time::OffsetDateTime::now_utc();
         let trust = if cfg.insecure_skip_host_key_check {
             HostTrust::Insecure
@@ -471,7 +488,7 @@ impl<'a> Deploy<'a> {
             sha: sha.into(),
             compose,
             env_file: cfg.env_file.clone().unwrap_or_else(|| Secret::new("")),
-            built,
+            built: BTreeMap::new(),
             pre_deploy: cfg.pre_deploy.clone(),
             // Only log in when berth pushed images there; otherwise the host pulls as it can.
             registry: None,
@@ -488,18 +505,11 @@ impl<'a> Deploy<'a> {
             keep_releases: cfg.keep_releases,
             image_prefix: cfg.image_prefix.clone(),
         };
-        let spec = ReleaseSpec {
-            registry: if spec.built.is_empty() {
-                None
-            } else {
-                registry
-            },
-            ..spec
-        };
         Deploy {
             cfg,
             runner,
             spec,
+            registry,
             accesses,
             layout: Layout {
                 deploy_dir: cfg.deploy_dir.clone(),
@@ -508,20 +518,33 @@ impl<'a> Deploy<'a> {
         }
     }
 
-    async fn run(&self, report: &mut Report) {
-        let Some(hosts) = self.connect_and_lock(report).await else {
-            return;
-        };
-        if self.cfg.dry_run {
-            self.plan(&hosts, report).await;
-        } else if self.cfg.mode == Mode::Rollback {
-            self.manual_rollback(&hosts, report).await;
+    /// The images this release deploys, once pushed; the host logs in to pull only then.
+    fn set_built(&mut self, built: BTreeMap<String, String>) {
+        self.spec.registry = if built.is_empty() {
+            None
         } else {
-            self.deploy(&hosts, report).await;
+            self.registry.clone()
+        };
+        self.spec.built = built;
+    }
+
+    async fn run(&self, hosts: &[Host], report: &mut Report) {
+        if !self.lock(hosts, report).await {
+            return;
         }
-        self.unlock(&hosts, report).await;
-        for h in &hosts {
+        if self.cfg.dry_run {
+            self.plan(hosts, report).await;
+        } else if self.cfg.mode == Mode::Rollback {
+            self.manual_rollback(hosts, report).await;
+        } else {
+            self.deploy(hosts, report).await;
+        }
+        self.unlock(hosts, report).await;
+        for h in hosts {
             let h = h.lock().unwrap_or_else(|e| e.into_inner());
+            for slow in &h.slow_stops {
+                report.warn("berth: slow container stop", slow.clone());
+            }
             report.hosts.push(HostReport {
                 host: h.name().to_string(),
                 fingerprint: h.conn.host_key.fingerprint.clone(),
@@ -532,9 +555,8 @@ impl<'a> Deploy<'a> {
         }
     }
 
-    /// Connects to every host (checking host keys before authenticating) and takes each
-    /// host's lock. On any failure, releases what was taken and reports it.
-    async fn connect_and_lock(&self, report: &mut Report) -> Option<Vec<Host>> {
+    /// Connects to every host, checking host keys before authenticating.
+    async fn connect(&self, report: &mut Report) -> Option<Vec<Host>> {
         let started = Instant::now();
         let (layout, runner) = (self.layout.clone(), self.runner.clone());
         let connected = blocking_all(self.accesses.clone(), move |a| {
@@ -565,11 +587,43 @@ impl<'a> Deploy<'a> {
             started.elapsed(),
             PhaseResult::Ok(format!("{} host(s), host keys verified", hosts.len())),
         );
+        Some(hosts)
+    }
 
+    /// Preflight on every host (see [`HostRelease::preflight`]); false when one fails.
+    async fn preflight(&self, hosts: &[Host], report: &mut Report) -> bool {
+        let started = Instant::now();
+        let checked = on_hosts(hosts, |h| h.preflight()).await;
+        let mut ok = true;
+        for r in checked {
+            match r {
+                Ok(warnings) => {
+                    for w in warnings {
+                        report.warn("berth: little disk space on a host", w);
+                    }
+                }
+                Err(e) if ok => {
+                    ok = false;
+                    report.fail_at(
+                        Phase::Connect,
+                        started.elapsed(),
+                        "berth: host failed preflight",
+                        e.to_string(),
+                    );
+                }
+                Err(e) => report.warn("berth: host failed preflight", e.to_string()),
+            }
+        }
+        ok
+    }
+
+    /// Takes each host's lock (dry run: only says who holds it). On any failure, releases
+    /// what was taken and reports it.
+    async fn lock(&self, hosts: &[Host], report: &mut Report) -> bool {
         let started = Instant::now();
         let spec = self.spec.clone();
         let dry_run = self.cfg.dry_run;
-        let locked = on_hosts(&hosts, move |h| {
+        let locked = on_hosts(hosts, move |h| {
             if dry_run {
                 h.peek_lock().map(|_| None)
             } else {
@@ -594,8 +648,8 @@ impl<'a> Deploy<'a> {
                 lock_title(&e),
                 e.to_string(),
             );
-            self.unlock(&hosts, report).await;
-            return None;
+            self.unlock(hosts, report).await;
+            return false;
         }
         report.record(
             Phase::Lock,
@@ -609,7 +663,7 @@ impl<'a> Deploy<'a> {
                 .into(),
             ),
         );
-        Some(hosts)
+        true
     }
 
     async fn unlock(&self, hosts: &[Host], report: &mut Report) {
@@ -676,6 +730,7 @@ impl<'a> Deploy<'a> {
         );
         if let Some((phase, e)) = failed {
             let title = match phase {
+                Phase::Upload => "berth: upload failed",
                 Phase::Pull => "berth: pull failed",
                 Phase::PreDeploy => "berth: pre-deploy command failed",
                 Phase::Up => "berth: docker compose up failed",

@@ -54,6 +54,8 @@ pub enum ReleaseError {
     MissingVariables { host: String, names: Vec<String> },
     #[error("release {dir} already exists on {host}: another deploy of this commit started in the same second and ran first. Nothing was changed; run the deploy again.")]
     ReleaseExists { host: String, dir: String },
+    #[error("{host} is not ready for a deploy: {problem} Nothing was pushed or changed.")]
+    Preflight { host: String, problem: String },
     #[error("there is no earlier release on this host to restore. The failed release is left in place for diagnosis.")]
     NothingToRestore,
     #[error("{host} answered something berth cannot read while {doing}: {detail}")]
@@ -151,6 +153,8 @@ pub struct HostRelease {
     pub timings: Vec<(Phase, Duration)>,
     /// The phase running now, or the one that failed.
     pub phase: Phase,
+    /// Slow stops seen in `up` or a restore: what the report should point at.
+    pub slow_stops: Vec<String>,
     /// When `docker compose up` returned: the health deadline counts from here.
     pub up_done: Option<Instant>,
     lock_token: Option<String>,
@@ -190,6 +194,7 @@ impl HostRelease {
             restarts_before: BTreeMap::new(),
             timings: Vec::new(),
             phase: Phase::Connect,
+            slow_stops: Vec::new(),
             up_done: None,
             lock_token: None,
             heartbeat: None,
@@ -412,6 +417,85 @@ impl HostRelease {
         Ok(())
     }
 
+    /// Checks, before anything is pushed or changed, that this host can take the release:
+    /// Compose, a writable deploy dir, disk space, and who holds the lock. Returns the
+    /// warnings (little space left).
+    pub fn preflight(&mut self) -> Result<Vec<String>, ReleaseError> {
+        let out = self.step("preflight", &self.layout.preflight(), None, QUICK)?;
+        let p = remote::parse_preflight(&out.stdout);
+        let fail = |problem: String| ReleaseError::Preflight {
+            host: self.conn.name.clone(),
+            problem,
+        };
+        let version = p.compose.map_err(|why| {
+            fail(format!("`docker compose version` failed ({why}). Install Compose v2 (the `docker compose` plugin) on the host."))
+        })?;
+        if !p.writable {
+            return Err(fail(format!(
+                "`{}` cannot be written by the SSH user, so `deploy-dir` {} cannot be made or used. Give the user write access, or choose another `deploy-dir`.",
+                p.dir, self.layout.deploy_dir
+            )));
+        }
+        let mut warnings = Vec::new();
+        match p.free_kb {
+            Some(kb) if kb < MIN_FREE_KB => {
+                return Err(fail(format!(
+                    "only {} free on `{}`; a release and its images need more. Free space on the host (`docker image prune` for other projects' images, old logs).",
+                    human_kb(kb),
+                    p.dir
+                )))
+            }
+            Some(kb) if kb < WARN_FREE_KB => warnings.push(format!(
+                "{}: only {} free on `{}`; pulls may fail for want of space.",
+                self.conn.name,
+                human_kb(kb),
+                p.dir
+            )),
+            _ => {}
+        }
+        let lock = match &p.lock_holder {
+            Some(h) => format!(
+                "; the deploy lock is held ({}), berth will wait up to `lock-timeout`",
+                h.chars().take(300).collect::<String>()
+            ),
+            None => String::new(),
+        };
+        self.runner.line(&format!(
+            "{}: preflight ok: compose {version}, `{}` writable, {} free{lock}",
+            self.conn.name,
+            p.dir,
+            p.free_kb
+                .map(human_kb)
+                .unwrap_or_else(|| "unknown space".into())
+        ));
+        Ok(warnings)
+    }
+
+    /// When `up` was slow, asks Docker which of the project's containers it had to kill
+    /// after `stop_grace_period`: a service that ignores SIGTERM makes every `up` and every
+    /// rollback wait out its grace period, and nobody sees why.
+    fn note_slow_stops(&mut self, what: &str, took: Duration) {
+        if took < SLOW_UP {
+            return;
+        }
+        let window = took.as_secs() + 5;
+        let Ok(out) = self.quiet(
+            &remote::container_kills(&self.layout.project, window),
+            None,
+            QUICK,
+            false,
+        ) else {
+            return;
+        };
+        for service in remote::killed_services(&out.stdout) {
+            self.slow_stops.push(format!(
+                "{}: {what} took {:.0} s mostly stopping service `{service}`: it ignored SIGTERM, so Docker waited out its stop_grace_period and killed it. Add `init: true` to the service, make the app handle SIGTERM, or set a shorter `stop_grace_period`.",
+                self.conn.name,
+                took.as_secs_f64()
+            ));
+        }
+    }
+
     /// Reads every release and its outcome, and where a rollback would go: the newest
     /// release proven healthy. Not "the one before current": that may be a release that
     /// failed, was rolled back, or was interrupted.
@@ -511,12 +595,14 @@ impl HostRelease {
 
         self.timed(Phase::Up, |h| {
             h.touched = true;
+            let started = Instant::now();
             h.streamed(
                 "docker compose up",
                 &h.layout.compose(&id, &["up", "-d", "--remove-orphans"]),
                 None,
                 LONG,
             )?;
+            h.note_slow_stops("up", started.elapsed());
             h.step("switch current", &h.layout.switch_current(&id), None, QUICK)?;
             h.switched = true;
             Ok(())
@@ -692,12 +778,14 @@ impl HostRelease {
                 detail: e.to_string(),
             })?;
         self.pins = record.images;
+        let started = Instant::now();
         self.streamed(
             "docker compose up (restore)",
             &self.layout.compose(id, &["up", "-d", "--remove-orphans"]),
             None,
             LONG,
         )?;
+        self.note_slow_stops("the restore", started.elapsed());
         self.step(
             "switch current",
             &self.layout.switch_current(id),
@@ -974,6 +1062,22 @@ impl HostRelease {
             .iter()
             .find(|e| e.id == id)
             .map(|e| e.outcome())
+    }
+}
+
+/// An `up` slower than this is looked into for containers that would not stop.
+const SLOW_UP: Duration = Duration::from_secs(5);
+
+/// Below this, a host cannot take a release: preflight fails.
+const MIN_FREE_KB: u64 = 32 * 1024;
+/// Below this, preflight warns.
+const WARN_FREE_KB: u64 = 2 * 1024 * 1024;
+
+fn human_kb(kb: u64) -> String {
+    if kb >= 1024 * 1024 {
+        format!("{:.1} GiB", kb as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
     }
 }
 

@@ -109,6 +109,24 @@ mkdir "$2""#
         ])
     }
 
+    /// Before anything is pushed: is Compose there, can the deploy dir be written (or
+    /// made), how much room is there, and who holds the lock. One round trip, no change.
+    pub fn preflight(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"if v=$(docker compose version --short 2>&1); then echo "compose $v"; else echo "compose-missing $(echo "$v" | head -n 1)"; fi
+d="$1"; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
+if [ -d "$d" ] && [ -w "$d" ]; then echo "writable $d"; else echo "not-writable $d"; fi
+echo "free-kb $(df -Pk "$d" | awk 'NR==2 {print $4}')"
+if [ -d "$2" ]; then echo "lock-held $(cat "$2/holder.json" 2>/dev/null | head -c 2048)"; fi"#
+                .into(),
+            "sh".into(),
+            self.deploy_dir.clone(),
+            self.lock_dir(),
+        ])
+    }
+
     pub fn lock_heartbeat(&self) -> Cmd {
         Cmd::new(["touch", &format!("{}/heartbeat", self.lock_dir())])
     }
@@ -201,6 +219,42 @@ for d in *; do [ -d "$d" ] || continue; echo "{RECORD_MARK} $d"; cat "$d/{RECORD
             self.current(),
         ])
     }
+}
+
+/// The project's containers that Docker had to SIGKILL in the last `secs` seconds: each
+/// line `service name signal` of a `kill` event. A container stopped cleanly gets one
+/// SIGTERM; one that ignores it gets SIGKILL once `stop_grace_period` runs out.
+pub fn container_kills(project: &str, secs: u64) -> Cmd {
+    Cmd::new([
+        "docker".to_string(),
+        "events".into(),
+        "--since".into(),
+        format!("{secs}s"),
+        "--until".into(),
+        "0s".into(),
+        "--filter".into(),
+        "type=container".into(),
+        "--filter".into(),
+        "event=kill".into(),
+        "--filter".into(),
+        format!("label=com.docker.compose.project={project}"),
+        "--format".into(),
+        r#"{{index .Actor.Attributes "com.docker.compose.service"}} {{.Actor.Attributes.name}} {{.Actor.Attributes.signal}}"#.into(),
+    ])
+}
+
+/// The services among [`container_kills`]' lines that were killed with SIGKILL, once each.
+pub fn killed_services(out: &str) -> Vec<String> {
+    let mut services = Vec::new();
+    for line in out.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let [service, _, "9"] = parts.as_slice() {
+            if !services.iter().any(|s| s == service) {
+                services.push(service.to_string());
+            }
+        }
+    }
+    services
 }
 
 /// `docker compose ps -a` of the project, by name alone, for diagnostics.
@@ -419,6 +473,50 @@ impl Outcome {
 }
 
 pub const RECORD_MARK: &str = "==berth-release==";
+
+/// What [`Layout::preflight`] found on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight {
+    /// `docker compose version --short`, or why it failed.
+    pub compose: Result<String, String>,
+    /// The deploy dir, or its nearest existing parent, and whether it can be written.
+    pub dir: String,
+    pub writable: bool,
+    pub free_kb: Option<u64>,
+    /// The lock holder's record when the lock is held.
+    pub lock_holder: Option<String>,
+}
+
+impl Default for Preflight {
+    fn default() -> Self {
+        Preflight {
+            compose: Err("no answer".into()),
+            dir: String::new(),
+            writable: false,
+            free_kb: None,
+            lock_holder: None,
+        }
+    }
+}
+
+pub fn parse_preflight(out: &str) -> Preflight {
+    let mut p = Preflight::default();
+    for line in out.lines() {
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "compose" => p.compose = Ok(rest.trim().to_string()),
+            "compose-missing" => p.compose = Err(rest.trim().to_string()),
+            "writable" | "not-writable" => {
+                p.writable = key == "writable";
+                p.dir = rest.trim().to_string();
+            }
+            "free-kb" => p.free_kb = rest.trim().parse().ok(),
+            "lock-held" => p.lock_holder = Some(rest.trim().to_string()),
+            _ => {}
+        }
+    }
+    p
+}
 
 /// One release dir on a host and its record, if it has a readable one.
 #[derive(Debug, Clone)]
@@ -766,6 +864,13 @@ esac"#;
         assert_eq!(releases_to_prune(&e, 2, "r4", None), vec!["r2", "r1"]);
         assert_eq!(releases_to_prune(&e, 2, "r1", None), vec!["r2"]);
         assert_eq!(releases_to_prune(&e, 1, "r4", Some("r3")), vec!["r2", "r1"]);
+    }
+
+    #[test]
+    fn only_services_killed_with_sigkill_are_slow_stops() {
+        let out = "backend shop-backend-1 15\nbackend shop-backend-1 9\nfrontend shop-frontend-1 15\nbackend shop-backend-2 9\n";
+        assert_eq!(killed_services(out), ["backend"]);
+        assert!(killed_services("").is_empty());
     }
 
     #[test]

@@ -66,12 +66,33 @@ pub enum SshError {
         #[source]
         source: std::io::Error,
     },
+    #[error("writing {file} on {host} failed: {cause}")]
+    Upload {
+        host: String,
+        file: String,
+        cause: UploadCause,
+    },
     #[error("`{command}` on {host} did not finish within {timeout:?}")]
     Timeout {
         host: String,
         command: String,
         timeout: Duration,
     },
+}
+
+/// Why an upload failed, found out rather than guessed: the SFTP status, and for the
+/// generic "failure" that OpenSSH's sftp-server answers for a full disk (it maps ENOSPC to
+/// SSH_FX_FAILURE), the free space measured on the host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadCause {
+    #[error("no space left on the host's filesystem ({free} free in {dir}). Free space on the host (old images of other projects, logs), then deploy again; nothing was switched.")]
+    NoSpace { dir: String, free: String },
+    #[error("permission denied. The SSH user cannot write there: give it write access to `deploy-dir`, or choose another.")]
+    PermissionDenied,
+    #[error("the connection was lost ({detail}). Check that the host is up and reachable, then deploy again.")]
+    ConnectionLost { detail: String },
+    #[error("{detail}")]
+    Other { detail: String },
 }
 
 /// How the host's key is trusted.
@@ -464,6 +485,84 @@ impl HostSession {
         result
     }
 
+    /// What really made writing `path` fail: the SFTP status says "permission denied" or
+    /// "no such file"; a session error means the connection is gone; the generic failure
+    /// is checked against the free space on the host.
+    fn upload_error(&self, path: &str, e: &ssh2::Error) -> SshError {
+        let cause = match e.code() {
+            ssh2::ErrorCode::SFTP(3) => UploadCause::PermissionDenied,
+            // NO_SPACE_ON_FILESYSTEM and QUOTA_EXCEEDED (SFTP v5+), when a server has them.
+            ssh2::ErrorCode::SFTP(14 | 15) => self.no_space(path),
+            ssh2::ErrorCode::SFTP(4) => match self.no_space(path) {
+                UploadCause::Other { .. } => UploadCause::Other {
+                    detail: format!(
+                        "the host's SFTP server answered \"{e}\" and the disk is not full"
+                    ),
+                },
+                found => found,
+            },
+            ssh2::ErrorCode::SFTP(_) => UploadCause::Other {
+                detail: e.to_string(),
+            },
+            ssh2::ErrorCode::Session(_) => UploadCause::ConnectionLost {
+                detail: e.to_string(),
+            },
+        };
+        SshError::Upload {
+            host: self.name.clone(),
+            file: path.into(),
+            cause,
+        }
+    }
+
+    /// A write error comes as a bare `io::Error` ("failure"): ask the host. If it answers,
+    /// the connection is alive and the free space says whether the disk is full.
+    fn upload_error_io(&self, path: &str, e: &std::io::Error) -> SshError {
+        let cause = match self.no_space(path) {
+            UploadCause::Other { detail } => UploadCause::Other {
+                detail: format!("{e} ({detail})"),
+            },
+            found => found,
+        };
+        SshError::Upload {
+            host: self.name.clone(),
+            file: path.into(),
+            cause,
+        }
+    }
+
+    /// Whether the filesystem holding `path` is full, measured on the host.
+    fn no_space(&self, path: &str) -> UploadCause {
+        let dir = std::path::Path::new(path)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
+        let df = quote_argv(&["df".into(), "-Pk".into(), dir.clone()]);
+        match self.exec(&df, None, Duration::from_secs(15), |_| {}) {
+            Ok(out) => {
+                let free_kb = out
+                    .stdout
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| l.split_whitespace().nth(3))
+                    .and_then(|f| f.parse::<u64>().ok());
+                match free_kb {
+                    // A write that failed with a few KiB left ran out of them.
+                    Some(kb) if kb < 64 => UploadCause::NoSpace {
+                        dir,
+                        free: format!("{kb} KiB"),
+                    },
+                    _ => UploadCause::Other {
+                        detail: format!("{} KiB free", free_kb.unwrap_or(0)),
+                    },
+                }
+            }
+            Err(e) => UploadCause::ConnectionLost {
+                detail: e.to_string(),
+            },
+        }
+    }
+
     /// The session's SFTP channel, started on first use.
     fn sftp(&self) -> Result<&ssh2::Sftp, SshError> {
         if let Some(sftp) = self.sftp.get() {
@@ -494,15 +593,19 @@ impl HostSession {
     }
 
     fn upload_inner(&self, path: &str, contents: &[u8], mode: i32) -> Result<(), SshError> {
-        let host = self.name.clone();
-        let err = |doing: &'static str| {
-            let host = host.clone();
-            move |source| SshError::Channel {
-                host,
-                doing,
-                source,
+        let written = self.write_then_rename(path, contents, mode);
+        if written.is_err() {
+            // A half-written temp file must not keep the disk full for the next deploy.
+            if let Ok(sftp) = self.sftp() {
+                let _ = sftp.unlink(std::path::Path::new(&format!("{path}.berth-upload")));
             }
-        };
+        }
+        written
+    }
+
+    fn write_then_rename(&self, path: &str, contents: &[u8], mode: i32) -> Result<(), SshError> {
+        let host = self.name.clone();
+        let err = |_doing: &'static str| |source: ssh2::Error| self.upload_error(path, &source);
         let sftp = self.sftp()?;
         let tmp = format!("{path}.berth-upload");
         let target = std::path::Path::new(path);
@@ -526,11 +629,17 @@ impl HostSession {
                 mtime: None,
             })
             .map_err(err("setting a file mode over SFTP"))?;
-            file.write_all(contents).map_err(|source| SshError::Io {
-                host: host.clone(),
-                doing: "writing a file over SFTP",
-                source,
+            file.write_all(contents).map_err(|source| {
+                match source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<ssh2::Error>())
+                {
+                    Some(e) => self.upload_error(path, e),
+                    None => self.upload_error_io(path, &source),
+                }
             })?;
+            // Close now, so a server-side failure to flush is this file's, not a later one's.
+            file.close().map_err(|e| self.upload_error(path, &e))?;
         }
         // SFTP v3 (OpenSSH) cannot rename over an existing file; rename(2) on the host can,
         // atomically.

@@ -169,7 +169,17 @@ fn tag_templates_that_cannot_make_a_tag_are_rejected_and_branch_is_sanitised() {
         "unknown placeholder",
     );
     // `{branch}` is accepted; `feature/x` is sanitised when the tag is expanded.
-    assert!(errors_for(&Berth::valid().input("tags", "staging-{branch}"), "tags").is_empty());
+    assert!(errors_for(
+        &Berth::valid().input("tags", "staging-{branch}-{sha}"),
+        "tags"
+    )
+    .is_empty());
+    // A template that only moves (no {sha}, {short_sha} or {run_number}) cannot be all.
+    assert_rejected(
+        Berth::valid().input("tags", "staging-{branch}"),
+        "tags",
+        "names the commit or run",
+    );
 }
 
 #[test]

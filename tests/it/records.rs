@@ -140,3 +140,169 @@ fn rollback_goes_to_the_newest_proven_release_past_failed_and_interrupted_ones()
         run.stdout
     );
 }
+
+/// The digest a pinned `repo@sha256:...` names.
+fn digest_in(images: &serde_json::Value, service: &str) -> String {
+    images[service]
+        .as_str()
+        .and_then(|r| r.split_once('@'))
+        .map(|(_, d)| d.to_string())
+        .unwrap()
+}
+
+#[test]
+fn a_moving_tag_always_names_what_serves() {
+    let stage = Stage::new();
+    let v1 = stage.deploy_ok(&App::new("v1"));
+    let v1_digest = digest_in(&images_output(&v1), "backend");
+    let latest = || {
+        stage
+            .registry
+            .digest_of("acme/shop-backend", "staging-latest")
+    };
+    assert_eq!(latest().as_deref(), Some(v1_digest.as_str()));
+    assert!(
+        v1.stdout.contains("staging-latest -> sha256:"),
+        "moved after health: {}",
+        v1.stdout
+    );
+
+    let v2 = stage
+        .berth(&App::new("v2").mode("500"))
+        .input("health-timeout", "3s")
+        .run();
+    assert_eq!(v2.output("status").as_deref(), Some("rolled-back"));
+    let v2_digest = digest_in(&images_output(&v2), "backend");
+    assert_ne!(v2_digest, v1_digest);
+    assert_eq!(
+        latest().as_deref(),
+        Some(v1_digest.as_str()),
+        "staging-latest must still name the release that serves"
+    );
+}
+
+#[test]
+fn a_wrong_host_key_pushes_nothing() {
+    let stage = Stage::new();
+    stage.deploy_ok(&App::new("v1"));
+    let tags = || stage.registry.api("/v2/acme/shop-backend/tags/list").1;
+    let latest = stage
+        .registry
+        .digest_of("acme/shop-backend", "staging-latest");
+    let before = tags();
+    let other = crate::support::rig::Sshd::start();
+    let run = stage
+        .berth(&App::new("v2"))
+        .input("tags", "staging-{sha}-v2\nstaging-latest")
+        .input("host-fingerprints", &other.host_key.fingerprint())
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.errors()[0].contains("host key"), "{:?}", run.errors());
+    assert!(
+        !run.stdout.contains("Build backend"),
+        "nothing is built either"
+    );
+    assert_eq!(tags(), before, "the registry's tags changed");
+    assert_eq!(
+        stage
+            .registry
+            .digest_of("acme/shop-backend", "staging-latest"),
+        latest
+    );
+}
+
+#[test]
+fn a_host_without_room_fails_preflight_before_anything_is_pushed() {
+    let stage = Stage::new();
+    std::fs::create_dir_all(&stage.deploy_dir).unwrap();
+    let tiny = crate::support::rig::Tmpfs::mount(&stage.deploy_dir, "16k");
+    let run = stage.berth(&App::new("v1")).run();
+    drop(tiny);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("failed preflight")
+            && err.contains("free on")
+            && err.contains("Nothing was pushed"),
+        "{err}"
+    );
+    let (_, catalog) = stage.registry.api("/v2/_catalog");
+    assert!(catalog.contains("\"repositories\":[]"), "{catalog}");
+}
+
+#[test]
+fn a_full_disk_during_upload_says_so_names_the_file_and_switches_nothing() {
+    let stage = Stage::new();
+    std::fs::create_dir_all(&stage.deploy_dir).unwrap();
+    let _disk = crate::support::rig::Tmpfs::mount(&stage.deploy_dir, "40m");
+    let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
+
+    // A compose file larger than the space left: preflight passes (over 32 MiB free), and
+    // the upload runs out of room half-way.
+    let b = stage.berth(&App::new("v2"));
+    let compose = b.workspace().join("docker-compose.staging.yml");
+    let mut text = std::fs::read_to_string(&compose).unwrap();
+    text.push_str(&format!("# {}\n", "x".repeat(45 << 20)));
+    std::fs::write(&compose, text).unwrap();
+    let run = b.run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains("no space left") && err.contains("compose.yml"),
+        "{err}"
+    );
+    assert!(!err.contains("may have dropped"), "{err}");
+    assert_eq!(
+        stage.current().as_deref(),
+        Some(r1.as_str()),
+        "nothing switched"
+    );
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The next deploy has room again (the half-written file was removed) and succeeds;
+    // pruning keeps every proven release, however many unproven ones there are.
+    let run = stage
+        .berth(&App::new("v3"))
+        .input("keep-releases", "2")
+        .run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let releases = stage.releases();
+    assert!(
+        releases.contains(&r1),
+        "a proven release was pruned: {releases:?}"
+    );
+    assert_eq!(stage.record(&r1)["outcome"], "deployed");
+}
+
+#[test]
+fn a_service_that_ignores_sigterm_is_named_as_the_slow_stop() {
+    let stage = Stage::new();
+    let grace = |b: crate::support::Berth| {
+        // A shorter grace period than Docker's 10 s keeps the test short; still over 5 s.
+        let compose = b.workspace().join("docker-compose.staging.yml");
+        let text = std::fs::read_to_string(&compose).unwrap().replace(
+            "    image: shop/backend\n",
+            "    image: shop/backend\n    stop_grace_period: 6s\n",
+        );
+        std::fs::write(&compose, text).unwrap();
+        b
+    };
+    let v1 = grace(stage.berth(&App::new("v1").mode("ignoreterm"))).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = grace(stage.berth(&App::new("v2"))).run();
+    assert_eq!(v2.code, 0, "{}", v2.stdout);
+    let hint = v2
+        .stdout
+        .lines()
+        .find(|l| l.contains("slow container stop"))
+        .unwrap_or_else(|| panic!("no slow-stop hint:\n{}", v2.stdout));
+    assert!(
+        hint.contains("`backend`")
+            && hint.contains("init: true")
+            && hint.contains("stop_grace_period"),
+        "{hint}"
+    );
+    assert!(!hint.contains("`frontend`"), "{hint}");
+}

@@ -375,3 +375,31 @@ pub fn busybox_image(tag: &str, extra: &str, files: &[(&str, &str)]) -> String {
         .arg(ctx.path()));
     tag.to_string()
 }
+
+/// A small tmpfs mounted over `dir` (as root), to fill a host's disk for real; unmounted
+/// on drop.
+pub struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        sh(Command::new("mount").args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ]));
+        Tmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}

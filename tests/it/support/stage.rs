@@ -24,8 +24,9 @@ pub struct Stage {
 #[derive(Debug, Clone)]
 pub struct App {
     pub version: String,
-    /// healthy | 500 | degraded | crash | inject500 | injectcrash (the last two print text
-    /// that a careless tool would hand to the runner as workflow commands)
+    /// healthy | 500 | degraded | crash | inject500 | injectcrash (these two print text
+    /// that a careless tool would hand to the runner as workflow commands) | ignoreterm
+    /// (healthy, but ignores SIGTERM)
     pub mode: &'static str,
     pub start_delay: u32,
 }
@@ -82,6 +83,8 @@ if [ "$MODE" = injectcrash ]; then
   exit 3
 fi
 sleep "$START_DELAY"
+# SIG_IGN survives exec: httpd then ignores the SIGTERM that `docker stop` sends.
+if [ "$MODE" = ignoreterm ]; then trap '' TERM; fi
 exec httpd -f -p 8080 -h /www
 "#,
         );
