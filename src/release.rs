@@ -866,6 +866,8 @@ pub fn release_held_locks() -> usize {
     let mut released = 0;
     for (access, layout, token) in locks {
         if let Ok(conn) = access.connect() {
+            // Still under our lock: what this run left pending was interrupted.
+            let _ = conn.run(&layout.mark_interrupted(), None, QUICK, |_| {});
             if conn
                 .run(&layout.lock_release(&token), None, QUICK, |_| {})
                 .is_ok()

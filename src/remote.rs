@@ -127,6 +127,21 @@ if [ -d "$2" ]; then echo "lock-held $(cat "$2/holder.json" 2>/dev/null | head -
         ])
     }
 
+    /// Marks every `pending` release record `interrupted`. Run by a cancelled deploy
+    /// while it still holds the lock, so that no deploy is in flight: a record left
+    /// pending can only belong to a run that did not finish.
+    pub fn mark_interrupted(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                r#"for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i 's/"outcome": "pending"/"outcome": "interrupted"/' "$f"; done; true"#
+            ),
+            "sh".into(),
+            self.releases_dir(),
+        ])
+    }
+
     pub fn lock_heartbeat(&self) -> Cmd {
         Cmd::new(["touch", &format!("{}/heartbeat", self.lock_dir())])
     }

@@ -330,8 +330,12 @@ fn a_held_lock_is_waited_for_and_a_lock_held_too_long_fails_naming_the_holder() 
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_secs(2));
-        std::fs::remove_dir_all(lock).unwrap();
+        // berth connects, preflights and builds before it waits for the lock; release it
+        // well after, and atomically (as a rename), so berth sees it whole or not at all.
+        std::thread::sleep(Duration::from_secs(8));
+        let gone = lock.with_file_name("lock.gone");
+        std::fs::rename(&lock, &gone).unwrap();
+        std::fs::remove_dir_all(gone).unwrap();
     });
     let run = stage
         .berth(&App::new("v1"))
