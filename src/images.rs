@@ -256,11 +256,14 @@ pub async fn push_moving_tags(
     runner: &Runner,
     report: &mut Report,
 ) {
-    let moving = expand_tags(cfg, ctx, sha, false, report);
     let Some(first) = report.image_tags.first().cloned() else {
         return;
     };
-    if moving.is_empty() || cfg.images.is_empty() {
+    if cfg.images.is_empty() {
+        return;
+    }
+    let moving = expand_tags(cfg, ctx, sha, false, report);
+    if moving.is_empty() {
         return;
     }
     let engine = match Engine::connect(cfg.builder).await {
@@ -282,23 +285,33 @@ pub async fn push_moving_tags(
         password: cfg.registry_password.clone(),
     };
     let _group = runner.group(&format!("Move {}", moving.join(", ")));
+    let mut all_moved = vec![true; moving.len()];
     for img in &cfg.images {
         let repo = repository(cfg, &img.service);
-        for tag in &moving {
+        for (i, tag) in moving.iter().enumerate() {
             let moved = match engine.tag(&format!("{repo}:{first}"), &repo, tag).await {
                 Ok(()) => engine.push(&repo, tag, &auth, |_| {}).await,
                 Err(e) => Err(e),
             };
             match moved {
                 Ok(d) => runner.line(&format!("{}: {repo}:{tag} -> {d}", img.service)),
-                Err(e) => report.warn(
-                    "berth: moving tag not pushed",
-                    format!("The deploy is healthy, but {repo}:{tag} still names the previous image: {e}"),
-                ),
+                Err(e) => {
+                    all_moved[i] = false;
+                    report.warn(
+                        "berth: moving tag not pushed",
+                        format!("The deploy is healthy, but {repo}:{tag} still names the previous image: {e}"),
+                    );
+                }
             }
         }
     }
-    report.image_tags.extend(moving);
+    // Only the tags that moved for every image are named as this release's.
+    report.image_tags.extend(
+        moving
+            .into_iter()
+            .zip(all_moved)
+            .filter_map(|(t, moved)| moved.then_some(t)),
+    );
 }
 
 /// Builds every image, then (only if all built) pushes every tag. Returns

@@ -71,7 +71,7 @@ fn escape_plain(s: &str, in_table: bool) -> String {
         // GitHub links `@user` and `#123` at the start of a word after rendering Markdown;
         // a zero-width space keeps app text from mentioning people or pointing at issues.
         // (`root@host` is no mention.)
-        let word_start = !prev.is_some_and(|p| p.is_alphanumeric());
+        let word_start = !prev.is_some_and(|p| p.is_ascii_alphanumeric());
         prev = Some(c);
         if word_start
             && (c == '@' || (c == '#' && chars.peek().is_some_and(|n| n.is_ascii_digit())))

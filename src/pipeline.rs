@@ -166,9 +166,6 @@ async fn deliver(
         }
     }
     deploy.run(&hosts, report).await;
-    if config.mode == Mode::Deploy && !config.dry_run && report.outcome() == Outcome::Deployed {
-        images::push_moving_tags(config, ctx, sha, runner, report).await;
-    }
 }
 
 /// The GitHub Deployment of this run: reporting only, so its failures warn and never stop
@@ -448,6 +445,7 @@ where
 /// One run's remote work across all hosts.
 struct Deploy<'a> {
     cfg: &'a Config,
+    ctx: &'a GithubContext,
     runner: &'a Runner,
     spec: ReleaseSpec,
     /// The login for the host's pull, used only when berth pushed images there.
@@ -457,7 +455,7 @@ struct Deploy<'a> {
 }
 
 impl<'a> Deploy<'a> {
-    fn new(cfg: &'a Config, ctx: &GithubContext, runner: &'a Runner, sha: &str) -> Deploy<'a> {
+    fn new(cfg: &'a Config, ctx: &'a GithubContext, runner: &'a Runner, sha: &str) -> Deploy<'a> {
         let now = time::OffsetDateTime::now_utc();
         let trust = if cfg.insecure_skip_host_key_check {
             HostTrust::Insecure
@@ -507,6 +505,7 @@ impl<'a> Deploy<'a> {
         };
         Deploy {
             cfg,
+            ctx,
             runner,
             spec,
             registry,
@@ -538,6 +537,11 @@ impl<'a> Deploy<'a> {
             self.manual_rollback(hosts, report).await;
         } else {
             self.deploy(hosts, report).await;
+            // Still under the lock, so a later deploy's moving tags cannot land first.
+            if report.outcome == Some(Outcome::Deployed) {
+                images::push_moving_tags(self.cfg, self.ctx, &self.spec.sha, self.runner, report)
+                    .await;
+            }
         }
         self.unlock(hosts, report).await;
         for h in hosts {
@@ -1028,7 +1032,7 @@ impl<'a> Deploy<'a> {
                 format!("first deploy on {}", missing.join(", "))
             } else {
                 format!(
-                    "no release was ever proven healthy on {}",
+                    "no release was ever proven healthy on {} (`mode: rollback` with `release:` can still restore a named one)",
                     missing.join(", ")
                 )
             };
@@ -1053,12 +1057,22 @@ impl<'a> Deploy<'a> {
             })
         })
         .await;
-        let previous = touched.first().and_then(|h| {
-            h.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .restore_target
-                .clone()
-        });
+        let targets: Vec<Option<String>> = touched
+            .iter()
+            .map(|h| {
+                h.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .restore_target
+                    .clone()
+            })
+            .collect();
+        if targets.windows(2).any(|w| w[0] != w[1]) {
+            report.warn(
+                "berth: hosts restored to different releases",
+                format!("The newest release proven healthy differs between hosts ({}), so each host went back to its own. A record write failed on some host earlier; check the hosts' release records.", targets.iter().map(|t| t.as_deref().unwrap_or("none")).collect::<Vec<_>>().join(", ")),
+            );
+        }
+        let previous = targets.into_iter().next().flatten();
         let mut rb = RollbackReport {
             restored: previous.clone(),
             ..Default::default()
@@ -1208,6 +1222,15 @@ impl<'a> Deploy<'a> {
                 );
                 report.health = Some(record);
                 report.outcome = Some(Outcome::RolledBack);
+                let restored = targets.first().cloned().unwrap_or_default();
+                let recorded = on_hosts(hosts, move |h| {
+                    h.record_manual_rollback(&restored)
+                        .map_err(|e| format!("{}: {e}", h.name()))
+                })
+                .await;
+                for e in recorded.into_iter().filter_map(Result::err) {
+                    report.warn("berth: release record not written", e);
+                }
                 report.notices.push(Annotation::new(
                     Level::Notice,
                     "berth: rolled back",

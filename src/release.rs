@@ -236,6 +236,11 @@ impl HostRelease {
         stream: bool,
     ) -> Result<ExecOutput, ReleaseError> {
         let out = self.quiet(cmd, stdin, timeout, stream)?;
+        self.exited_0(step, out)
+    }
+
+    /// A command's output, or the step's failure with the tail of what it printed.
+    fn exited_0(&self, step: &'static str, out: ExecOutput) -> Result<ExecOutput, ReleaseError> {
         if out.status != 0 {
             return Err(ReleaseError::Step {
                 host: self.conn.name.clone(),
@@ -430,6 +435,9 @@ impl HostRelease {
         let version = p.compose.map_err(|why| {
             fail(format!("`docker compose version` failed ({why}). Install Compose v2 (the `docker compose` plugin) on the host."))
         })?;
+        let docker_root = p.docker_root.map_err(|why| {
+            fail(format!("`docker info` failed ({why}): the SSH user cannot reach the Docker daemon. Add it to the `docker` group, or check that dockerd runs."))
+        })?;
         if !p.writable {
             return Err(fail(format!(
                 "`{}` cannot be written by the SSH user, so `deploy-dir` {} cannot be made or used. Give the user write access, or choose another `deploy-dir`.",
@@ -437,21 +445,26 @@ impl HostRelease {
             )));
         }
         let mut warnings = Vec::new();
-        match p.free_kb {
-            Some(kb) if kb < MIN_FREE_KB => {
-                return Err(fail(format!(
-                    "only {} free on `{}`; a release and its images need more. Free space on the host (`docker image prune` for other projects' images, old logs).",
-                    human_kb(kb),
-                    p.dir
-                )))
+        // The release's files land in the deploy dir; the images it pulls, in Docker's
+        // data root, often another filesystem.
+        for (free, dir, what) in [
+            (p.free_kb, p.dir.as_str(), "the release's files"),
+            (p.docker_free_kb, docker_root.as_str(), "pulled images"),
+        ] {
+            match free {
+                Some(kb) if kb < MIN_FREE_KB => {
+                    return Err(fail(format!(
+                        "only {} free on `{dir}`, where {what} go. Free space on the host (`docker image prune` for other projects' images, old logs).",
+                        human_kb(kb)
+                    )))
+                }
+                Some(kb) if kb < WARN_FREE_KB => warnings.push(format!(
+                    "{}: only {} free on `{dir}`, where {what} go; the deploy may fail for want of space.",
+                    self.conn.name,
+                    human_kb(kb)
+                )),
+                _ => {}
             }
-            Some(kb) if kb < WARN_FREE_KB => warnings.push(format!(
-                "{}: only {} free on `{}`; pulls may fail for want of space.",
-                self.conn.name,
-                human_kb(kb),
-                p.dir
-            )),
-            _ => {}
         }
         let lock = match &p.lock_holder {
             Some(h) => format!(
@@ -460,40 +473,42 @@ impl HostRelease {
             ),
             None => String::new(),
         };
+        let free = |kb: Option<u64>| kb.map(human_kb).unwrap_or_else(|| "unknown space".into());
         self.runner.line(&format!(
-            "{}: preflight ok: compose {version}, `{}` writable, {} free{lock}",
+            "{}: preflight ok: compose {version}, `{}` writable with {} free, Docker root `{docker_root}` with {} free{lock}",
             self.conn.name,
             p.dir,
-            p.free_kb
-                .map(human_kb)
-                .unwrap_or_else(|| "unknown space".into())
+            free(p.free_kb),
+            free(p.docker_free_kb)
         ));
         Ok(warnings)
     }
 
-    /// When `up` was slow, asks Docker which of the project's containers it had to kill
-    /// after `stop_grace_period`: a service that ignores SIGTERM makes every `up` and every
-    /// rollback wait out its grace period, and nobody sees why.
-    fn note_slow_stops(&mut self, what: &str, took: Duration) {
-        if took < SLOW_UP {
-            return;
-        }
-        let window = took.as_secs() + 5;
-        let Ok(out) = self.quiet(
-            &remote::container_kills(&self.layout.project, window),
-            None,
-            QUICK,
-            false,
-        ) else {
-            return;
-        };
-        for service in remote::killed_services(&out.stdout) {
+    /// `docker compose up`, streamed, noting which services were slow to stop: a service
+    /// that ignores SIGTERM makes every `up` and every rollback wait out its
+    /// stop_grace_period, and nobody sees why.
+    fn compose_up(
+        &mut self,
+        step: &'static str,
+        cmd: &Cmd,
+        what: &str,
+    ) -> Result<(), ReleaseError> {
+        let started = Instant::now();
+        let prefix = format!("[{}]", self.conn.name);
+        let runner = self.runner.clone();
+        let mut seen: Vec<(Duration, String)> = Vec::new();
+        let out = self.conn.run(cmd, None, LONG, |line| {
+            runner.line(&format!("{prefix} {line}"));
+            seen.push((started.elapsed(), line.to_string()));
+        })?;
+        for (service, took) in remote::slow_stops(&seen, &self.layout.project, SLOW_STOP) {
             self.slow_stops.push(format!(
-                "{}: {what} took {:.0} s mostly stopping service `{service}`: it ignored SIGTERM, so Docker waited out its stop_grace_period and killed it. Add `init: true` to the service, make the app handle SIGTERM, or set a shorter `stop_grace_period`.",
+                "{}: {what} spent {:.0} s stopping service `{service}`: it most likely ignores SIGTERM, so Docker waited out its stop_grace_period and killed it. Add `init: true` to the service, make the app handle SIGTERM, or set a shorter `stop_grace_period`.",
                 self.conn.name,
                 took.as_secs_f64()
             ));
         }
+        self.exited_0(step, out).map(|_| ())
     }
 
     /// Reads every release and its outcome, and where a rollback would go: the newest
@@ -595,14 +610,11 @@ impl HostRelease {
 
         self.timed(Phase::Up, |h| {
             h.touched = true;
-            let started = Instant::now();
-            h.streamed(
+            h.compose_up(
                 "docker compose up",
                 &h.layout.compose(&id, &["up", "-d", "--remove-orphans"]),
-                None,
-                LONG,
+                "up",
             )?;
-            h.note_slow_stops("up", started.elapsed());
             h.step("switch current", &h.layout.switch_current(&id), None, QUICK)?;
             h.switched = true;
             Ok(())
@@ -741,9 +753,7 @@ impl HostRelease {
             id: id.clone(),
             sha: spec.sha.clone(),
             created_at: spec.holder.started_at.clone(),
-            updated_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            updated_at: now_rfc3339(),
             compose_sha256: sha256_hex(spec.compose.as_bytes()),
             env_sha256: sha256_hex(spec.env_file.expose().as_bytes()),
             actor: spec.holder.actor.clone(),
@@ -778,14 +788,11 @@ impl HostRelease {
                 detail: e.to_string(),
             })?;
         self.pins = record.images;
-        let started = Instant::now();
-        self.streamed(
+        self.compose_up(
             "docker compose up (restore)",
             &self.layout.compose(id, &["up", "-d", "--remove-orphans"]),
-            None,
-            LONG,
+            "the restore",
         )?;
-        self.note_slow_stops("the restore", started.elapsed());
         self.step(
             "switch current",
             &self.layout.switch_current(id),
@@ -867,7 +874,12 @@ pub fn release_held_locks() -> usize {
     for (access, layout, token) in locks {
         if let Ok(conn) = access.connect() {
             // Still under our lock: what this run left pending was interrupted.
-            let _ = conn.run(&layout.mark_interrupted(), None, QUICK, |_| {});
+            let _ = conn.run(
+                &layout.mark_interrupted(&token, &now_rfc3339()),
+                None,
+                QUICK,
+                |_| {},
+            );
             if conn
                 .run(&layout.lock_release(&token), None, QUICK, |_| {})
                 .is_ok()
@@ -1058,6 +1070,28 @@ impl HostRelease {
             })
     }
 
+    /// After `mode: rollback` proved `restored` healthy: the release it left is recorded
+    /// `rolled-back` (so neither a later rollback nor a failed deploy's restore goes back
+    /// to it) and `restored` is recorded `deployed` (proven now, if it was not before).
+    pub fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {
+        let now = now_rfc3339();
+        if let Some(left) = self.previous.clone().filter(|l| l != restored) {
+            self.step(
+                "record the release left",
+                &self.layout.set_outcome(&left, "rolled-back", &now),
+                None,
+                QUICK,
+            )?;
+        }
+        self.step(
+            "record the restored release",
+            &self.layout.set_outcome(restored, "deployed", &now),
+            None,
+            QUICK,
+        )?;
+        Ok(())
+    }
+
     /// The outcome of release `id` as its record says, if the host has it.
     pub fn outcome_of(&self, id: &str) -> Option<remote::Outcome> {
         self.releases
@@ -1067,8 +1101,8 @@ impl HostRelease {
     }
 }
 
-/// An `up` slower than this is looked into for containers that would not stop.
-const SLOW_UP: Duration = Duration::from_secs(5);
+/// A container that takes this long to stop is named as a slow stop.
+const SLOW_STOP: Duration = Duration::from_secs(5);
 
 /// Below this, a host cannot take a release: preflight fails.
 const MIN_FREE_KB: u64 = 32 * 1024;
@@ -1081,6 +1115,12 @@ fn human_kb(kb: u64) -> String {
     } else {
         format!("{:.1} MiB", kb as f64 / 1024.0)
     }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -15,6 +15,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -116,10 +117,11 @@ mkdir "$2""#
             "sh".to_string(),
             "-c".to_string(),
             r#"if v=$(docker compose version --short 2>&1); then echo "compose $v"; else echo "compose-missing $(echo "$v" | head -n 1)"; fi
+if r=$(docker info --format '{{.DockerRootDir}}' 2>&1); then echo "docker-root $r"; echo "docker-free-kb $(df -Pk "$r" 2>/dev/null | awk 'NR==2 {print $4}')"; else echo "docker-missing $(echo "$r" | head -n 1)"; fi
 d="$1"; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
 if [ -d "$d" ] && [ -w "$d" ]; then echo "writable $d"; else echo "not-writable $d"; fi
 echo "free-kb $(df -Pk "$d" | awk 'NR==2 {print $4}')"
-if [ -d "$2" ]; then echo "lock-held $(cat "$2/holder.json" 2>/dev/null | head -c 2048)"; fi"#
+if [ -d "$2" ]; then echo "lock-held $(cat "$2/holder.json" 2>/dev/null | head -c 2048 | tr -d '\n\r')"; fi"#
                 .into(),
             "sh".into(),
             self.deploy_dir.clone(),
@@ -130,15 +132,33 @@ if [ -d "$2" ]; then echo "lock-held $(cat "$2/holder.json" 2>/dev/null | head -
     /// Marks every `pending` release record `interrupted`. Run by a cancelled deploy
     /// while it still holds the lock, so that no deploy is in flight: a record left
     /// pending can only belong to a run that did not finish.
-    pub fn mark_interrupted(&self) -> Cmd {
+    pub fn mark_interrupted(&self, token: &str, now: &str) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
             format!(
-                r#"for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i 's/"outcome": "pending"/"outcome": "interrupted"/' "$f"; done; true"#
+                r#"grep -q "\"token\":\"$3\"" "$2/holder.json" 2>/dev/null || exit 0
+for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i -e 's/"outcome": "pending"/"outcome": "interrupted"/' -e "s/\"updated_at\": \"[^\"]*\"/\"updated_at\": \"$4\"/" "$f"; done; true"#
             ),
             "sh".into(),
             self.releases_dir(),
+            self.lock_dir(),
+            token.into(),
+            now.into(),
+        ])
+    }
+
+    /// Sets the outcome of release `id`'s record in place (for a release left by `mode:
+    /// rollback`, whose record this run did not write).
+    pub fn set_outcome(&self, id: &str, outcome: &str, now: &str) -> Cmd {
+        Cmd::new([
+            "sed".to_string(),
+            "-i".into(),
+            "-e".into(),
+            format!(r#"s/"outcome": "[a-z-]*"/"outcome": "{outcome}"/"#),
+            "-e".into(),
+            format!(r#"s/"updated_at": "[^"]*"/"updated_at": "{now}"/"#),
+            format!("{}/{RECORD_FILE}", self.release_dir(id)),
         ])
     }
 
@@ -236,40 +256,52 @@ for d in *; do [ -d "$d" ] || continue; echo "{RECORD_MARK} $d"; cat "$d/{RECORD
     }
 }
 
-/// The project's containers that Docker had to SIGKILL in the last `secs` seconds: each
-/// line `service name signal` of a `kill` event. A container stopped cleanly gets one
-/// SIGTERM; one that ignores it gets SIGKILL once `stop_grace_period` runs out.
-pub fn container_kills(project: &str, secs: u64) -> Cmd {
-    Cmd::new([
-        "docker".to_string(),
-        "events".into(),
-        "--since".into(),
-        format!("{secs}s"),
-        "--until".into(),
-        "0s".into(),
-        "--filter".into(),
-        "type=container".into(),
-        "--filter".into(),
-        "event=kill".into(),
-        "--filter".into(),
-        format!("label=com.docker.compose.project={project}"),
-        "--format".into(),
-        r#"{{index .Actor.Attributes "com.docker.compose.service"}} {{.Actor.Attributes.name}} {{.Actor.Attributes.signal}}"#.into(),
-    ])
-}
-
-/// The services among [`container_kills`]' lines that were killed with SIGKILL, once each.
-pub fn killed_services(out: &str) -> Vec<String> {
-    let mut services = Vec::new();
-    for line in out.lines() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if let [service, _, "9"] = parts.as_slice() {
-            if !services.iter().any(|s| s == service) {
-                services.push(service.to_string());
+/// The services whose containers took at least `min` to stop, from `docker compose up`'s
+/// own lines as they arrived (`Container NAME  Recreate` ... `Recreated`, or `Stopping`
+/// ... `Stopped`), with how long each took. Docker's event log would say so too, but it
+/// keeps only the last 256 events, which a busy host rolls over in seconds.
+pub fn slow_stops(
+    lines: &[(Duration, String)],
+    project: &str,
+    min: Duration,
+) -> Vec<(String, Duration)> {
+    let mut began: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut slow: Vec<(String, Duration)> = Vec::new();
+    for (at, line) in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [.., "Container", name, state] = words.as_slice() else {
+            continue;
+        };
+        match *state {
+            "Recreate" | "Stopping" => {
+                began.insert(name.to_string(), *at);
             }
+            "Recreated" | "Stopped" => {
+                let Some(start) = began.remove(*name) else {
+                    continue;
+                };
+                let took = at.saturating_sub(start);
+                let service = service_of(name, project);
+                if took >= min && !slow.iter().any(|(s, _)| s == &service) {
+                    slow.push((service, took));
+                }
+            }
+            _ => {}
         }
     }
-    services
+    slow
+}
+
+/// `shop-backend-1` of project `shop` is service `backend`.
+fn service_of(container: &str, project: &str) -> String {
+    let rest = container
+        .strip_prefix(project)
+        .and_then(|r| r.strip_prefix(['-', '_']))
+        .unwrap_or(container);
+    match rest.rsplit_once(['-', '_']) {
+        Some((service, n)) if n.chars().all(|c| c.is_ascii_digit()) => service.to_string(),
+        _ => rest.to_string(),
+    }
 }
 
 /// `docker compose ps -a` of the project, by name alone, for diagnostics.
@@ -498,6 +530,9 @@ pub struct Preflight {
     pub dir: String,
     pub writable: bool,
     pub free_kb: Option<u64>,
+    /// The Docker daemon's data root (where pulls land), or why `docker info` failed.
+    pub docker_root: Result<String, String>,
+    pub docker_free_kb: Option<u64>,
     /// The lock holder's record when the lock is held.
     pub lock_holder: Option<String>,
 }
@@ -509,6 +544,8 @@ impl Default for Preflight {
             dir: String::new(),
             writable: false,
             free_kb: None,
+            docker_root: Err("no answer".into()),
+            docker_free_kb: None,
             lock_holder: None,
         }
     }
@@ -526,6 +563,9 @@ pub fn parse_preflight(out: &str) -> Preflight {
                 p.dir = rest.trim().to_string();
             }
             "free-kb" => p.free_kb = rest.trim().parse().ok(),
+            "docker-root" => p.docker_root = Ok(rest.trim().to_string()),
+            "docker-missing" => p.docker_root = Err(rest.trim().to_string()),
+            "docker-free-kb" => p.docker_free_kb = rest.trim().parse().ok(),
             "lock-held" => p.lock_holder = Some(rest.trim().to_string()),
             _ => {}
         }
@@ -574,9 +614,18 @@ pub fn parse_release_records(out: &str) -> Vec<ReleaseEntry> {
         }
     }
     finish(&mut entries, &mut body);
-    entries.retain(|e| !e.id.is_empty() && !e.id.starts_with('.'));
+    // Only names berth could have made: a dir named otherwise (with `/`, spaces, or the
+    // marker inside) is no release of berth's, and is never pruned or restored.
+    entries.retain(|e| is_release_id(&e.id));
     entries.sort_by(|a, b| b.id.cmp(&a.id));
     entries
+}
+
+/// `20261124T101500Z-abc1234`, or anything shaped like one: letters, digits, `_.-`.
+pub fn is_release_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// The release a rollback goes to: the newest one proven healthy, other than `except`.
@@ -882,10 +931,34 @@ esac"#;
     }
 
     #[test]
-    fn only_services_killed_with_sigkill_are_slow_stops() {
-        let out = "backend shop-backend-1 15\nbackend shop-backend-1 9\nfrontend shop-frontend-1 15\nbackend shop-backend-2 9\n";
-        assert_eq!(killed_services(out), ["backend"]);
-        assert!(killed_services("").is_empty());
+    fn a_host_dir_that_is_no_release_id_is_never_listed() {
+        let out = format!(
+            "{RECORD_MARK} 20261124T101500Z-abc1234\n{{}}\n{RECORD_MARK} x/../../other\n\n{RECORD_MARK} has space\n\n{RECORD_MARK} .hidden\n"
+        );
+        let ids: Vec<String> = parse_release_records(&out)
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["20261124T101500Z-abc1234"]);
+    }
+
+    #[test]
+    fn a_container_slow_to_stop_is_found_from_composes_own_lines() {
+        let at = |ms: u64, l: &str| (Duration::from_millis(ms), l.to_string());
+        let lines = vec![
+            at(0, " Container shop-backend-1  Recreate"),
+            at(10, " Container shop-frontend-1  Recreate"),
+            at(300, " Container shop-frontend-1  Recreated"),
+            at(6200, " Container shop-backend-1  Recreated"),
+            at(6300, " Container shop-worker-1  Stopping"),
+            at(12400, " Container shop-worker-1  Stopped"),
+            at(12500, "[host] Container shop-web-1  Started"),
+        ];
+        let slow = slow_stops(&lines, "shop", Duration::from_secs(5));
+        let names: Vec<&str> = slow.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, ["backend", "worker"]);
+        assert_eq!(slow[0].1, Duration::from_millis(6200));
+        assert_eq!(service_of("my-app-web-12", "my-app"), "web");
     }
 
     #[test]

@@ -495,9 +495,7 @@ impl HostSession {
             ssh2::ErrorCode::SFTP(14 | 15) => self.no_space(path),
             ssh2::ErrorCode::SFTP(4) => match self.no_space(path) {
                 UploadCause::Other { .. } => UploadCause::Other {
-                    detail: format!(
-                        "the host's SFTP server answered \"{e}\" and the disk is not full"
-                    ),
+                    detail: format!("the host's SFTP server answered \"{e}\""),
                 },
                 found => found,
             },
@@ -552,8 +550,11 @@ impl HostSession {
                         dir,
                         free: format!("{kb} KiB"),
                     },
-                    _ => UploadCause::Other {
-                        detail: format!("{} KiB free", free_kb.unwrap_or(0)),
+                    Some(kb) => UploadCause::Other {
+                        detail: format!("{kb} KiB free in {dir}, so not a full disk; check inodes (`df -i`), a quota, or a read-only filesystem"),
+                    },
+                    None => UploadCause::Other {
+                        detail: format!("the free space in {dir} could not be read"),
                     },
                 }
             }

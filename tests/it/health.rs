@@ -213,14 +213,27 @@ fn mode_rollback_restores_the_release_before_current_or_a_named_one() {
         "mode: rollback must not build"
     );
 
+    // Again: it walks further back (the release it left is recorded rolled-back), it
+    // does not flip back to v3.
+    let run = stage.berth(&App::new("v3")).input("mode", "rollback").run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(
+        run.output("release").as_deref(),
+        Some(r1.as_str()),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(stage.record(&r2)["outcome"], "rolled-back");
+
     let run = stage
         .berth(&App::new("v3"))
         .input("mode", "rollback")
-        .input("release", &r1)
+        .input("release", &r2)
         .run();
     assert_eq!(run.code, 0, "{}", run.stdout);
-    assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
-    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    assert_eq!(stage.current().as_deref(), Some(r2.as_str()));
+    assert!(stage.health().1.contains("\"version\":\"v2\""));
+    assert_eq!(stage.record(&r2)["outcome"], "deployed", "proven again");
 }
 
 /// A probe built from inputs, as the pipeline builds it.

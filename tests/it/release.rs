@@ -316,6 +316,22 @@ fn a_held_lock_is_waited_for_and_a_lock_held_too_long_fails_naming_the_holder() 
     let lock = stage.deploy_dir.join(".berth/lock");
     let accepted_before = stage.sshd.log_text().matches("Accepted publickey").count();
     let sshd_log = stage.sshd.log.clone();
+    let (user, password) = (stage.registry.user.clone(), stage.registry.password.clone());
+    let manifest = format!(
+        "http://{}/v2/acme/shop-backend/manifests/staging-{}-second",
+        stage.registry.addr,
+        crate::support::SHA
+    );
+    let registry_digest = move || {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u"])
+            .arg(format!("{user}:{password}"))
+            .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"])
+            .arg(&manifest)
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+    };
     let releaser = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while std::fs::read_to_string(&sshd_log)
@@ -330,9 +346,14 @@ fn a_held_lock_is_waited_for_and_a_lock_held_too_long_fails_naming_the_holder() 
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // berth connects, preflights and builds before it waits for the lock; release it
-        // well after, and atomically (as a rename), so berth sees it whole or not at all.
-        std::thread::sleep(Duration::from_secs(8));
+        // berth connects, preflights, builds and pushes before it waits for the lock:
+        // release it once the push is done (and berth had time to say who holds it),
+        // atomically (as a rename), so berth sees it whole or not at all.
+        while registry_digest().is_none() {
+            assert!(std::time::Instant::now() < deadline, "berth never pushed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(3));
         let gone = lock.with_file_name("lock.gone");
         std::fs::rename(&lock, &gone).unwrap();
         std::fs::remove_dir_all(gone).unwrap();
@@ -340,6 +361,7 @@ fn a_held_lock_is_waited_for_and_a_lock_held_too_long_fails_naming_the_holder() 
     let run = stage
         .berth(&App::new("v1"))
         .input("lock-timeout", "60s")
+        .input("tags", "staging-{sha}-second\nstaging-latest")
         .run();
     releaser.join().unwrap();
     assert_eq!(run.code, 0, "{}", run.stdout);
