@@ -23,6 +23,9 @@ use crate::secret::Secret;
 use crate::ssh::HostTrust;
 use crate::workflow::{Annotation, Level, Runner};
 
+/// A build longer than this is followed by fresh SSH connections (see `deliver`).
+const IDLE_RECONNECT: Duration = Duration::from_secs(10);
+
 /// At most this many hosts are worked on at once.
 pub const MAX_PARALLEL_HOSTS: usize = 8;
 /// How often the crash-loop watch looks at the containers while health is probed.
@@ -154,6 +157,7 @@ async fn deliver(
         return;
     }
     if config.mode == Mode::Deploy {
+        let building = Instant::now();
         match images::build_and_push(config, ctx, sha, runner, report).await {
             Ok(built) => {
                 report.images = built.clone();
@@ -163,6 +167,12 @@ async fn deliver(
                 report.failure = Some(failure);
                 return;
             }
+        }
+        // The sessions sat idle through the build: libssh2 sends keepalives only while
+        // berth is inside one of its calls, and an sshd (ClientAliveInterval) or a NAT may
+        // have dropped them. Connect afresh (host keys checked again) after a long build.
+        if building.elapsed() > IDLE_RECONNECT && !deploy.reconnect(&hosts, report).await {
+            return;
         }
     }
     deploy.run(&hosts, report).await;
@@ -592,6 +602,24 @@ impl<'a> Deploy<'a> {
             PhaseResult::Ok(format!("{} host(s), host keys verified", hosts.len())),
         );
         Some(hosts)
+    }
+
+    /// Connects every host afresh; false (and the failure reported) when one fails.
+    async fn reconnect(&self, hosts: &[Host], report: &mut Report) -> bool {
+        let started = Instant::now();
+        let results = on_hosts(hosts, |h| h.reconnect()).await;
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => {
+                report.fail_at(
+                    Phase::Connect,
+                    started.elapsed(),
+                    connect_title(&e),
+                    e.to_string(),
+                );
+                false
+            }
+            None => true,
+        }
     }
 
     /// Preflight on every host (see [`HostRelease::preflight`]); false when one fails.

@@ -320,3 +320,31 @@ fn a_service_that_ignores_sigterm_is_named_as_the_slow_stop() {
         hints[0]
     );
 }
+
+#[test]
+fn sessions_dropped_during_a_long_build_are_connected_afresh() {
+    // An sshd that drops a client that does not answer its keepalives for ~4 s: during a
+    // 12 s build berth makes no SSH call, so the sessions from preflight are gone.
+    let sshd = crate::support::rig::Sshd::start_configured(
+        "ed25519",
+        "ed25519",
+        "",
+        "ClientAliveInterval 2\nClientAliveCountMax 1\n",
+    );
+    let stage = Stage::with_sshd(sshd);
+    let b = stage.berth(&App::new("slow-build"));
+    let dockerfile = b.workspace().join("backend/Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap().replace(
+        "COPY www /www\n",
+        // A layer of its own each run: the build cache must not skip the sleep.
+        &format!(
+            "COPY www /www\nENV BUILD_ID={}\nRUN [\"/bin/sleep\", \"12\"]\n",
+            berth::release::random_token()
+        ),
+    );
+    std::fs::write(&dockerfile, text).unwrap();
+    let run = b.run();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let accepted = stage.sshd.log_text().matches("Accepted publickey").count();
+    assert!(accepted >= 2, "berth connected once only: {accepted}");
+}

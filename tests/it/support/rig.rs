@@ -250,6 +250,16 @@ impl Sshd {
     }
 
     pub fn start_with(host_kind: &str, user_kind: &str, passphrase: &str) -> Sshd {
+        Sshd::start_configured(host_kind, user_kind, passphrase, "")
+    }
+
+    /// An sshd with `extra` lines in its config (e.g. `ClientAliveInterval 2`).
+    pub fn start_configured(
+        host_kind: &str,
+        user_kind: &str,
+        passphrase: &str,
+        extra: &str,
+    ) -> Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let host_key = KeyPair::generate(dir.path(), &format!("host_{host_kind}"), host_kind, "");
@@ -259,7 +269,7 @@ impl Sshd {
         let cfg = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-             StrictModes no\nUsePAM no\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n",
+             StrictModes no\nUsePAM no\nLogLevel VERBOSE\nSubsystem sftp internal-sftp\n{extra}",
             hk = host_key.private.display(),
             pid = dir.path().join("sshd.pid").display(),
             ak = dir.path().join("authorized_keys").display(),
