@@ -120,6 +120,7 @@ mkdir "$2""#
 if r=$(docker info --format '{{.DockerRootDir}}' 2>&1); then echo "docker-root $r"; echo "docker-free-kb $(df -Pk "$r" 2>/dev/null | awk 'NR==2 {print $4}')"; else echo "docker-missing $(echo "$r" | head -n 1)"; fi
 d="$1"; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
 if [ -d "$d" ] && [ -w "$d" ]; then echo "writable $d"; else echo "not-writable $d"; fi
+for x in "$1/.berth" "$1/.berth/releases"; do if [ -e "$x" ] && [ ! -w "$x" ]; then echo "not-writable $x"; fi; done
 echo "free-kb $(df -Pk "$d" | awk 'NR==2 {print $4}')"
 if [ -d "$2" ]; then echo "lock-held $(cat "$2/holder.json" 2>/dev/null | head -c 2048 | tr -d '\n\r')"; fi"#
                 .into(),

@@ -118,6 +118,21 @@ fn rollback_goes_to_the_newest_proven_release_past_failed_and_interrupted_ones()
     assert_eq!(stage.record(&r3)["outcome"], "interrupted");
     std::thread::sleep(Duration::from_secs(1));
 
+    // A broken deploy now (current is the unproven r3) restores r1, the newest proven.
+    let broken = stage
+        .berth(&App::new("v3b").mode("500"))
+        .input("health-timeout", "3s")
+        .run();
+    assert_eq!(
+        broken.output("status").as_deref(),
+        Some("rolled-back"),
+        "{}",
+        broken.stdout
+    );
+    assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    std::thread::sleep(Duration::from_secs(1));
+
     let v4 = stage.deploy_ok(&App::new("v4"));
     let r4 = v4.output("release").unwrap();
     let run = stage.berth(&App::new("v4")).input("mode", "rollback").run();
