@@ -23,15 +23,18 @@ const ANALYSIS: &str = r#"
 - **berth vs the limit.** berth adds a roughly constant overhead ({overhead} in this
   run, berth minus limit in table 1), so the ratio meets 1.15x only when the app itself
   takes several seconds to start. The limit runs two remote commands (`pull`, `up`); before
-  its first probe berth also connects and checks the host key, takes the lock (one command,
-  then the holder record over SFTP), snapshots `current` and the running containers (one
-  command), makes the release dir and uploads four files over one SFTP channel, asks compose
+  its first probe berth also connects and checks the host key, runs preflight (one command
+  that itself runs `docker compose version`, `docker info` and `df`, so that a host that
+  cannot take the release is found before anything is pushed), takes the lock (one command,
+  then the holder record over SFTP), snapshots `current` and the running containers and
+  reads every release record (two commands), makes the release dir and uploads four files over one SFTP channel, asks compose
   for its config and inspects the pulled images to pin them by digest (one command; this
   benchmark deploys pre-pushed images with `images` empty, which is the case that needs the
   pinning), and switches `current`. Each remote command costs what the host's login shell
   and the program cost: {exec_cost} on this rig, whose root shell rc starts pyenv. That
-  cost times the five or six commands the limit does not run (lock, snapshot, login,
-  `compose config`, pin, switch) is most of the overhead; digest verification already runs
+  cost times the seven or eight commands the limit does not run (preflight, lock, snapshot,
+  records, login, `compose config`, pin, switch) is most of the overhead; preflight (run
+  before any push, by design) and the records read were added with the records work; digest verification already runs
   alongside the first probes. `RUNNER_DEBUG=1` logs each remote command with its time.
 - **Ready to verdict.** The "berth minus limit" figure is that same fixed overhead: it is
   not probe latency (probes run every 100 ms here and stop at the first passing answer).
