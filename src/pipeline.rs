@@ -122,7 +122,7 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
             "in_progress",
             &format!(
                 "berth is deploying {} to {}",
-                short(&sha),
+                crate::short_sha(&sha),
                 config.environment
             ),
             &mut report,
@@ -153,10 +153,10 @@ async fn deliver(
     let Some(hosts) = deploy.connect(report).await else {
         return;
     };
-    if config.mode == Mode::Deploy && !deploy.preflight(&hosts, report).await {
-        return;
-    }
     if config.mode == Mode::Deploy {
+        if !deploy.preflight(&hosts, report).await {
+            return;
+        }
         let building = Instant::now();
         match images::build_and_push(config, ctx, sha, runner, report).await {
             Ok(built) => {
@@ -209,7 +209,7 @@ impl GithubDeployment {
             git_ref: sha.into(),
             environment: cfg.environment.clone(),
             description: clip(
-                &format!("berth: {} to {}", short(sha), cfg.environment),
+                &format!("berth: {} to {}", crate::short_sha(sha), cfg.environment),
                 140,
             ),
             auto_merge: false,
@@ -812,7 +812,7 @@ impl<'a> Deploy<'a> {
                     "berth: deployed",
                     format!(
                         "Deployed {} ({}) to {} and it is healthy. {url}",
-                        short(&self.spec.sha),
+                        crate::short_sha(&self.spec.sha),
                         self.spec.id,
                         self.cfg.environment
                     ),
@@ -1048,13 +1048,13 @@ impl<'a> Deploy<'a> {
             .iter()
             .filter_map(|h| {
                 let h = h.lock().unwrap_or_else(|e| e.into_inner());
-                h.restore_target.is_none().then(|| h.name().to_string())
+                h.restore_target().is_none().then(|| h.name().to_string())
             })
             .collect();
         if !missing.is_empty() {
             let first_deploy = touched.iter().all(|h| {
                 let h = h.lock().unwrap_or_else(|e| e.into_inner());
-                h.restore_target.is_some() || h.previous.is_none()
+                h.restore_target().is_some() || h.previous.is_none()
             });
             let why = if first_deploy {
                 format!("first deploy on {}", missing.join(", "))
@@ -1075,7 +1075,7 @@ impl<'a> Deploy<'a> {
         }
         let started = Instant::now();
         let restored = on_hosts(&touched, |h| {
-            let Some(target) = h.restore_target.clone() else {
+            let Some(target) = h.restore_target() else {
                 return Err(ReleaseError::NothingToRestore);
             };
             h.activate(&target).or_else(|e| {
@@ -1087,12 +1087,7 @@ impl<'a> Deploy<'a> {
         .await;
         let targets: Vec<Option<String>> = touched
             .iter()
-            .map(|h| {
-                h.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .restore_target
-                    .clone()
-            })
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).restore_target())
             .collect();
         if targets.windows(2).any(|w| w[0] != w[1]) {
             report.warn(
@@ -1146,7 +1141,7 @@ impl<'a> Deploy<'a> {
                 .iter()
                 .map(|h| {
                     let h = h.lock().unwrap_or_else(|e| e.into_inner());
-                    let prev = h.restore_target.clone().unwrap_or_default();
+                    let prev = h.restore_target().unwrap_or_default();
                     let up = crate::ssh::quote_argv(
                         &h.layout.compose(&prev, &["up", "-d", "--remove-orphans"]).0,
                     );
@@ -1250,8 +1245,9 @@ impl<'a> Deploy<'a> {
                 );
                 report.health = Some(record);
                 report.outcome = Some(Outcome::RolledBack);
-                let restored = targets.first().cloned().unwrap_or_default();
-                let recorded = on_hosts(hosts, move |h| {
+                // Each host records what it restored (hosts may have chosen differently).
+                let recorded = on_hosts(hosts, |h| {
+                    let restored = h.release.clone().unwrap_or_default();
                     h.record_manual_rollback(&restored)
                         .map_err(|e| format!("{}: {e}", h.name()))
                 })
@@ -1340,10 +1336,6 @@ fn connect_title(e: &ReleaseError) -> &'static str {
         ReleaseError::Ssh(crate::ssh::SshError::Auth { .. }) => "berth: SSH authentication failed",
         _ => "berth: cannot connect to the host",
     }
-}
-
-fn short(sha: &str) -> &str {
-    crate::short_sha(sha)
 }
 
 /// The most telling lines of the failing containers' logs: errors first, else the tail.

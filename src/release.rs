@@ -144,8 +144,6 @@ pub struct HostRelease {
     pub own_pins: BTreeMap<String, String>,
     /// The releases on the host and their outcomes, newest first, as of the snapshot.
     pub releases: Vec<remote::ReleaseEntry>,
-    /// Where a rollback goes: the newest release proven healthy (`outcome: deployed`).
-    pub restore_target: Option<String>,
     pub replaced: BTreeMap<String, String>,
     /// Restart counts by container id before this run changed anything: containers that
     /// `up` recreates get new ids, so any restart of theirs counts.
@@ -189,7 +187,6 @@ impl HostRelease {
             pins: BTreeMap::new(),
             own_pins: BTreeMap::new(),
             releases: Vec::new(),
-            restore_target: None,
             replaced: BTreeMap::new(),
             restarts_before: BTreeMap::new(),
             timings: Vec::new(),
@@ -407,6 +404,12 @@ impl HostRelease {
     pub fn snapshot(&mut self) -> Result<(), ReleaseError> {
         let out = self.step("snapshot", &self.layout.snapshot(), None, QUICK)?;
         let (current, rest) = out.stdout.split_once('\n').unwrap_or((&out.stdout, ""));
+        // The records come last, each block opened by a marker line.
+        let (rest, records) = match rest.find(remote::RECORD_MARK) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        self.releases = remote::parse_release_records(records);
         self.previous = Some(current.trim().to_string()).filter(|s| !s.is_empty());
         let containers = parse_containers(rest);
         self.restarts_before = containers
@@ -418,7 +421,6 @@ impl HostRelease {
             .filter(|c| !c.one_off)
             .map(|c| (c.service, c.image_id))
             .collect();
-        self.list_releases()?;
         Ok(())
     }
 
@@ -511,14 +513,18 @@ impl HostRelease {
         self.exited_0(step, out).map(|_| ())
     }
 
-    /// Reads every release and its outcome, and where a rollback would go: the newest
-    /// release proven healthy. Not "the one before current": that may be a release that
-    /// failed, was rolled back, or was interrupted.
+    /// Reads every release and its outcome afresh.
     pub fn list_releases(&mut self) -> Result<(), ReleaseError> {
         let out = self.step("list releases", &self.layout.release_records(), None, QUICK)?;
         self.releases = remote::parse_release_records(&out.stdout);
-        self.restore_target = remote::newest_proven(&self.releases, &[]).map(|e| e.id.clone());
         Ok(())
+    }
+
+    /// Where a rollback goes, as of the last listing: the newest release proven healthy.
+    /// Not "the one before current": that may be a release that failed, was rolled back,
+    /// or was interrupted.
+    pub fn restore_target(&self) -> Option<String> {
+        remote::newest_proven(&self.releases, &[]).map(|e| e.id.clone())
     }
 
     /// Every container of the project, with its state.
@@ -1056,8 +1062,8 @@ impl HostRelease {
 
     /// For `mode: rollback` without `release`: the newest release proven healthy other
     /// than the one `current` points at.
-    pub fn proven_other_than_current(&mut self) -> Result<String, ReleaseError> {
-        self.list_releases()?;
+    /// The listing is the snapshot's.
+    pub fn proven_other_than_current(&self) -> Result<String, ReleaseError> {
         let current = self.previous.clone().unwrap_or_default();
         remote::newest_proven(&self.releases, &[current.as_str()])
             .map(|e| e.id.clone())

@@ -211,10 +211,7 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            format!(
-                r#"cd "$1" 2>/dev/null || exit 0
-for d in *; do [ -d "$d" ] || continue; echo "{RECORD_MARK} $d"; cat "$d/{RECORD_FILE}" 2>/dev/null; echo; done"#
-            ),
+            format!("r=\"$1\"\n{}", records_script()),
             "sh".into(),
             self.releases_dir(),
         ])
@@ -241,18 +238,23 @@ for d in *; do [ -d "$d" ] || continue; echo "{RECORD_MARK} $d"; cat "$d/{RECORD
     }
 
     /// What a deploy replaces, in one round trip: the release `current` points at (an empty
-    /// first line when none), then [`Layout::project_containers`]' lines.
+    /// first line when none), then [`Layout::project_containers`]' lines, then
+    /// [`Layout::release_records`]' blocks.
     pub fn snapshot(&self) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
             format!(
                 r#"l=$(readlink "$2" 2>/dev/null) && basename "$l" || echo
-{CONTAINERS_SCRIPT}"#
+{CONTAINERS_SCRIPT}
+r="$3"
+{}"#,
+                records_script()
             ),
             "sh".into(),
             self.project.clone(),
             self.current(),
+            self.releases_dir(),
         ])
     }
 }
@@ -521,6 +523,14 @@ impl Outcome {
 }
 
 pub const RECORD_MARK: &str = "==berth-release==";
+
+/// Prints each release dir under `$r` as a `RECORD_MARK id` line, then its record.
+fn records_script() -> String {
+    format!(
+        r#"cd "$r" 2>/dev/null || exit 0
+for d in *; do [ -d "$d" ] || continue; echo "{RECORD_MARK} $d"; cat "$d/{RECORD_FILE}" 2>/dev/null; echo; done"#
+    )
+}
 
 /// What [`Layout::preflight`] found on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
