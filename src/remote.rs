@@ -942,6 +942,31 @@ esac"#;
     }
 
     #[test]
+    fn preflight_output_is_read_with_the_last_word_on_writability() {
+        let ok = parse_preflight(
+            "compose 2.40.3\ndocker-root /var/lib/docker\ndocker-free-kb 1000\nwritable /opt\nfree-kb 2048\n",
+        );
+        assert_eq!(ok.compose, Ok("2.40.3".into()));
+        assert_eq!(ok.docker_root, Ok("/var/lib/docker".into()));
+        assert_eq!(
+            (ok.writable, ok.free_kb, ok.docker_free_kb),
+            (true, Some(2048), Some(1000))
+        );
+        assert_eq!(ok.lock_holder, None);
+        let bad = parse_preflight(
+            "compose-missing docker: 'compose' is not a docker command.\ndocker-missing permission denied\nwritable /opt/shop\nnot-writable /opt/shop/.berth\nfree-kb \nlock-held {\"actor\":\"alice\"}\n",
+        );
+        assert!(bad
+            .compose
+            .as_ref()
+            .is_err_and(|e| e.contains("not a docker command")));
+        assert_eq!(bad.docker_root, Err("permission denied".into()));
+        assert!(!bad.writable && bad.dir == "/opt/shop/.berth", "{bad:?}");
+        assert_eq!(bad.free_kb, None);
+        assert_eq!(bad.lock_holder.as_deref(), Some("{\"actor\":\"alice\"}"));
+    }
+
+    #[test]
     fn a_host_dir_that_is_no_release_id_is_never_listed() {
         let out = format!(
             "{RECORD_MARK} 20261124T101500Z-abc1234\n{{}}\n{RECORD_MARK} x/../../other\n\n{RECORD_MARK} has space\n\n{RECORD_MARK} .hidden\n"

@@ -202,8 +202,7 @@ fn mode_rollback_restores_the_release_before_current_or_a_named_one() {
     let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
     let r2 = stage.deploy_ok(&App::new("v2")).output("release").unwrap();
     stage.deploy_ok(&App::new("v3"));
-    let run = stage.berth(&App::new("v3")).input("mode", "rollback").run();
-    assert_eq!(run.code, 0, "{}", run.stdout);
+    let run = stage.roll_back(None);
     assert_eq!(run.output("status").as_deref(), Some("rolled-back"));
     assert_eq!(run.output("release").as_deref(), Some(r2.as_str()));
     assert_eq!(stage.current().as_deref(), Some(r2.as_str()));
@@ -215,8 +214,7 @@ fn mode_rollback_restores_the_release_before_current_or_a_named_one() {
 
     // Again: it walks further back (the release it left is recorded rolled-back), it
     // does not flip back to v3.
-    let run = stage.berth(&App::new("v3")).input("mode", "rollback").run();
-    assert_eq!(run.code, 0, "{}", run.stdout);
+    let run = stage.roll_back(None);
     assert_eq!(
         run.output("release").as_deref(),
         Some(r1.as_str()),
@@ -225,12 +223,7 @@ fn mode_rollback_restores_the_release_before_current_or_a_named_one() {
     );
     assert_eq!(stage.record(&r2)["outcome"], "rolled-back");
 
-    let run = stage
-        .berth(&App::new("v3"))
-        .input("mode", "rollback")
-        .input("release", &r2)
-        .run();
-    assert_eq!(run.code, 0, "{}", run.stdout);
+    stage.roll_back(Some(&r2));
     assert_eq!(stage.current().as_deref(), Some(r2.as_str()));
     assert!(stage.health().1.contains("\"version\":\"v2\""));
     assert_eq!(stage.record(&r2)["outcome"], "deployed", "proven again");

@@ -190,6 +190,18 @@ impl Stage {
         run
     }
 
+    /// `mode: rollback` to `release` (else the release berth chooses); fails the test
+    /// unless berth exited 0, and returns the run.
+    pub fn roll_back(&self, release: Option<&str>) -> super::Run {
+        let mut b = self.berth(&App::new("rollback")).input("mode", "rollback");
+        if let Some(r) = release {
+            b = b.input("release", r);
+        }
+        let run = b.run();
+        assert_eq!(run.code, 0, "{}", run.stdout);
+        run
+    }
+
     pub fn health_url(&self) -> String {
         format!("http://127.0.0.1:{}/cgi-bin/health", self.port)
     }
