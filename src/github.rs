@@ -186,7 +186,7 @@ impl GithubApi {
                     self.count(false);
                     return Err(GithubError::Request {
                         path: path.into(),
-                        detail: error_chain(&e),
+                        detail: crate::error_chain(&e),
                     });
                 }
                 Ok(Ok(r)) => r,
@@ -207,7 +207,7 @@ impl GithubApi {
                     .await
                     .map_err(|e| GithubError::Request {
                         path: path.into(),
-                        detail: error_chain(&e),
+                        detail: crate::error_chain(&e),
                     })?;
             match status {
                 200..=299 => {
@@ -354,7 +354,7 @@ impl GithubApi {
             Ok(Err(e)) => {
                 return Err(GithubError::Request {
                     path: path.into(),
-                    detail: error_chain(&e),
+                    detail: crate::error_chain(&e),
                 })
             }
             Ok(Ok(r)) => r,
@@ -366,7 +366,7 @@ impl GithubApi {
                 .await
                 .map_err(|e| GithubError::Request {
                     path: path.into(),
-                    detail: error_chain(&e),
+                    detail: crate::error_chain(&e),
                 })?;
         match status {
             200..=299 => Ok((status, text)),
@@ -474,17 +474,6 @@ fn api_message(body: &str) -> String {
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -330,7 +330,7 @@ pub fn judge(
 }
 
 fn classify(e: &reqwest::Error) -> ProbeOutcome {
-    let chain = error_chain(e);
+    let chain = crate::error_chain(e);
     let lower = chain.to_ascii_lowercase();
     if e.is_timeout() {
         ProbeOutcome::Timeout
@@ -363,20 +363,6 @@ fn redirect_reason(e: &reqwest::Error) -> String {
         source = s.source();
     }
     last
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,22 +1,25 @@
 //! berth ships a docker-compose application to staging hosts over SSH, safely.
 //!
-//! The deploy reads as one story (see `pipeline`):
+//! The deploy reads as one story (see `pipeline`, then `engine`):
 //! inputs -> CI gate -> images -> remote release -> health -> (rollback) -> report.
+//! ARCHITECTURE.md is the map.
 
 pub mod ci_gate;
 pub mod docker;
-pub mod github;
+mod engine;
+mod failure;
+mod github;
 pub mod health;
 pub mod images;
 pub mod inputs;
-pub mod markdown;
+mod markdown;
 pub mod pipeline;
-pub mod release;
 pub mod remote;
 pub mod report;
 pub mod secret;
 pub mod ssh;
-pub mod trust;
+pub mod target;
+mod trust;
 pub mod workflow;
 
 use std::collections::HashMap;
@@ -31,6 +34,22 @@ pub fn short_sha(sha: &str) -> &str {
         Some((i, _)) => &sha[..i],
         None => sha,
     }
+}
+
+/// An error and its sources, each said once: a source whose text its parent already
+/// includes is not repeated.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -136,20 +155,15 @@ async fn shutdown_signal() -> &'static str {
 }
 
 /// A cancelled run releases its deploy locks before it exits.
-async fn cancelled(signal: &str) -> report::Report {
-    let released = tokio::task::spawn_blocking(release::release_held_locks)
+async fn cancelled(signal: &'static str) -> report::Report {
+    let released = tokio::task::spawn_blocking(target::release_held_locks)
         .await
         .unwrap_or(0);
     let mut report = report::Report::default();
-    report.fail(
-        report::Phase::Connect,
-        "berth: cancelled",
-        format!(
-            "berth received {signal} (the run was cancelled) and released {released} deploy lock(s). \
-             A host may have been mid-deploy: check `docker compose ps` there, or re-run berth, which restores a consistent release."
-        ),
+    pipeline::conclude(
+        &mut report,
+        Err(failure::Fault::Cancelled { signal, released }),
     );
-    report.outcome = Some(report::Outcome::Failed);
     report
 }
 

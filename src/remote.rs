@@ -368,30 +368,36 @@ fn inspect_each(format: &str, images: &[String]) -> Cmd {
     Cmd(argv)
 }
 
-/// `docker login` into a fresh private client config (mktemp), reading the password from
-/// stdin; prints the config dir. On a failed login the dir is removed again.
-pub fn registry_login(registry: &str, username: &str) -> Cmd {
+/// `docker login` into a fresh private client config dir `config_dir` (made with `mkdir`,
+/// which fails if anything is there already), reading the password from stdin. On a
+/// failed login the dir is removed again.
+pub fn registry_login(registry: &str, username: &str, config_dir: &str) -> Cmd {
     Cmd::new([
         "sh".to_string(),
         "-c".into(),
-        r#"d=$(mktemp -d /tmp/berth-docker-config.XXXXXXXX) || exit
-DOCKER_CONFIG="$d" docker login --username "$1" --password-stdin "$2" >&2 || { s=$?; rm -rf "$d"; exit $s; }
-echo "$d""#
+        r#"mkdir -m 0700 "$3" || exit
+DOCKER_CONFIG="$3" docker login --username "$1" --password-stdin "$2" >&2 || { s=$?; rm -rf "$3"; exit $s; }"#
             .into(),
         "sh".into(),
         username.into(),
         registry.into(),
+        config_dir.into(),
     ])
+}
+
+/// A private client config dir for one run's registry login: random, so nobody can
+/// prepare it in advance.
+pub fn docker_config_dir(token: &str) -> String {
+    format!("/tmp/berth-docker-config.{token}")
 }
 
 pub fn remove_docker_config(config_dir: &str) -> Cmd {
     Cmd::new(["rm", "-rf", config_dir])
 }
 
-/// A compose command run with the throwaway registry config, if any, which is removed as
-/// soon as the command ends, however it ends.
-pub fn with_docker_config(cmd: Cmd, config_dir: Option<&str>) -> Cmd {
-    let Some(dir) = config_dir else { return cmd };
+/// A compose command run with the throwaway registry config, which is removed as soon as
+/// the command ends, however it ends.
+pub fn with_docker_config(cmd: Cmd, dir: &str) -> Cmd {
     let mut argv = vec![
         "sh".to_string(),
         "-c".into(),
@@ -401,6 +407,18 @@ pub fn with_docker_config(cmd: Cmd, config_dir: Option<&str>) -> Cmd {
     ];
     argv.extend(cmd.0);
     Cmd(argv)
+}
+
+/// `cmd` run on `host` by the OpenSSH client: what a person types to do by hand what berth
+/// could not.
+pub fn by_ssh(host: &crate::inputs::HostSpec, cmd: &Cmd) -> Cmd {
+    Cmd::new([
+        "ssh".to_string(),
+        "-p".into(),
+        host.port.to_string(),
+        format!("{}@{}", host.user, host.host),
+        crate::ssh::quote_argv(&cmd.0),
+    ])
 }
 
 /// Images of this project's repositories present on the host: `repo@digest id` lines.
@@ -761,13 +779,11 @@ mod tests {
                     "-c",
                     &format!("test -f \"$DOCKER_CONFIG/config.json\" && {tail}"),
                 ]),
-                Some(&dir.display().to_string()),
+                &dir.display().to_string(),
             );
             assert_eq!(run_here(&cmd).0, want);
             assert!(!dir.exists(), "{} left behind", dir.display());
         }
-        let plain = Cmd::new(["true"]);
-        assert_eq!(with_docker_config(plain.clone(), None), plain);
     }
 
     /// Runs a command here with a stand-in `docker` (a shell script) first on PATH.
@@ -812,11 +828,13 @@ mod tests {
             r = record.display()
         );
         let recorded = || std::fs::read_to_string(&record).unwrap().trim().to_string();
-        let ok = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot"), b"pw-1");
+        let dir = tmp.path().join("cfg").display().to_string();
+        let ok = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot", &dir), b"pw-1");
         assert!(ok.status.success(), "{ok:?}");
-        let dir = String::from_utf8_lossy(&ok.stdout).trim().to_string();
-        assert!(dir.starts_with("/tmp/berth-docker-config."), "{dir}");
         assert_eq!(dir, recorded());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
         assert!(std::path::Path::new(&dir).is_dir());
         assert_eq!(
             std::fs::read_to_string(format!("{}.stdin", record.display())).unwrap(),
@@ -824,7 +842,14 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
 
-        let bad = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bad"), b"pw-2");
+        // A dir prepared in advance (by another user, say) is refused, never reused.
+        std::fs::create_dir(&dir).unwrap();
+        let taken =
+            run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot", &dir), b"pw-3");
+        assert!(!taken.status.success(), "{taken:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let bad = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bad", &dir), b"pw-2");
         assert_eq!(bad.status.code(), Some(1), "{bad:?}");
         assert!(bad.stdout.is_empty(), "{bad:?}");
         assert!(
@@ -884,9 +909,12 @@ esac"#;
 
     #[test]
     fn registry_login_takes_the_password_on_stdin_only() {
-        let cmd = registry_login("127.0.0.1:5000", "bot");
+        let cmd = registry_login("127.0.0.1:5000", "bot", "/tmp/berth-docker-config.x");
         assert!(cmd.0[2].contains("--password-stdin"), "{:?}", cmd.0);
-        assert_eq!(&cmd.0[3..], ["sh", "bot", "127.0.0.1:5000"]);
+        assert_eq!(
+            &cmd.0[3..],
+            ["sh", "bot", "127.0.0.1:5000", "/tmp/berth-docker-config.x"]
+        );
         assert!(!cmd.0.iter().any(|w| w.contains("--password ")));
     }
 

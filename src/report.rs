@@ -130,7 +130,6 @@ pub struct HostReport {
     pub fingerprint: String,
     pub release: Option<String>,
     pub previous: Option<String>,
-    pub result: String,
 }
 
 /// The state of the services and the log tails of the failing ones, from one host.
@@ -200,35 +199,12 @@ impl Report {
             .push(Annotation::new(Level::Warning, title, message));
     }
 
-    pub fn fail(&mut self, phase: Phase, title: impl Into<String>, message: impl Into<String>) {
-        self.failure = Some(Failure {
-            phase,
-            title: title.into(),
-            message: message.into(),
-            file: None,
-            line: None,
-        });
-    }
-
     /// A rolled-back deploy failed (exit 1); a successful `mode: rollback` did its job.
     pub fn exit_code(&self) -> i32 {
         match self.outcome() {
             Outcome::RolledBack if self.manual_rollback => 0,
             other => other.exit_code(),
         }
-    }
-
-    /// A failed phase: its row in the phase table and the root cause, in one step.
-    pub fn fail_at(
-        &mut self,
-        phase: Phase,
-        duration: Duration,
-        title: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        let message = message.into();
-        self.record(phase, duration, PhaseResult::Failed(message.clone()));
-        self.fail(phase, title, message);
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -710,6 +686,18 @@ pub fn secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Report {
+        fn fail(&mut self, phase: Phase, title: &str, message: impl Into<String>) {
+            self.failure = Some(Failure {
+                phase,
+                title: title.into(),
+                message: message.into(),
+                file: None,
+                line: None,
+            });
+        }
+    }
 
     #[test]
     fn an_oversized_log_tail_is_truncated_and_the_summary_stays_under_1_mib() {

@@ -231,16 +231,8 @@ impl Runner {
         let _ = inner.out.flush();
     }
 
-    pub fn error(&self, title: &str, message: &str) {
-        self.annotate(&Annotation::new(Level::Error, title, message));
-    }
-
     pub fn warning(&self, title: &str, message: &str) {
         self.annotate(&Annotation::new(Level::Warning, title, message));
-    }
-
-    pub fn notice(&self, title: &str, message: &str) {
-        self.annotate(&Annotation::new(Level::Notice, title, message));
     }
 
     /// Opens a folded log section; it closes when the guard drops.
@@ -557,9 +549,13 @@ mod tests {
     fn annotations_past_the_cap_are_defused_too() {
         let (r, out, _) = runner(FileCommands::default(), &[]);
         for _ in 0..ANNOTATIONS_PER_LEVEL {
-            r.error("t", "fine");
+            r.annotate(&Annotation::new(Level::Error, "t", "fine"));
         }
-        r.error("t", "body\r::warning::forged ##[error]x");
+        r.annotate(&Annotation::new(
+            Level::Error,
+            "t",
+            "body\r::warning::forged ##[error]x",
+        ));
         let text = out.text();
         let last: Vec<&str> = text.lines().rev().take(2).collect();
         assert_eq!(
@@ -582,7 +578,7 @@ mod tests {
     fn annotations_are_capped_per_level() {
         let (r, out, _) = runner(FileCommands::default(), &[]);
         for i in 0..12 {
-            r.error("t", &format!("e{i}"));
+            r.annotate(&Annotation::new(Level::Error, "t", format!("e{i}")));
         }
         r.warning("t", "w");
         let text = out.text();

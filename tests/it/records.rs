@@ -353,7 +353,7 @@ fn sessions_dropped_during_a_long_build_are_connected_afresh() {
         // A layer of its own each run: the build cache must not skip the sleep.
         &format!(
             "COPY www /www\nENV BUILD_ID={}\nRUN [\"/bin/sleep\", \"12\"]\n",
-            berth::release::random_token()
+            berth::target::random_token()
         ),
     );
     std::fs::write(&dockerfile, text).unwrap();

@@ -1,0 +1,491 @@
+//! The deploy engine: from a gated commit to a verdict on every host of a target.
+//!
+//! Every host is reached (host key, auth) and checked before anything is pushed, since a
+//! host that cannot take the release must not leave new tags in the registry; then build
+//! and push (immutable tags), lock, the release's steps, the verdict (verify + health +
+//! crash watch), and only after a healthy verdict the moving tags. The engine owns the
+//! decision to roll back: once a host's containers may have changed, every failure goes
+//! through [`Engine::fail_and_restore`], the one rollback path.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::failure::{Fault, HostStep};
+use crate::images;
+use crate::inputs::{Config, GithubContext, Mode};
+use crate::remote::{self, Layout, LockHolder};
+use crate::report::{HostReport, Outcome, Phase, PhaseResult, Report};
+use crate::secret::Secret;
+use crate::ssh::HostTrust;
+use crate::target::{
+    self, compose::ComposeHost, phase_summaries, Access, RegistryLogin, ReleaseError, ReleaseSpec,
+    Target,
+};
+use crate::workflow::{Annotation, Level, Runner};
+
+mod hosts;
+mod rollback;
+mod verdict;
+
+use hosts::{on_all, states, Host};
+
+/// A build longer than this is followed by fresh SSH connections (see [`deliver`]).
+const IDLE_RECONNECT: Duration = Duration::from_secs(10);
+/// Log lines of each failing container kept for the report.
+const LOG_LINES: usize = 100;
+
+/// Connect, preflight, build and push, lock, then deploy (or roll back, or plan), unlock.
+pub async fn deliver(
+    cfg: &Config,
+    ctx: &GithubContext,
+    sha: &str,
+    runner: &Runner,
+    report: &mut Report,
+) -> Result<Outcome, Fault> {
+    let mut engine = Engine::new(cfg, ctx, runner, sha);
+    let hosts = engine.connect(report).await?;
+    if cfg.mode == Mode::Deploy {
+        engine.preflight(&hosts, report).await?;
+        let building = Instant::now();
+        let built = images::build_and_push(cfg, ctx, sha, runner, report)
+            .await
+            .map_err(Fault::Build)?;
+        report.images = built.clone();
+        engine.set_built(built);
+        // The sessions sat idle through the build: libssh2 sends keepalives only while
+        // berth is inside one of its calls, and an sshd (ClientAliveInterval) or a NAT may
+        // have dropped them. Connect afresh (host keys checked again) after a long build.
+        if building.elapsed() > IDLE_RECONNECT {
+            engine.reconnect(&hosts, report).await?;
+        }
+    }
+    engine.lock(&hosts, report).await?;
+    let result = if cfg.dry_run {
+        engine.plan(&hosts, report).await
+    } else if cfg.mode == Mode::Rollback {
+        engine.manual_rollback(&hosts, report).await
+    } else {
+        let result = engine.deploy(&hosts, report).await;
+        // Still under the lock, so a later deploy's moving tags cannot land first.
+        if matches!(result, Ok(Outcome::Deployed)) {
+            images::push_moving_tags(cfg, ctx, sha, runner, report).await;
+        }
+        result
+    };
+    engine.unlock(&hosts, report).await;
+    for h in states(&hosts).await {
+        for slow in &h.slow_stops {
+            report.warn("berth: slow container stop", slow.clone());
+        }
+        report.hosts.push(HostReport {
+            host: h.name,
+            fingerprint: h.fingerprint,
+            release: engine.restored.clone().or(h.release),
+            previous: h.previous,
+        });
+    }
+    result
+}
+
+/// One run's remote work across all hosts.
+struct Engine<'a> {
+    cfg: &'a Config,
+    runner: &'a Runner,
+    spec: Arc<ReleaseSpec>,
+    /// The login for the host's pull, used only when berth pushed images there.
+    registry: Option<RegistryLogin>,
+    accesses: Vec<Access>,
+    layout: Layout,
+    /// `mode: rollback`: the release re-activated.
+    restored: Option<String>,
+}
+
+impl<'a> Engine<'a> {
+    fn new(cfg: &'a Config, ctx: &'a GithubContext, runner: &'a Runner, sha: &str) -> Engine<'a> {
+        let now = time::OffsetDateTime::now_utc();
+        let trust = if cfg.insecure_skip_host_key_check {
+            HostTrust::Insecure
+        } else {
+            HostTrust::Pinned {
+                fingerprints: cfg.host_fingerprints.clone(),
+                known_hosts: cfg.known_hosts.clone(),
+            }
+        };
+        let accesses = cfg
+            .hosts
+            .iter()
+            .map(|h| Access {
+                spec: h.clone(),
+                key: cfg.ssh_key.clone(),
+                passphrase: cfg.ssh_key_passphrase.clone(),
+                trust: trust.clone(),
+            })
+            .collect();
+        let compose = std::fs::read_to_string(&cfg.compose_file).unwrap_or_default();
+        let registry = (!cfg.registry_password.is_empty()).then(|| RegistryLogin {
+            server: cfg.registry.clone(),
+            username: cfg.registry_username.clone(),
+            password: cfg.registry_password.clone(),
+        });
+        let spec = ReleaseSpec {
+            id: remote::release_id(now, sha),
+            sha: sha.into(),
+            compose,
+            env_file: cfg.env_file.clone().unwrap_or_else(|| Secret::new("")),
+            built: BTreeMap::new(),
+            pre_deploy: cfg.pre_deploy.clone(),
+            // Only log in when berth pushed images there; otherwise the host pulls as it can.
+            registry: None,
+            holder: LockHolder {
+                token: target::random_token(),
+                run_url: ctx.run_url().unwrap_or_default(),
+                actor: ctx.actor.clone(),
+                sha: sha.into(),
+                started_at: now
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            },
+            lock_timeout: cfg.lock_timeout,
+            keep_releases: cfg.keep_releases,
+            image_prefix: cfg.image_prefix.clone(),
+            docker_config: remote::docker_config_dir(&target::random_token()),
+        };
+        Engine {
+            cfg,
+            runner,
+            spec: Arc::new(spec),
+            registry,
+            accesses,
+            layout: Layout {
+                deploy_dir: cfg.deploy_dir.clone(),
+                project: cfg.project_name.clone(),
+            },
+            restored: None,
+        }
+    }
+
+    /// The images this release deploys, once pushed; the host logs in to pull only then.
+    fn set_built(&mut self, built: BTreeMap<String, String>) {
+        let spec = Arc::make_mut(&mut self.spec);
+        spec.registry = if built.is_empty() {
+            None
+        } else {
+            self.registry.clone()
+        };
+        spec.built = built;
+    }
+
+    /// Connects to every host, checking host keys before authenticating.
+    async fn connect(&self, report: &mut Report) -> Result<Vec<Host>, Fault> {
+        let started = Instant::now();
+        let connected = futures_util::future::join_all(self.accesses.iter().map(|a| {
+            let (access, layout, runner) = (a.clone(), self.layout.clone(), self.runner.clone());
+            Host::start(move || {
+                ComposeHost::connect(access, layout, runner).map(|h| Box::new(h) as Box<dyn Target>)
+            })
+        }))
+        .await;
+        let hosts = connected
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Fault::host(HostStep::Connect));
+        let hosts = self.timed(report, Phase::Connect, started, hosts)?;
+        report.record(
+            Phase::Connect,
+            started.elapsed(),
+            PhaseResult::Ok(format!("{} host(s), host keys verified", hosts.len())),
+        );
+        Ok(hosts)
+    }
+
+    /// A failed phase gets its row in the phase table with its time; the fault goes on.
+    fn timed<T>(
+        &self,
+        report: &mut Report,
+        phase: Phase,
+        started: Instant,
+        result: Result<T, Fault>,
+    ) -> Result<T, Fault> {
+        if let Err(f) = &result {
+            report.record(phase, started.elapsed(), PhaseResult::Failed(f.to_string()));
+        }
+        result
+    }
+
+    /// Connects every host afresh.
+    async fn reconnect(&self, hosts: &[Host], report: &mut Report) -> Result<(), Fault> {
+        let started = Instant::now();
+        let result = first_error(on_all(hosts, |t| t.reconnect()).await)
+            .map_err(Fault::host(HostStep::Connect));
+        self.timed(report, Phase::Connect, started, result)
+    }
+
+    /// Preflight on every host: the first failure fails the run, the others warn.
+    async fn preflight(&self, hosts: &[Host], report: &mut Report) -> Result<(), Fault> {
+        let started = Instant::now();
+        let mut failed = None;
+        for r in on_all(hosts, |t| t.preflight()).await {
+            match r {
+                Ok(warnings) => {
+                    for w in warnings {
+                        report.warn("berth: little disk space on a host", w);
+                    }
+                }
+                Err(e) if failed.is_none() => failed = Some(e),
+                Err(e) => report.warn("berth: host failed preflight", e.to_string()),
+            }
+        }
+        let result = match failed {
+            Some(e) => Err(Fault::host(HostStep::Preflight)(e)),
+            None => Ok(()),
+        };
+        self.timed(report, Phase::Connect, started, result)
+    }
+
+    /// Takes each host's lock (dry run: only says who holds it). On any failure, releases
+    /// what was taken.
+    async fn lock(&self, hosts: &[Host], report: &mut Report) -> Result<(), Fault> {
+        let started = Instant::now();
+        let (spec, dry_run) = (self.spec.clone(), self.cfg.dry_run);
+        let locked = on_all(hosts, move |t| {
+            if dry_run {
+                t.peek_lock().map(|_| None)
+            } else {
+                t.lock(&spec)
+            }
+        })
+        .await;
+        let mut failed = None;
+        for r in locked {
+            match r {
+                Ok(Some(w)) => report.warn("berth: stale deploy lock taken over", w),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.unlock(hosts, report).await;
+            return self.timed(
+                report,
+                Phase::Lock,
+                started,
+                Err(Fault::host(HostStep::Lock)(e)),
+            );
+        }
+        let taken = if dry_run {
+            "free (not taken: dry run)"
+        } else {
+            "taken"
+        };
+        report.record(
+            Phase::Lock,
+            started.elapsed(),
+            PhaseResult::Ok(taken.into()),
+        );
+        Ok(())
+    }
+
+    async fn unlock(&self, hosts: &[Host], report: &mut Report) {
+        let released = on_all(hosts, |t| {
+            let name = t.state().name;
+            t.unlock().map_err(|e| format!("{name}: {e}"))
+        })
+        .await;
+        for e in released.into_iter().filter_map(Result::err) {
+            report.warn(
+                "berth: lock not released",
+                format!(
+                    "{e}. Remove `{}` on the host if no deploy is running.",
+                    self.layout.lock_dir()
+                ),
+            );
+        }
+    }
+
+    /// Dry run: every step a deploy would run, from the same list a deploy executes, with
+    /// file contents and secrets left out. Changes nothing.
+    async fn plan(&self, hosts: &[Host], report: &mut Report) -> Result<Outcome, Fault> {
+        let spec = self.spec.clone();
+        let layout = self.layout.clone();
+        let plans = on_all(hosts, move |t| {
+            let mut lines = vec![crate::ssh::quote_argv(&layout.lock_acquire().0)];
+            lines.extend(t.release_steps(&spec).iter().map(|s| s.plan_line()));
+            (t.state().name, lines)
+        })
+        .await;
+        for (host, steps) in plans {
+            for step in steps {
+                let line = format!("[{host}] {step}");
+                self.runner.line(&format!("would run: {line}"));
+                report.plan.push(line);
+            }
+        }
+        report.notices.push(Annotation::new(
+            Level::Notice,
+            "berth: dry run",
+            "Dry run: nothing was changed. The plan is in the job summary.",
+        ));
+        Ok(Outcome::Skipped)
+    }
+
+    /// Snapshot, the release's steps on every host, then the verdict; any failure once a
+    /// host was touched restores the previous release.
+    async fn deploy(&self, hosts: &[Host], report: &mut Report) -> Result<Outcome, Fault> {
+        let snapshots = on_all(hosts, |t| t.snapshot()).await;
+        first_error(snapshots).map_err(Fault::host(HostStep::Snapshot))?;
+        report.previous_release = hosts[0].state().await.previous;
+        report.release = Some(self.spec.id.clone());
+
+        if let Err((phase, e)) = self.run_release(hosts, report).await {
+            let fault = Fault::host(HostStep::Release(phase))(e);
+            return Err(self.fail_and_restore(hosts, report, fault).await);
+        }
+        // The health deadline counts from the moment the last host's activation returned:
+        // counted from the first, a host whose `up` was slower got less than
+        // `health-timeout`, or (seen on a loaded runner) no probe at all.
+        let health_started = states(hosts)
+            .await
+            .iter()
+            .filter_map(|h| h.activated_at)
+            .max()
+            .unwrap_or_else(Instant::now);
+        match self.verify_and_gate(hosts, report, health_started).await {
+            Ok(record) => {
+                report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
+                report.record(
+                    Phase::Health,
+                    health_started.elapsed(),
+                    PhaseResult::Ok(format!(
+                        "healthy after {} attempt(s)",
+                        record.attempts.len()
+                    )),
+                );
+                report.health = Some(record);
+                self.mark(hosts, "deployed", report).await;
+                let spec = self.spec.clone();
+                for e in on_all(hosts, move |t| t.prune(&spec))
+                    .await
+                    .into_iter()
+                    .filter_map(Result::err)
+                {
+                    report.warn(
+                        "berth: cleanup failed",
+                        format!("The release is deployed and healthy, but pruning failed: {e}"),
+                    );
+                }
+                let url = report.environment_url.clone().unwrap_or_default();
+                report.notices.push(Annotation::new(
+                    Level::Notice,
+                    "berth: deployed",
+                    format!(
+                        "Deployed {} ({}) to {} and it is healthy. {url}",
+                        crate::short_sha(&self.spec.sha),
+                        self.spec.id,
+                        self.cfg.environment
+                    ),
+                ));
+                Ok(Outcome::Deployed)
+            }
+            Err(fault) => {
+                if fault.phase() == Phase::Health {
+                    report.record(
+                        Phase::Health,
+                        health_started.elapsed(),
+                        PhaseResult::Failed(fault.to_string()),
+                    );
+                }
+                report.health = fault.health_record();
+                Err(self.fail_and_restore(hosts, report, fault).await)
+            }
+        }
+    }
+
+    /// Runs the release's steps on every host (each host on its own thread, in parallel)
+    /// and records each phase's time (the slowest host's), what it did, and the phase
+    /// that failed.
+    async fn run_release(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+    ) -> Result<(), (Phase, ReleaseError)> {
+        let spec = self.spec.clone();
+        let ran = on_all(hosts, move |t| {
+            let steps = t.release_steps(&spec);
+            let mut timings: Vec<(Phase, Duration)> = Vec::new();
+            let mut result = Ok(());
+            for step in &steps {
+                let started = Instant::now();
+                let r = t.run_step(&spec, step);
+                match timings.last_mut() {
+                    Some((p, d)) if *p == step.phase => *d += started.elapsed(),
+                    _ => timings.push((step.phase, started.elapsed())),
+                }
+                if let Err(e) = r {
+                    result = Err((step.phase, e));
+                    break;
+                }
+            }
+            (phase_summaries(&steps), timings, result)
+        })
+        .await;
+        let summaries = ran.first().map(|r| r.0.clone()).unwrap_or_default();
+        let failed = ran
+            .iter()
+            .find_map(|r| r.2.as_ref().err())
+            .map(|(p, e)| (*p, e.to_string()));
+        let mut slowest: Vec<(Phase, Duration)> = Vec::new();
+        for (_, timings, _) in &ran {
+            for (phase, d) in timings {
+                match slowest.iter_mut().find(|(p, _)| p == phase) {
+                    Some((_, max)) => *max = (*max).max(*d),
+                    None => slowest.push((*phase, *d)),
+                }
+            }
+        }
+        for (phase, d) in slowest {
+            let result = match &failed {
+                Some((p, why)) if *p == phase => PhaseResult::Failed(why.clone()),
+                _ => PhaseResult::Ok(
+                    summaries
+                        .iter()
+                        .find(|(p, _)| *p == phase)
+                        .map(|(_, s)| s.clone())
+                        .unwrap_or_default(),
+                ),
+            };
+            report.record(phase, d, result);
+        }
+        ran.into_iter()
+            .map(|r| r.2)
+            .collect::<Result<Vec<()>, _>>()
+            .map(drop)
+    }
+
+    /// Writes this run's release record with `outcome` on `hosts`. A record is what a
+    /// later rollback trusts, so one that cannot be written is said, never swallowed.
+    async fn mark(&self, hosts: &[Host], outcome: &'static str, report: &mut Report) {
+        let spec = self.spec.clone();
+        let written = on_all(hosts, move |t| {
+            let name = t.state().name;
+            t.record(&spec, outcome).map_err(|e| format!("{name}: {e}"))
+        })
+        .await;
+        for e in written.into_iter().filter_map(Result::err) {
+            report.warn(
+                "berth: release record not written",
+                format!("Could not record this release as `{outcome}` on {e}. A later rollback reads these records to choose a release; check the host's deploy dir (disk space, permissions)."),
+            );
+        }
+    }
+}
+
+/// The first error of per-host results, if any.
+fn first_error<T>(results: Vec<Result<T, ReleaseError>>) -> Result<(), ReleaseError> {
+    results
+        .into_iter()
+        .find_map(Result::err)
+        .map_or(Ok(()), Err)
+}

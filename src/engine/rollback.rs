@@ -1,0 +1,276 @@
+//! Going back: the one rollback path of a failed deploy, and `mode: rollback`.
+
+use std::time::{Duration, Instant};
+
+use super::hosts::{on_all, states, Host};
+use super::{Engine, LOG_LINES};
+use crate::failure::{Fault, HostStep};
+use crate::report::{Diagnostics, Outcome, Phase, PhaseResult, Report, RollbackReport};
+use crate::target::ReleaseError;
+use crate::workflow::{Annotation, Level};
+
+impl Engine<'_> {
+    /// The one rollback path: collect diagnostics, then restore the newest release proven
+    /// healthy on every host whose containers may have changed, and prove it healthy.
+    /// What happened goes into the report; the fault is handed back as the root cause.
+    pub(super) async fn fail_and_restore(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        fault: Fault,
+    ) -> Fault {
+        let diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
+        report.excerpt = telling_lines(&diagnostics, 5);
+        report.diagnostics = diagnostics;
+        // The failed release says so at once, whatever the restore does next.
+        self.mark(hosts, "failed", report).await;
+
+        let all = states(hosts).await;
+        let touched: Vec<Host> = hosts
+            .iter()
+            .zip(&all)
+            .filter(|(_, s)| s.touched)
+            .map(|(h, _)| h.clone())
+            .collect();
+        let skipped = |report: &mut Report, why: String| {
+            report.record(Phase::Rollback, Duration::ZERO, PhaseResult::Skipped(why));
+        };
+        if touched.is_empty() {
+            skipped(
+                report,
+                "nothing was switched; the previous release still runs".into(),
+            );
+            return fault;
+        }
+        if self.cfg.rollback == crate::inputs::RollbackPolicy::Off {
+            skipped(report, "`rollback: off`: the host is left as it is".into());
+            return fault;
+        }
+        // Where each host goes back to: its newest release proven healthy, which may be
+        // older than `current` when current was a release that never proved itself.
+        let touched_states: Vec<_> = all.into_iter().filter(|s| s.touched).collect();
+        let missing: Vec<&str> = touched_states
+            .iter()
+            .filter(|s| s.restore_target.is_none())
+            .map(|s| s.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let first_deploy = touched_states
+                .iter()
+                .all(|s| s.restore_target.is_some() || s.previous.is_none());
+            let why = if first_deploy {
+                format!("first deploy on {}", missing.join(", "))
+            } else {
+                format!(
+                    "no release was ever proven healthy on {} (`mode: rollback` with `release:` can still restore a named one)",
+                    missing.join(", ")
+                )
+            };
+            skipped(
+                report,
+                format!(
+                    "{why}: nothing to restore; the failed release is left in place for diagnosis"
+                ),
+            );
+            return fault;
+        }
+        let started = Instant::now();
+        let restored = on_all(&touched, |t| {
+            let target = t
+                .state()
+                .restore_target
+                .ok_or(ReleaseError::NothingToRestore)?;
+            t.activate(&target).or_else(|e| {
+                // The connection may have died with the deploy; one fresh try.
+                t.reconnect()?;
+                t.activate(&target).map_err(|_| e)
+            })
+        })
+        .await;
+        let targets: Vec<Option<String>> = touched_states
+            .iter()
+            .map(|s| s.restore_target.clone())
+            .collect();
+        if targets.windows(2).any(|w| w[0] != w[1]) {
+            report.warn(
+                "berth: hosts restored to different releases",
+                format!("The newest release proven healthy differs between hosts ({}), so each host went back to its own. A record write failed on some host earlier; check the hosts' release records.", targets.iter().map(|t| t.as_deref().unwrap_or("none")).collect::<Vec<_>>().join(", ")),
+            );
+        }
+        let previous = targets.into_iter().next().flatten();
+        let mut rb = RollbackReport {
+            restored: previous.clone(),
+            ..Default::default()
+        };
+        if let Some(e) = restored.into_iter().find_map(Result::err) {
+            rb.detail = format!("restoring the previous release failed: {e}");
+        } else {
+            match self.health_gate(&touched, report, Instant::now()).await {
+                Ok(record) => {
+                    rb.healthy = true;
+                    rb.detail = format!(
+                        "the previous release {} is serving and healthy",
+                        previous.as_deref().unwrap_or("")
+                    );
+                    rb.health = Some(record);
+                }
+                Err(unproven) => {
+                    rb.detail = format!("the restored release is not healthy either: {unproven}");
+                    rb.health = unproven.health_record();
+                }
+            }
+        }
+        rb.duration = started.elapsed();
+        if rb.healthy {
+            self.mark(&touched, "rolled-back", report).await;
+            report.record(
+                Phase::Rollback,
+                rb.duration,
+                PhaseResult::Ok(rb.detail.clone()),
+            );
+        } else {
+            report.record(
+                Phase::Rollback,
+                rb.duration,
+                PhaseResult::Failed(rb.detail.clone()),
+            );
+            let commands = on_all(&touched, |t| {
+                let target = t.state().restore_target.unwrap_or_default();
+                t.recovery_command(&target)
+            })
+            .await;
+            report.recovery = Some(commands.join("\n"));
+        }
+        report.rollback = Some(rb);
+        fault
+    }
+
+    /// `mode: rollback`: re-activate the newest release proven healthy other than current
+    /// (or the one `release` names, with a warning when it never proved healthy), then
+    /// prove it healthy.
+    pub(super) async fn manual_rollback(
+        &mut self,
+        hosts: &[Host],
+        report: &mut Report,
+    ) -> Result<Outcome, Fault> {
+        let wanted = self.cfg.release.clone();
+        let started = Instant::now();
+        let chosen = on_all(hosts, move |t| {
+            let (target, unproven) = t.choose_rollback(wanted.as_deref())?;
+            t.activate(&target)?;
+            Ok::<_, ReleaseError>((target, unproven))
+        })
+        .await;
+        let mut targets = Vec::new();
+        for r in chosen {
+            match r {
+                Ok((target, unproven)) => {
+                    if let Some(w) = unproven {
+                        report.warn("berth: restoring a release that never proved healthy", w);
+                    }
+                    targets.push(target);
+                }
+                Err(e) => {
+                    let fault = Fault::host(HostStep::Rollback)(e);
+                    report.record(
+                        Phase::Rollback,
+                        started.elapsed(),
+                        PhaseResult::Failed(fault.to_string()),
+                    );
+                    return Err(fault);
+                }
+            }
+        }
+        self.restored = targets.first().cloned();
+        report.release = targets.first().cloned();
+        report.previous_release = hosts[0].state().await.previous;
+        report.record(
+            Phase::Rollback,
+            started.elapsed(),
+            PhaseResult::Ok(format!("re-activated {}", targets.join(", "))),
+        );
+        let health_started = Instant::now();
+        match self.verify_and_gate(hosts, report, health_started).await {
+            Ok(record) => {
+                report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
+                report.record(
+                    Phase::Health,
+                    health_started.elapsed(),
+                    PhaseResult::Ok("healthy".into()),
+                );
+                report.health = Some(record);
+                // Each host records what it restored (hosts may have chosen differently).
+                let per_host: Vec<(Host, String)> =
+                    hosts.iter().cloned().zip(targets.iter().cloned()).collect();
+                for (host, restored) in per_host {
+                    let recorded = host
+                        .call(move |t| {
+                            let name = t.state().name;
+                            t.record_manual_rollback(&restored)
+                                .map_err(|e| format!("{name}: {e}"))
+                        })
+                        .await;
+                    if let Err(e) = recorded {
+                        report.warn("berth: release record not written", e);
+                    }
+                }
+                report.notices.push(Annotation::new(
+                    Level::Notice,
+                    "berth: rolled back",
+                    format!(
+                        "Release {} is serving again and healthy.",
+                        targets.first().cloned().unwrap_or_default()
+                    ),
+                ));
+                Ok(Outcome::RolledBack)
+            }
+            Err(fault) => {
+                if fault.phase() == Phase::Health {
+                    report.record(
+                        Phase::Health,
+                        health_started.elapsed(),
+                        PhaseResult::Failed(fault.to_string()),
+                    );
+                }
+                report.health = fault.health_record();
+                report.diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
+                Err(fault)
+            }
+        }
+    }
+}
+
+/// The most telling lines of the failing containers' logs: errors first, else the tail.
+pub fn telling_lines(diagnostics: &[Diagnostics], n: usize) -> Vec<String> {
+    let keywords = [
+        "fatal",
+        "error",
+        "panic",
+        "exception",
+        "refused",
+        "denied",
+        "failed",
+        "cannot",
+        "killed",
+    ];
+    let mut telling = Vec::new();
+    let mut tail = Vec::new();
+    for d in diagnostics {
+        for (container, log) in &d.logs {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                // One huge line must not crowd the others out of the annotation.
+                let tagged = format!(
+                    "{container}: {}",
+                    crate::markdown::cut_long_lines(line.trim(), 300)
+                );
+                let lower = line.to_ascii_lowercase();
+                if keywords.iter().any(|k| lower.contains(k)) {
+                    telling.push(tagged.clone());
+                }
+                tail.push(tagged);
+            }
+        }
+    }
+    let pick = if telling.is_empty() { tail } else { telling };
+    pick[pick.len().saturating_sub(n)..].to_vec()
+}

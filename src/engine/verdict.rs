@@ -1,0 +1,153 @@
+//! The verdict on a release: the running digests verified while the health probe already
+//! runs, and a crash watch alongside the probe. All three run at once; the first failure
+//! decides.
+
+use std::time::{Duration, Instant};
+
+use super::hosts::{on_all, states, Host};
+use super::Engine;
+use crate::failure::{Fault, HostStep};
+use crate::health::{HealthProbe, HealthRecord};
+use crate::report::{Phase, PhaseResult, Report};
+
+/// How often the crash-loop watch looks at the workloads while health is probed.
+pub const CRASH_WATCH_EVERY: Duration = Duration::from_secs(1);
+
+impl Engine<'_> {
+    /// Verifies the running digests while the health probe already runs: the verdict
+    /// needs both, and neither waits for the other.
+    pub(super) async fn verify_and_gate(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        started: Instant,
+    ) -> Result<HealthRecord, Fault> {
+        let verify_started = Instant::now();
+        let verify = async {
+            let results = on_all(hosts, |t| t.verify()).await;
+            (
+                results.into_iter().find_map(Result::err),
+                verify_started.elapsed(),
+            )
+        };
+        let ((verify_error, verify_time), health) =
+            tokio::join!(verify, self.health_gate(hosts, report, started));
+        if let Some(e) = verify_error {
+            report.record(
+                Phase::Verify,
+                verify_time,
+                PhaseResult::Failed(e.to_string()),
+            );
+            return Err(Fault::host(HostStep::Verify)(e));
+        }
+        report.record(
+            Phase::Verify,
+            verify_time,
+            PhaseResult::Ok("running containers match the pinned digests".into()),
+        );
+        health
+    }
+
+    /// Probes `health-url` until healthy, while watching every host for crash loops.
+    /// The health record, healthy or not, is kept in the report.
+    pub(super) async fn health_gate(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        started: Instant,
+    ) -> Result<HealthRecord, Fault> {
+        let specs: Vec<_> = states(hosts).await.into_iter().map(|h| h.spec).collect();
+        let urls = self.cfg.health_urls(&specs);
+        if urls.is_empty() {
+            return Ok(HealthRecord {
+                healthy_after: Some(Duration::ZERO),
+                ..Default::default()
+            });
+        }
+        let probes = urls
+            .iter()
+            .map(|url| HealthProbe::from_config(self.cfg, url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Fault::Probe(e.to_string()))?;
+        let names: Vec<String> = urls.iter().map(crate::inputs::redact_url).collect();
+        let _group = self.runner.group(&format!("Health: {}", names.join(", ")));
+        let probe = self.probe_all(&probes, started);
+        let watch = crash_watch(hosts, started);
+        // Both are polled together: a watch waiting on a host never stalls the probe.
+        tokio::select! {
+            r = probe => r,
+            fault = watch => {
+                if let Fault::CrashLoop(msg) = &fault {
+                    report.warn("berth: crash loop", msg.clone());
+                }
+                Err(fault)
+            }
+        }
+    }
+
+    /// Every URL must pass; the slowest decides when the release counts as healthy.
+    async fn probe_all(
+        &self,
+        probes: &[HealthProbe],
+        started: Instant,
+    ) -> Result<HealthRecord, Fault> {
+        let several = probes.len() > 1;
+        let records = futures_util::future::join_all(probes.iter().map(|p| {
+            let runner = self.runner.clone();
+            let prefix = if several {
+                format!("{} ", p.shown_url())
+            } else {
+                String::new()
+            };
+            p.wait(started, move |a| {
+                runner.line(&format!(
+                    "{prefix}{:>6.1}s {}",
+                    a.offset.as_secs_f64(),
+                    a.outcome
+                ))
+            })
+        }))
+        .await;
+        match records.iter().find(|r| r.healthy_after.is_none()) {
+            Some(unhealthy) => {
+                let msg = format!(
+                    "{} was not healthy within {:?} (`health-timeout`); {}",
+                    unhealthy.url,
+                    probes[0].timeout,
+                    unhealthy.failure_summary()
+                );
+                Err(Fault::Unhealthy {
+                    message: msg,
+                    record: Box::new(unhealthy.clone()),
+                })
+            }
+            None => Ok(records
+                .into_iter()
+                .max_by_key(|r| r.healthy_after)
+                .unwrap_or_default()),
+        }
+    }
+}
+
+/// Looks at every host each [`CRASH_WATCH_EVERY`] until one has a failing workload (a
+/// crash loop) or cannot be asked; never returns otherwise.
+async fn crash_watch(hosts: &[Host], started: Instant) -> Fault {
+    loop {
+        tokio::time::sleep(CRASH_WATCH_EVERY).await;
+        let looks = on_all(hosts, |t| (t.state().name, t.watch())).await;
+        for (name, look) in looks {
+            match look {
+                Ok(failing) if failing.is_empty() => {}
+                Ok(failing) => {
+                    return Fault::CrashLoop(format!(
+                        "{name} after {:.1}s, before the health deadline: {}",
+                        started.elapsed().as_secs_f64(),
+                        failing.join("; ")
+                    ))
+                }
+                // A watch that cannot see must not pass for one that saw nothing.
+                Err(e) => return Fault::host(HostStep::Watch)(e),
+            }
+        }
+    }
+}

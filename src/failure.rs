@@ -1,0 +1,234 @@
+//! Why a run failed, as one type. Each module has its own error enum; a [`Fault`] says
+//! which one and where, and becomes the report's root cause in one place
+//! ([`Fault::to_failure`]), with every annotation title written here.
+
+use crate::ci_gate::GateError;
+use crate::inputs::InputErrors;
+use crate::report::{Failure, Phase};
+use crate::ssh::SshError;
+use crate::target::ReleaseError;
+use crate::trust::WorkspaceError;
+
+/// The host-side steps a fault can come from: each has its phase and its titles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostStep {
+    Connect,
+    Preflight,
+    Lock,
+    /// Reading what runs now and the release records.
+    Snapshot,
+    /// A step of the release, in its phase.
+    Release(Phase),
+    Verify,
+    /// The crash watch while health is probed.
+    Watch,
+    /// `mode: rollback` choosing or re-activating a release.
+    Rollback,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// Every invalid input; each is its own annotation.
+    #[error("{0}")]
+    Inputs(InputErrors),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// A build or push failure, already told where (file and line) and how.
+    #[error("{}", .0.message)]
+    Build(Failure),
+    #[error("{source}")]
+    Host {
+        step: HostStep,
+        #[source]
+        source: ReleaseError,
+    },
+    /// `health-url` could not be probed as given.
+    #[error("{0}")]
+    Probe(String),
+    #[error("{message}")]
+    Unhealthy {
+        message: String,
+        record: Box<crate::health::HealthRecord>,
+    },
+    #[error("{0}")]
+    CrashLoop(String),
+    #[error("berth received {signal} (the run was cancelled) and released {released} deploy lock(s). A host may have been mid-deploy: check `docker compose ps` there, or re-run berth, which restores a consistent release.")]
+    Cancelled {
+        signal: &'static str,
+        released: usize,
+    },
+}
+
+impl Fault {
+    pub fn host(step: HostStep) -> impl FnOnce(ReleaseError) -> Fault {
+        move |source| Fault::Host { step, source }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self {
+            Fault::Inputs(_) => Phase::Inputs,
+            Fault::Gate(_) | Fault::Workspace(_) => Phase::CiGate,
+            Fault::Build(f) => f.phase,
+            Fault::Host { step, .. } => match step {
+                HostStep::Connect | HostStep::Preflight => Phase::Connect,
+                HostStep::Lock => Phase::Lock,
+                HostStep::Snapshot => Phase::Upload,
+                HostStep::Release(phase) => *phase,
+                HostStep::Verify => Phase::Verify,
+                HostStep::Watch => Phase::Health,
+                HostStep::Rollback => Phase::Rollback,
+            },
+            Fault::Probe(_) | Fault::Unhealthy { .. } | Fault::CrashLoop(_) => Phase::Health,
+            Fault::Cancelled { .. } => Phase::Connect,
+        }
+    }
+
+    /// The annotation title: what failed, in the user's words.
+    pub fn title(&self) -> String {
+        let title = match self {
+            Fault::Inputs(_) => "berth: invalid inputs",
+            Fault::Gate(e) => gate_title(e),
+            Fault::Workspace(_) => "berth: the workspace is not the gated commit",
+            Fault::Build(f) => return f.title.clone(),
+            Fault::Host { step, source } => host_title(*step, source),
+            Fault::Probe(_) | Fault::Unhealthy { .. } => "berth: health check failed",
+            Fault::CrashLoop(_) => "berth: service crash-looping",
+            Fault::Cancelled { .. } => "berth: cancelled",
+        };
+        title.into()
+    }
+
+    /// The health record of a release that did not prove healthy, if a probe ran.
+    pub fn health_record(&self) -> Option<crate::health::HealthRecord> {
+        match self {
+            Fault::Unhealthy { record, .. } => Some((**record).clone()),
+            _ => None,
+        }
+    }
+
+    /// The report's root cause.
+    pub fn to_failure(&self) -> Failure {
+        let (file, line) = match self {
+            Fault::Build(f) => (f.file.clone(), f.line),
+            _ => (None, None),
+        };
+        Failure {
+            phase: self.phase(),
+            title: self.title(),
+            message: self.to_string(),
+            file,
+            line,
+        }
+    }
+}
+
+fn gate_title(e: &GateError) -> &'static str {
+    match e {
+        GateError::Failed { .. } => "berth: CI did not succeed for this commit",
+        GateError::TimedOut { .. } => "berth: CI gate timed out",
+        GateError::NoRun { .. } => "berth: no CI run found for this commit",
+        GateError::UnknownWorkflow { .. } => "berth: unknown CI workflow",
+        GateError::Api(_) => "berth: GitHub API error in the CI gate",
+        GateError::ShaNotTested { .. } => "berth: the commit to deploy is not the one CI tested",
+        GateError::Event { .. } | GateError::NoHeadSha | GateError::NoSha => {
+            "berth: cannot tell which commit to deploy"
+        }
+    }
+}
+
+fn host_title(step: HostStep, e: &ReleaseError) -> &'static str {
+    match (step, e) {
+        (HostStep::Connect, ReleaseError::Ssh(SshError::HostKeyMismatch { .. })) => {
+            "berth: host key mismatch"
+        }
+        (HostStep::Connect, ReleaseError::Ssh(SshError::HostKeyNotPinned { .. })) => {
+            "berth: host key not pinned"
+        }
+        (HostStep::Connect, ReleaseError::Ssh(SshError::Auth { .. })) => {
+            "berth: SSH authentication failed"
+        }
+        (HostStep::Connect, _) => "berth: cannot connect to the host",
+        (HostStep::Preflight, _) => "berth: host failed preflight",
+        (HostStep::Lock, ReleaseError::LockHeld { .. }) => "berth: deploy lock is held",
+        (HostStep::Lock, _) => "berth: cannot take the deploy lock",
+        (HostStep::Snapshot, _) => "berth: cannot read the host's current release",
+        (HostStep::Release(Phase::Upload), _) => "berth: upload failed",
+        (HostStep::Release(Phase::Pull), _) => "berth: pull failed",
+        (HostStep::Release(Phase::PreDeploy), _) => "berth: pre-deploy command failed",
+        (HostStep::Release(Phase::Up), _) => "berth: docker compose up failed",
+        (HostStep::Release(Phase::Verify), _) | (HostStep::Verify, _) => {
+            "berth: running images do not match the deploy"
+        }
+        (HostStep::Release(_), _) => "berth: remote release failed",
+        (HostStep::Watch, ReleaseError::Ssh(_)) => "berth: connection to the host lost",
+        (HostStep::Watch, _) => "berth: cannot watch the host's containers",
+        (HostStep::Rollback, _) => "berth: rollback failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fault becomes one root cause with its phase, title and message; the phase
+    /// and title of a host fault follow the step it came from, not only the error.
+    #[test]
+    fn each_fault_converts_once_into_its_phase_title_and_message() {
+        let held = || ReleaseError::LockHeld {
+            host: "web1".into(),
+            holder: "run 7".into(),
+            waited: std::time::Duration::from_secs(3),
+        };
+        let cases = [
+            (
+                Fault::host(HostStep::Lock)(held()),
+                Phase::Lock,
+                "berth: deploy lock is held",
+            ),
+            (
+                Fault::host(HostStep::Connect)(held()),
+                Phase::Connect,
+                "berth: cannot connect to the host",
+            ),
+            (
+                Fault::host(HostStep::Release(Phase::PreDeploy))(ReleaseError::NothingToRestore),
+                Phase::PreDeploy,
+                "berth: pre-deploy command failed",
+            ),
+            (
+                Fault::host(HostStep::Verify)(ReleaseError::NothingToRestore),
+                Phase::Verify,
+                "berth: running images do not match the deploy",
+            ),
+            (
+                Fault::CrashLoop("web1 after 2.0s".into()),
+                Phase::Health,
+                "berth: service crash-looping",
+            ),
+            (
+                Fault::Gate(GateError::NoSha),
+                Phase::CiGate,
+                "berth: cannot tell which commit to deploy",
+            ),
+        ];
+        for (fault, phase, title) in cases {
+            let f = fault.to_failure();
+            assert_eq!((f.phase, f.title.as_str()), (phase, title), "{fault:?}");
+            assert_eq!(f.message, fault.to_string());
+        }
+        let build = Failure {
+            phase: Phase::Build,
+            title: "berth: building web failed".into(),
+            message: "step 3".into(),
+            file: Some("Dockerfile".into()),
+            line: Some(3),
+        };
+        let f = Fault::Build(build).to_failure();
+        assert_eq!(
+            (f.phase, f.file.as_deref(), f.line),
+            (Phase::Build, Some("Dockerfile"), Some(3))
+        );
+    }
+}

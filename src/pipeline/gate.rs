@@ -1,0 +1,116 @@
+//! The CI gate as a step of the run: which commit, whether its origin may deploy, and
+//! whether its CI succeeded. Read-only, so it runs in dry-run too.
+
+use std::time::Instant;
+
+use crate::ci_gate::{self, GateError, GateVerdict};
+use crate::github::GithubApi;
+use crate::inputs::{Config, GithubContext, Mode};
+use crate::report::{Phase, PhaseResult, Report};
+use crate::workflow::Runner;
+
+/// Chooses the commit and proves CI succeeded for it. Read-only, so it runs in dry-run too.
+pub async fn ci_gate(
+    cfg: &Config,
+    ctx: &GithubContext,
+    runner: &Runner,
+    report: &mut Report,
+) -> Result<GateVerdict, GateError> {
+    let started = Instant::now();
+    let event = ci_gate::read_event(ctx.event_path.as_deref())?;
+    let commit = ci_gate::choose_commit(cfg.sha.as_deref(), ctx, event.as_ref())?;
+    runner.line(&format!("Commit {} ({})", commit.sha, commit.source));
+    report.sha = Some(commit.sha.clone());
+    report.sha_source = Some(commit.source.clone());
+
+    // Whose code this is comes before whether its CI passed: a fork's green CI proves
+    // nothing berth may act on. A local run (no event at all) has no origin to check.
+    // On a runner there is always an event; without one, fail closed there.
+    if !ctx.event_name.is_empty() || ctx.on_runner {
+        let origin = crate::trust::Origin::of(ctx, event.as_ref());
+        if let Err(refusal) = origin.check(&cfg.events, &cfg.branches) {
+            let reason = format!("Not deploying {}: {refusal}", commit.sha);
+            report.record(
+                Phase::CiGate,
+                started.elapsed(),
+                PhaseResult::Skipped(format!("refused: {refusal}")),
+            );
+            return Ok(GateVerdict::Refused { reason });
+        }
+    }
+
+    let (verdict, result) = if cfg.mode == Mode::Rollback {
+        (
+            Ok(GateVerdict::Passed),
+            PhaseResult::Skipped("rollback restores a release that already passed".into()),
+        )
+    } else if cfg.allow_untested {
+        report.warn(
+            "berth: deploying untested code",
+            format!(
+                "`allow-untested: true`: {} is deployed without checking CI.",
+                commit.sha
+            ),
+        );
+        (
+            Ok(GateVerdict::Passed),
+            PhaseResult::Skipped("allow-untested".into()),
+        )
+    } else if ctx.event_name == "workflow_run" && cfg.ci_workflows.is_empty() {
+        let event = event.as_ref().ok_or(GateError::NoHeadSha)?;
+        // The triggering run is evidence only for the commit it tested.
+        let tested = event["workflow_run"]["head_sha"]
+            .as_str()
+            .unwrap_or_default();
+        if !tested.eq_ignore_ascii_case(&commit.sha) {
+            let e = GateError::ShaNotTested {
+                sha: commit.sha.clone(),
+                tested: tested.into(),
+            };
+            report.record(
+                Phase::CiGate,
+                started.elapsed(),
+                PhaseResult::Failed(e.to_string()),
+            );
+            return Err(e);
+        }
+        match ci_gate::verdict_from_workflow_run(event, &commit.sha, report) {
+            GateVerdict::Passed => (
+                Ok(GateVerdict::Passed),
+                PhaseResult::Ok("the triggering workflow_run succeeded".into()),
+            ),
+            skipped => (
+                Ok(skipped),
+                PhaseResult::Skipped("the triggering workflow_run did not succeed".into()),
+            ),
+        }
+    } else {
+        let api = GithubApi::new(&ctx.api_url, &cfg.github_token, &ctx.repository)?;
+        match ci_gate::wait_for_ci(&api, cfg, ctx, &commit.sha, runner, report).await {
+            Ok(()) => (
+                Ok(GateVerdict::Passed),
+                PhaseResult::Ok(format!("{} succeeded", cfg.ci_workflows.join(", "))),
+            ),
+            Err(e) => {
+                report.record(
+                    Phase::CiGate,
+                    started.elapsed(),
+                    PhaseResult::Failed(e.to_string()),
+                );
+                return Err(e);
+            }
+        }
+    };
+    report.ci.verdict = Some(match &result {
+        PhaseResult::Ok(t) | PhaseResult::Skipped(t) | PhaseResult::Failed(t) => t.clone(),
+    });
+    if cfg.dry_run {
+        runner.line(&format!(
+            "Dry run: CI gate verdict for {}: {}",
+            commit.sha,
+            report.ci.verdict.as_deref().unwrap_or("")
+        ));
+    }
+    report.record(Phase::CiGate, started.elapsed(), result);
+    verdict
+}

@@ -1,0 +1,631 @@
+//! The compose target: a compose project on a host over SSH. Its release is a dir of
+//! files (compose file, digest pins, env file, record) activated with `docker compose up`
+//! and pointed at by `current`. Blocking (ssh2): each host runs on its own thread.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde_json::Value;
+
+use crate::remote::{self, Cmd, Layout, ReleaseRecord};
+use crate::report::Diagnostics;
+use crate::ssh::{ExecOutput, HostSession};
+use crate::target::{
+    Access, Action, Body, HostState, Output, ReleaseError, ReleaseSpec, Step, Target, Undo,
+};
+use crate::workflow::Runner;
+
+pub(crate) mod lock;
+mod records;
+mod steps;
+mod watch;
+
+pub use steps::{activation_steps, release_steps, LONG, QUICK};
+pub use watch::{container_state, describe_failing, failing_containers};
+
+/// The state of a container of the project, from `docker inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    pub id: String,
+    pub service: String,
+    pub name: String,
+    pub image_id: String,
+    pub status: String,
+    pub exit_code: i64,
+    pub restart_count: i64,
+    pub restarting: bool,
+    pub oom_killed: bool,
+    pub restart_policy: String,
+    pub one_off: bool,
+}
+
+/// A host being deployed: its connection, its held lock and what was done so far.
+pub struct ComposeHost {
+    pub access: Access,
+    pub layout: Layout,
+    pub conn: HostSession,
+    pub runner: Runner,
+    pub previous: Option<String>,
+    pub release: Option<String>,
+    /// The running containers may have changed (a step whose undo is a restore started).
+    pub touched: bool,
+    /// What `verify` checks: the pins of the release activated last.
+    pub pins: BTreeMap<String, String>,
+    /// This run's release's own pins, for its record: restoring another release changes
+    /// `pins`, never these.
+    pub own_pins: BTreeMap<String, String>,
+    /// The releases on the host and their outcomes, newest first, as of the snapshot.
+    pub releases: Vec<remote::ReleaseEntry>,
+    pub replaced: BTreeMap<String, String>,
+    /// Restart counts by container id before this run changed anything: containers that
+    /// `up` recreates get new ids, so any restart of theirs counts.
+    pub restarts_before: BTreeMap<String, i64>,
+    /// The release's compose model as compose resolved it on the host.
+    model: Option<Value>,
+    /// Slow stops seen in `up` or a restore: what the report should point at.
+    pub slow_stops: Vec<String>,
+    /// When `docker compose up` returned: the health deadline counts from here.
+    pub up_done: Option<Instant>,
+    lock_token: Option<String>,
+    heartbeat: Option<lock::Heartbeat>,
+}
+
+impl ComposeHost {
+    pub fn connect(
+        access: Access,
+        layout: Layout,
+        runner: Runner,
+    ) -> Result<ComposeHost, ReleaseError> {
+        let conn = access.connect()?;
+        runner.line(&format!(
+            "{}: connected; host key {} ({})",
+            conn.name, conn.host_key.fingerprint, conn.host_key.key_type
+        ));
+        Ok(ComposeHost {
+            access,
+            layout,
+            conn,
+            runner,
+            previous: None,
+            release: None,
+            touched: false,
+            pins: BTreeMap::new(),
+            own_pins: BTreeMap::new(),
+            releases: Vec::new(),
+            replaced: BTreeMap::new(),
+            restarts_before: BTreeMap::new(),
+            model: None,
+            slow_stops: Vec::new(),
+            up_done: None,
+            lock_token: None,
+            heartbeat: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.conn.name
+    }
+
+    /// Runs a bookkeeping command quietly; a non-zero exit fails.
+    fn step(
+        &self,
+        step: &'static str,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, ReleaseError> {
+        self.checked(step, cmd, stdin, timeout, false)
+    }
+
+    /// Runs a deploy step, streaming its output line by line with a host prefix.
+    fn streamed(
+        &self,
+        step: &'static str,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, ReleaseError> {
+        self.checked(step, cmd, stdin, timeout, true)
+    }
+
+    fn checked(
+        &self,
+        step: &'static str,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        stream: bool,
+    ) -> Result<ExecOutput, ReleaseError> {
+        let out = self.quiet(cmd, stdin, timeout, stream)?;
+        self.exited_0(step, out)
+    }
+
+    /// A command's output, or the step's failure with the tail of what it printed.
+    fn exited_0(&self, step: &'static str, out: ExecOutput) -> Result<ExecOutput, ReleaseError> {
+        if out.status != 0 {
+            return Err(ReleaseError::Step {
+                host: self.conn.name.clone(),
+                step,
+                status: out.status,
+                tail: tail(&out, 30),
+            });
+        }
+        Ok(out)
+    }
+
+    fn quiet(
+        &self,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        stream: bool,
+    ) -> Result<ExecOutput, ReleaseError> {
+        let prefix = format!("[{}]", self.conn.name);
+        let runner = self.runner.clone();
+        Ok(self.conn.run(cmd, stdin, timeout, |line| {
+            if stream {
+                runner.line(&format!("{prefix} {line}"));
+            }
+        })?)
+    }
+
+    /// warnings (little space left).
+    pub fn preflight(&mut self) -> Result<Vec<String>, ReleaseError> {
+        let out = self.step("preflight", &self.layout.preflight(), None, QUICK)?;
+        let p = remote::parse_preflight(&out.stdout);
+        let fail = |problem: String| ReleaseError::Preflight {
+            host: self.conn.name.clone(),
+            problem,
+        };
+        let version = p.compose.map_err(|why| {
+            fail(format!("`docker compose version` failed ({why}). Install Compose v2 (the `docker compose` plugin) on the host."))
+        })?;
+        let docker_root = p.docker_root.map_err(|why| {
+            fail(format!("`docker info` failed ({why}): the SSH user cannot reach the Docker daemon. Add it to the `docker` group, or check that dockerd runs."))
+        })?;
+        if !p.writable {
+            return Err(fail(format!(
+                "`{}` cannot be written by the SSH user, so `deploy-dir` {} cannot be made or used. Give the user write access, or choose another `deploy-dir`.",
+                p.dir, self.layout.deploy_dir
+            )));
+        }
+        let mut warnings = Vec::new();
+        // The release's files land in the deploy dir; the images it pulls, in Docker's
+        // data root, often another filesystem.
+        for (free, dir, what) in [
+            (p.free_kb, p.dir.as_str(), "the release's files"),
+            (p.docker_free_kb, docker_root.as_str(), "pulled images"),
+        ] {
+            match free {
+                Some(kb) if kb < MIN_FREE_KB => {
+                    return Err(fail(format!(
+                        "only {} free on `{dir}`, where {what} go. Free space on the host (`docker image prune` for other projects' images, old logs).",
+                        human_kb(kb)
+                    )))
+                }
+                Some(kb) if kb < WARN_FREE_KB => warnings.push(format!(
+                    "{}: only {} free on `{dir}`, where {what} go; the deploy may fail for want of space.",
+                    self.conn.name,
+                    human_kb(kb)
+                )),
+                _ => {}
+            }
+        }
+        let lock = match &p.lock_holder {
+            Some(h) => format!(
+                "; the deploy lock is held ({}), berth will wait up to `lock-timeout`",
+                h.chars().take(300).collect::<String>()
+            ),
+            None => String::new(),
+        };
+        let free = |kb: Option<u64>| kb.map(human_kb).unwrap_or_else(|| "unknown space".into());
+        self.runner.line(&format!(
+            "{}: preflight ok: compose {version}, `{}` writable with {} free, Docker root `{docker_root}` with {} free{lock}",
+            self.conn.name,
+            p.dir,
+            free(p.free_kb),
+            free(p.docker_free_kb)
+        ));
+        Ok(warnings)
+    }
+
+    /// `docker compose up`, streamed, noting which services were slow to stop: a service
+    /// that ignores SIGTERM makes every `up` and every rollback wait out its
+    /// stop_grace_period, and nobody sees why.
+    fn compose_up(
+        &mut self,
+        step: &'static str,
+        cmd: &Cmd,
+        what: &str,
+        bound: Duration,
+    ) -> Result<(), ReleaseError> {
+        let started = Instant::now();
+        let prefix = format!("[{}]", self.conn.name);
+        let runner = self.runner.clone();
+        let mut seen: Vec<(Duration, String)> = Vec::new();
+        let out = self.conn.run(cmd, None, bound, |line| {
+            runner.line(&format!("{prefix} {line}"));
+            seen.push((started.elapsed(), line.to_string()));
+        })?;
+        for (service, took) in remote::slow_stops(&seen, &self.layout.project, SLOW_STOP) {
+            self.slow_stops.push(format!(
+                "{}: {what} spent {:.0} s stopping service `{service}`: it most likely ignores SIGTERM, so Docker waited out its stop_grace_period and killed it. Add `init: true` to the service, make the app handle SIGTERM, or set a shorter `stop_grace_period`.",
+                self.conn.name,
+                took.as_secs_f64()
+            ));
+        }
+        self.exited_0(step, out).map(|_| ())
+    }
+
+    /// Runs one step of a release (see [`release_steps`]) and keeps what it tells.
+    fn execute(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
+        if step.undo == Undo::Restore {
+            self.touched = true;
+        }
+        let result = match &step.action {
+            Action::CreateDir { path, mode } => self.create_release_dir(spec, path, *mode),
+            Action::Upload { path, body, mode } => {
+                let bytes = match body {
+                    Body::Text(_, text) => text.clone().into_bytes(),
+                    Body::Secret(secret) => secret.expose().as_bytes().to_vec(),
+                    Body::Pins => remote::override_file(&self.pins).into_bytes(),
+                    Body::Record(outcome) => {
+                        // The record names every pin before anything runs from them.
+                        self.own_pins = self.pins.clone();
+                        self.record_body(spec, outcome).into_bytes()
+                    }
+                };
+                self.conn.upload(path, &bytes, *mode).map_err(Into::into)
+            }
+            Action::Run { cmd, stdin, output } => {
+                let stdin = stdin.as_ref().map(|s| s.expose().as_bytes());
+                self.run_command(step, cmd, stdin, *output)
+            }
+        };
+        if let (Err(e), Undo::Cleanup(cleanup)) = (&result, &step.undo) {
+            // A command that exited ran its own cleanup; one cut off (connection lost,
+            // timeout) may not have.
+            if !matches!(e, ReleaseError::Step { .. }) {
+                let _ = self.quiet(cleanup, None, QUICK, false);
+            }
+        }
+        result
+    }
+
+    fn create_release_dir(
+        &mut self,
+        spec: &ReleaseSpec,
+        dir: &str,
+        mode: i32,
+    ) -> Result<(), ReleaseError> {
+        if let Err(e) = self.conn.mkdir(dir, mode) {
+            return Err(match self.conn.exists(dir) {
+                Ok(true) => ReleaseError::ReleaseExists {
+                    host: self.conn.name.clone(),
+                    dir: dir.into(),
+                },
+                _ => e.into(),
+            });
+        }
+        self.release = Some(spec.id.clone());
+        self.pins = spec.built.clone();
+        self.own_pins = spec.built.clone();
+        Ok(())
+    }
+
+    fn run_command(
+        &mut self,
+        step: &Step,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        output: Output,
+    ) -> Result<(), ReleaseError> {
+        match output {
+            Output::Quiet => self.step(step.name, cmd, stdin, step.bound).map(drop),
+            Output::Streamed => self.streamed(step.name, cmd, stdin, step.bound).map(drop),
+            Output::ComposeModel => {
+                let out = self.step(step.name, cmd, stdin, step.bound)?;
+                self.model = Some(self.read_model(&out)?);
+                Ok(())
+            }
+            Output::PinByTag => self.pin_by_tag(step, cmd),
+            Output::Activate => {
+                let what = if step.name == "docker compose up" {
+                    "up"
+                } else {
+                    "the restore"
+                };
+                self.compose_up(step.name, cmd, what, step.bound)?;
+                self.up_done = Some(Instant::now());
+                Ok(())
+            }
+        }
+    }
+
+    /// The compose model as compose resolved it on the host (its files, its env file, the
+    /// host's environment). A variable the compose file uses that nothing sets fails the
+    /// deploy here (field notes A.5, C).
+    fn read_model(&self, out: &ExecOutput) -> Result<Value, ReleaseError> {
+        let names = unset_variables(&out.stderr);
+        if !names.is_empty() {
+            return Err(ReleaseError::MissingVariables {
+                host: self.conn.name.clone(),
+                names,
+            });
+        }
+        serde_json::from_str(&out.stdout).map_err(|e| ReleaseError::Unexpected {
+            host: self.conn.name.clone(),
+            doing: "reading `compose config`",
+            detail: e.to_string(),
+        })
+    }
+
+    /// Pins services that berth did not build to what was just pulled, by digest, so the
+    /// release can be restored exactly later. `cmd` is completed with their images.
+    fn pin_by_tag(&mut self, step: &Step, cmd: &Cmd) -> Result<(), ReleaseError> {
+        let unpinned: Vec<(String, String)> = self
+            .model
+            .as_ref()
+            .and_then(|m| m["services"].as_object())
+            .into_iter()
+            .flatten()
+            .filter_map(|(service, def)| {
+                Some((service.clone(), def["image"].as_str()?.to_string()))
+            })
+            .filter(|(service, image)| {
+                !self.pins.contains_key(service) && !image.contains("@sha256:")
+            })
+            .collect();
+        if unpinned.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = cmd.clone();
+        cmd.0.extend(unpinned.iter().map(|(_, i)| i.clone()));
+        let out = self.step(step.name, &cmd, None, step.bound)?;
+        for ((service, image), line) in unpinned.iter().zip(out.stdout.lines()) {
+            // `-`: a buildable service without an image on the host; compose builds it.
+            if let Some(pin) = choose_pin(image, line.trim()) {
+                self.pins.insert(service.clone(), pin);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-activates a release: its compose file, its pins and its env file.
+    /// Its pins (from its release.json) become what `verify` checks.
+    fn reactivate(&mut self, id: &str) -> Result<(), ReleaseError> {
+        let record = self.step(
+            "read release record",
+            &self.layout.read_release_record(id),
+            None,
+            QUICK,
+        )?;
+        let record: ReleaseRecord =
+            serde_json::from_str(&record.stdout).map_err(|e| ReleaseError::Unexpected {
+                host: self.conn.name.clone(),
+                doing: "reading the release record to restore",
+                detail: e.to_string(),
+            })?;
+        self.pins = record.images;
+        let steps = activation_steps(&self.layout, id, "docker compose up (restore)");
+        for step in &steps {
+            if let Action::Run { cmd, output, .. } = &step.action {
+                self.run_command(step, cmd, None, *output)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Target for ComposeHost {
+    fn state(&self) -> HostState {
+        HostState {
+            name: self.conn.name.clone(),
+            spec: self.access.spec.clone(),
+            fingerprint: self.conn.host_key.fingerprint.clone(),
+            previous: self.previous.clone(),
+            release: self.release.clone(),
+            touched: self.touched,
+            activated_at: self.up_done,
+            restore_target: self.restore_target(),
+            slow_stops: self.slow_stops.clone(),
+        }
+    }
+    fn reconnect(&mut self) -> Result<(), ReleaseError> {
+        self.conn = self.access.connect()?;
+        Ok(())
+    }
+    fn preflight(&mut self) -> Result<Vec<String>, ReleaseError> {
+        ComposeHost::preflight(self)
+    }
+    fn peek_lock(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::peek_lock(self)
+    }
+    fn lock(&mut self, spec: &ReleaseSpec) -> Result<Option<String>, ReleaseError> {
+        ComposeHost::lock(self, spec)
+    }
+    fn unlock(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::unlock(self)
+    }
+    fn snapshot(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::snapshot(self)
+    }
+    fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
+        release_steps(&self.layout, spec)
+    }
+    fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
+        self.execute(spec, step)
+    }
+    fn verify(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::verify(self)
+    }
+    fn watch(&mut self) -> Result<Vec<String>, ReleaseError> {
+        self.crash_watch()
+    }
+    fn activate(&mut self, id: &str) -> Result<(), ReleaseError> {
+        self.reactivate(id)
+    }
+    fn recovery_command(&self, id: &str) -> String {
+        let up = self.layout.compose(id, &["up", "-d", "--remove-orphans"]);
+        crate::ssh::quote_argv(&remote::by_ssh(&self.access.spec, &up).0)
+    }
+    fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError> {
+        self.write_record(spec, outcome)
+    }
+    fn prune(&mut self, spec: &ReleaseSpec) -> Result<Vec<String>, ReleaseError> {
+        ComposeHost::prune(self, spec)
+    }
+    fn diagnostics(&mut self, lines: usize) -> Diagnostics {
+        ComposeHost::diagnostics(self, lines)
+    }
+    fn choose_rollback(
+        &mut self,
+        wanted: Option<&str>,
+    ) -> Result<(String, Option<String>), ReleaseError> {
+        ComposeHost::choose_rollback(self, wanted)
+    }
+    fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {
+        ComposeHost::record_manual_rollback(self, restored)
+    }
+}
+
+/// A container that takes this long to stop is named as a slow stop.
+const SLOW_STOP: Duration = Duration::from_secs(5);
+
+/// Below this, a host cannot take a release: preflight fails.
+const MIN_FREE_KB: u64 = 32 * 1024;
+/// Below this, preflight warns.
+const WARN_FREE_KB: u64 = 2 * 1024 * 1024;
+
+fn human_kb(kb: u64) -> String {
+    if kb >= 1024 * 1024 {
+        format!("{:.1} GiB", kb as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// The last `n` lines of a command's output, stderr after stdout.
+pub fn tail(out: &ExecOutput, n: usize) -> String {
+    let all: Vec<&str> = out.stdout.lines().chain(out.stderr.lines()).collect();
+    all[all.len().saturating_sub(n)..].join("\n")
+}
+
+/// `sha256:<id> ["repo@sha256:..."]` -> the digest reference for the image's repository,
+/// or the image id when the image was never pushed.
+pub fn choose_pin(image: &str, inspect: &str) -> Option<String> {
+    let (id, digests) = inspect.split_once(' ')?;
+    let digests: Vec<String> = serde_json::from_str(digests).unwrap_or_default();
+    let repo = strip_tag(image);
+    digests
+        .iter()
+        .find(|d| d.split('@').next() == Some(repo))
+        .or_else(|| digests.first())
+        .cloned()
+        .or_else(|| Some(id.to_string()))
+}
+
+fn strip_tag(image: &str) -> &str {
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].find(':') {
+        Some(i) => &image[..name_start + i],
+        None => image,
+    }
+}
+
+/// The variables compose warned it defaulted to a blank string, in order, once each. The
+/// warning is logfmt without a terminal (`msg="The \"X\" variable ..."`), plain with one.
+fn unset_variables(stderr: &str) -> Vec<String> {
+    static UNSET: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"The \\?"([A-Za-z_][A-Za-z0-9_]*)\\?" variable is not set\. Defaulting to a blank string"#)
+            .expect("valid regex")
+    });
+    let mut names: Vec<String> = Vec::new();
+    for c in UNSET.captures_iter(stderr) {
+        if !names.iter().any(|n| n == &c[1]) {
+            names.push(c[1].to_string());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock::parse_lock_inspect;
+    use super::*;
+    use crate::remote::LockHolder;
+
+    #[test]
+    fn unset_variables_are_read_from_compose_warnings_either_way_it_prints_them() {
+        // Without a terminal (over SSH), as compose v2.40 prints it, then with one.
+        let stderr = "time=\"2026-11-24T10:49:59Z\" level=warning msg=\"The \\\"JWT_SECRET\\\" variable is not set. Defaulting to a blank string.\"\n\
+                      WARN[0000] The \"SECRET_KEY\" variable is not set. Defaulting to a blank string.\n\
+                      WARN[0000] The \"JWT_SECRET\" variable is not set. Defaulting to a blank string.\n\
+                      WARN[0000] /x/compose.yml: the attribute `version` is obsolete\n";
+        assert_eq!(unset_variables(stderr), ["JWT_SECRET", "SECRET_KEY"]);
+        assert!(unset_variables("WARN[0000] the attribute `version` is obsolete").is_empty());
+        let err = ReleaseError::MissingVariables {
+            host: "deploy@staging:22".into(),
+            names: vec!["JWT_SECRET".into(), "SECRET_KEY".into()],
+        };
+        assert_eq!(
+            err.to_string(),
+            "the compose file uses ${JWT_SECRET}, ${SECRET_KEY} on deploy@staging:22, but they are \
+             set neither in `env-file` nor in the host's environment, so compose would use an empty \
+             string. Add `JWT_SECRET=...`, `SECRET_KEY=...` to `env-file`, or write `${NAME:-}` in \
+             the compose file where empty is intended. No container was changed."
+        );
+    }
+
+    #[test]
+    fn pins_prefer_the_image_repository_digest() {
+        let inspect = r#"sha256:aaa ["other/x@sha256:111","reg:5000/acme/db@sha256:222"]"#;
+        assert_eq!(
+            choose_pin("reg:5000/acme/db:16", inspect).as_deref(),
+            Some("reg:5000/acme/db@sha256:222")
+        );
+        assert_eq!(
+            choose_pin("local/db:1", "sha256:aaa []").as_deref(),
+            Some("sha256:aaa")
+        );
+    }
+
+    #[test]
+    fn lock_inspect_output_gives_holder_and_age() {
+        let h = LockHolder {
+            token: "t".into(),
+            run_url: "u".into(),
+            actor: "octocat".into(),
+            sha: "abcdef0".into(),
+            started_at: "now".into(),
+        };
+        let out = format!("{}\n\n1000\n1100\n", serde_json::to_string(&h).unwrap());
+        let (holder, age) = parse_lock_inspect(&out);
+        assert_eq!(holder, Some(h));
+        assert_eq!(age, Some(Duration::from_secs(100)));
+        assert_eq!(
+            parse_lock_inspect("\n1000\n1010\n").1,
+            Some(Duration::from_secs(10))
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Watching a compose project's containers: the digests they run (verify), crash loops
+//! while health is probed, and the diagnostics of a failed release.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{short_id, ComposeHost, ContainerState, QUICK};
+use crate::remote;
+use crate::target::ReleaseError;
+
+impl ComposeHost {
+    /// Every container of the project, with its state.
+    pub fn containers(&self) -> Result<Vec<ContainerState>, ReleaseError> {
+        let out = self.step(
+            "list containers",
+            &self.layout.project_containers(),
+            None,
+            QUICK,
+        )?;
+        Ok(parse_containers(&out.stdout))
+    }
+
+    /// Each running container must use exactly the pinned image (field notes A.4).
+    pub fn verify(&mut self) -> Result<(), ReleaseError> {
+        let refs: Vec<String> = self.pins.values().cloned().collect();
+        let ids = self.step("resolve pins", &remote::image_ids(&refs), None, QUICK)?;
+        let expected: BTreeMap<String, String> = self
+            .pins
+            .keys()
+            .cloned()
+            .zip(ids.stdout.lines().map(|l| l.trim().to_string()))
+            .collect();
+        let mut mismatches = Vec::new();
+        let containers = self.containers()?;
+        for c in containers.iter().filter(|c| !c.one_off) {
+            if let Some(want) = expected.get(&c.service) {
+                if want != &c.image_id {
+                    mismatches.push(format!(
+                        "{} runs {} but {} is {}",
+                        c.name,
+                        short_id(&c.image_id),
+                        self.pins[&c.service],
+                        short_id(want)
+                    ));
+                }
+            }
+        }
+        if mismatches.is_empty() {
+            self.runner.line(&format!(
+                "{}: verified {} container(s) run the pinned digests",
+                self.conn.name,
+                containers.len()
+            ));
+            Ok(())
+        } else {
+            Err(ReleaseError::DigestMismatch {
+                host: self.conn.name.clone(),
+                mismatches: mismatches.join("; "),
+            })
+        }
+    }
+}
+
+/// restarted since the watch began. One-shot containers that exited 0 are fine.
+pub fn failing_containers<'a>(
+    states: &'a [ContainerState],
+    baseline: &BTreeMap<String, i64>,
+) -> Vec<&'a ContainerState> {
+    states
+        .iter()
+        .filter(|c| !c.one_off)
+        .filter(|c| {
+            c.oom_killed
+                || c.restarting
+                || c.status == "restarting"
+                || (c.status == "exited" && c.exit_code != 0)
+                || c.status == "dead"
+                || c.restart_count > baseline.get(&c.id).copied().unwrap_or(0)
+        })
+        .collect()
+}
+
+pub fn describe_failing(c: &ContainerState) -> String {
+    let exit = if c.exit_code == 0 && !c.oom_killed {
+        "exit code unknown (it restarted before berth could read it)".to_string()
+    } else {
+        format!("exit code {}", c.exit_code)
+    };
+    format!(
+        "service `{}` ({}) is {}: {exit}, restarted {} time(s), OOM-killed: {}",
+        c.service,
+        c.name,
+        if c.restarting || c.status == "restarting" || c.restart_count > 0 {
+            "crash-looping"
+        } else {
+            "down"
+        },
+        c.restart_count,
+        if c.oom_killed { "yes" } else { "no" }
+    )
+}
+
+impl ComposeHost {
+    /// One look for containers failing since the snapshot (crash loops), described with
+    /// the exit code they really exited with. An error reaching the host is an error: a
+    /// watch that cannot see must not pass as one that saw nothing.
+    pub(super) fn crash_watch(&mut self) -> Result<Vec<String>, ReleaseError> {
+        let states = self.containers()?;
+        let failing: Vec<ContainerState> = failing_containers(&states, &self.restarts_before)
+            .into_iter()
+            .cloned()
+            .collect();
+        if failing.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .settle_exit_codes(failing)
+            .iter()
+            .map(describe_failing)
+            .collect())
+    }
+
+    /// A crash-looping container reads exit code 0 while it is briefly running again;
+    /// look again for up to 2 s to report the code it really exited with.
+    fn settle_exit_codes(&self, mut failing: Vec<ContainerState>) -> Vec<ContainerState> {
+        for _ in 0..20 {
+            if failing.iter().all(|c| c.exit_code != 0 || c.oom_killed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.containers().unwrap_or_default();
+            for c in failing.iter_mut().filter(|c| c.exit_code == 0) {
+                if let Some(n) = now.iter().find(|n| n.id == c.id && n.exit_code != 0) {
+                    c.exit_code = n.exit_code;
+                    c.restart_count = n.restart_count;
+                }
+            }
+        }
+        failing
+    }
+
+    /// `docker compose ps -a` and the log tails of failing containers (or of every
+    /// container when none is clearly failing, e.g. a health check answering 500).
+    pub fn diagnostics(&self, lines: usize) -> crate::report::Diagnostics {
+        let mut d = crate::report::Diagnostics {
+            host: self.conn.name.clone(),
+            ..Default::default()
+        };
+        if let Ok(out) = self.quiet(
+            &remote::compose_ps(&self.layout.project),
+            None,
+            QUICK,
+            false,
+        ) {
+            d.ps = format!("{}{}", out.stdout, out.stderr);
+        }
+        let states = self.containers().unwrap_or_default();
+        let failing = failing_containers(&states, &BTreeMap::new());
+        let pick: Vec<&ContainerState> = if failing.is_empty() {
+            states.iter().filter(|c| !c.one_off).collect()
+        } else {
+            failing
+        };
+        for c in pick {
+            if let Ok(out) = self.quiet(&remote::container_logs(&c.name, lines), None, QUICK, false)
+            {
+                d.logs.push((c.name.clone(), out.stdout));
+            }
+        }
+        d
+    }
+}
+
+/// `docker inspect` JSON lines, as container states; anything else is skipped.
+pub(super) fn parse_containers(lines: &str) -> Vec<ContainerState> {
+    lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| container_state(&v))
+        .collect()
+}
+
+pub fn container_state(v: &Value) -> ContainerState {
+    let labels = &v["Config"]["Labels"];
+    ContainerState {
+        id: v["Id"].as_str().unwrap_or("").into(),
+        service: labels["com.docker.compose.service"]
+            .as_str()
+            .unwrap_or("")
+            .into(),
+        name: v["Name"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .into(),
+        image_id: v["Image"].as_str().unwrap_or("").into(),
+        status: v["State"]["Status"].as_str().unwrap_or("").into(),
+        exit_code: v["State"]["ExitCode"].as_i64().unwrap_or(0),
+        restart_count: v["RestartCount"].as_i64().unwrap_or(0),
+        restarting: v["State"]["Restarting"].as_bool().unwrap_or(false),
+        oom_killed: v["State"]["OOMKilled"].as_bool().unwrap_or(false),
+        restart_policy: v["HostConfig"]["RestartPolicy"]["Name"]
+            .as_str()
+            .unwrap_or("")
+            .into(),
+        one_off: labels["com.docker.compose.oneoff"].as_str() == Some("True"),
+    }
+}
