@@ -60,15 +60,19 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
     for s in config.secrets() {
         runner.add_mask(s);
     }
-    report.environment = config.environment.clone();
-    report.environment_url = config.environment_url.as_ref().map(|u| u.to_string());
+    report.environment = config.report.environment.clone();
+    report.environment_url = config
+        .report
+        .environment_url
+        .as_ref()
+        .map(|u| u.to_string());
     report.manual_rollback = config.mode == Mode::Rollback;
     report.record(
         Phase::Inputs,
         started.elapsed(),
         PhaseResult::Ok("all inputs valid".into()),
     );
-    if config.health_insecure_tls {
+    if config.health.insecure_tls {
         report.warn("berth: insecure TLS", "`health-insecure-tls: true`: the health check does not verify the server's certificate.");
     }
 
@@ -100,8 +104,8 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
     if config.mode == Mode::Deploy {
         // The files berth builds and uploads must be the commit it gated: the checkout
         // holding the compose file, and each holding a Dockerfile or build context.
-        let mut read_from = vec![config.compose_file.clone()];
-        for img in &config.images {
+        let mut read_from = vec![config.target.compose_file.clone()];
+        for img in &config.build.images {
             read_from.push(ctx.workspace.join(&img.dockerfile));
             read_from.push(ctx.workspace.join(&img.context));
         }
@@ -123,7 +127,7 @@ pub async fn run(env: &Env, runner: &Runner) -> Report {
             &format!(
                 "berth is deploying {} to {}",
                 crate::short_sha(&sha),
-                config.environment
+                config.report.environment
             ),
             &mut report,
         )
@@ -158,7 +162,8 @@ async fn deliver(
             return;
         }
         let building = Instant::now();
-        match images::build_and_push(config, ctx, sha, runner, report).await {
+        match images::build_and_push(&config.build, config.dry_run, ctx, sha, runner, report).await
+        {
             Ok(built) => {
                 report.images = built.clone();
                 deploy.set_built(built);
@@ -195,10 +200,10 @@ impl GithubDeployment {
         sha: &str,
         report: &mut Report,
     ) -> Option<GithubDeployment> {
-        if !cfg.create_deployment || cfg.dry_run || cfg.mode != Mode::Deploy {
+        if !cfg.report.create_deployment || cfg.dry_run || cfg.mode != Mode::Deploy {
             return None;
         }
-        let api = match GithubApi::new(&ctx.api_url, &cfg.github_token, &ctx.repository) {
+        let api = match GithubApi::new(&ctx.api_url, &cfg.gate.github_token, &ctx.repository) {
             Ok(api) => api,
             Err(e) => {
                 report.warn("berth: GitHub Deployment not created", e.to_string());
@@ -207,9 +212,13 @@ impl GithubDeployment {
         };
         let req = crate::github::DeploymentRequest {
             git_ref: sha.into(),
-            environment: cfg.environment.clone(),
+            environment: cfg.report.environment.clone(),
             description: clip(
-                &format!("berth: {} to {}", crate::short_sha(sha), cfg.environment),
+                &format!(
+                    "berth: {} to {}",
+                    crate::short_sha(sha),
+                    cfg.report.environment
+                ),
                 140,
             ),
             auto_merge: false,
@@ -223,8 +232,8 @@ impl GithubDeployment {
                 Some(GithubDeployment {
                     api,
                     id,
-                    environment: cfg.environment.clone(),
-                    environment_url: cfg.environment_url.as_ref().map(|u| u.to_string()),
+                    environment: cfg.report.environment.clone(),
+                    environment_url: cfg.report.environment_url.as_ref().map(|u| u.to_string()),
                     log_url: ctx.run_url(),
                 })
             }
@@ -318,7 +327,7 @@ pub async fn ci_gate(
 ) -> Result<GateVerdict, GateError> {
     let started = Instant::now();
     let event = ci_gate::read_event(ctx.event_path.as_deref())?;
-    let commit = ci_gate::choose_commit(cfg.sha.as_deref(), ctx, event.as_ref())?;
+    let commit = ci_gate::choose_commit(cfg.gate.sha.as_deref(), ctx, event.as_ref())?;
     runner.line(&format!("Commit {} ({})", commit.sha, commit.source));
     report.sha = Some(commit.sha.clone());
     report.sha_source = Some(commit.source.clone());
@@ -328,7 +337,7 @@ pub async fn ci_gate(
     // On a runner there is always an event; without one, fail closed there.
     if !ctx.event_name.is_empty() || ctx.on_runner {
         let origin = crate::trust::Origin::of(ctx, event.as_ref());
-        if let Err(refusal) = origin.check(&cfg.events, &cfg.branches) {
+        if let Err(refusal) = origin.check(&cfg.gate.events, &cfg.gate.branches) {
             let reason = format!("Not deploying {}: {refusal}", commit.sha);
             report.record(
                 Phase::CiGate,
@@ -344,7 +353,7 @@ pub async fn ci_gate(
             Ok(GateVerdict::Passed),
             PhaseResult::Skipped("rollback restores a release that already passed".into()),
         )
-    } else if cfg.allow_untested {
+    } else if cfg.gate.allow_untested {
         report.warn(
             "berth: deploying untested code",
             format!(
@@ -356,7 +365,7 @@ pub async fn ci_gate(
             Ok(GateVerdict::Passed),
             PhaseResult::Skipped("allow-untested".into()),
         )
-    } else if ctx.event_name == "workflow_run" && cfg.ci_workflows.is_empty() {
+    } else if ctx.event_name == "workflow_run" && cfg.gate.ci_workflows.is_empty() {
         let event = event.as_ref().ok_or(GateError::NoHeadSha)?;
         // The triggering run is evidence only for the commit it tested.
         let tested = event["workflow_run"]["head_sha"]
@@ -385,11 +394,11 @@ pub async fn ci_gate(
             ),
         }
     } else {
-        let api = GithubApi::new(&ctx.api_url, &cfg.github_token, &ctx.repository)?;
-        match ci_gate::wait_for_ci(&api, cfg, ctx, &commit.sha, runner, report).await {
+        let api = GithubApi::new(&ctx.api_url, &cfg.gate.github_token, &ctx.repository)?;
+        match ci_gate::wait_for_ci(&api, &cfg.gate, ctx, &commit.sha, runner, report).await {
             Ok(()) => (
                 Ok(GateVerdict::Passed),
-                PhaseResult::Ok(format!("{} succeeded", cfg.ci_workflows.join(", "))),
+                PhaseResult::Ok(format!("{} succeeded", cfg.gate.ci_workflows.join(", "))),
             ),
             Err(e) => {
                 report.record(
@@ -467,37 +476,42 @@ struct Deploy<'a> {
 impl<'a> Deploy<'a> {
     fn new(cfg: &'a Config, ctx: &'a GithubContext, runner: &'a Runner, sha: &str) -> Deploy<'a> {
         let now = time::OffsetDateTime::now_utc();
-        let trust = if cfg.insecure_skip_host_key_check {
+        let trust = if cfg.target.insecure_skip_host_key_check {
             HostTrust::Insecure
         } else {
             HostTrust::Pinned {
-                fingerprints: cfg.host_fingerprints.clone(),
-                known_hosts: cfg.known_hosts.clone(),
+                fingerprints: cfg.target.host_fingerprints.clone(),
+                known_hosts: cfg.target.known_hosts.clone(),
             }
         };
         let accesses = cfg
+            .target
             .hosts
             .iter()
             .map(|h| Access {
                 spec: h.clone(),
-                key: cfg.ssh_key.clone(),
-                passphrase: cfg.ssh_key_passphrase.clone(),
+                key: cfg.target.ssh_key.clone(),
+                passphrase: cfg.target.ssh_key_passphrase.clone(),
                 trust: trust.clone(),
             })
             .collect();
-        let compose = std::fs::read_to_string(&cfg.compose_file).unwrap_or_default();
-        let registry = (!cfg.registry_password.is_empty()).then(|| RegistryLogin {
-            server: cfg.registry.clone(),
-            username: cfg.registry_username.clone(),
-            password: cfg.registry_password.clone(),
+        let compose = std::fs::read_to_string(&cfg.target.compose_file).unwrap_or_default();
+        let registry = (!cfg.build.registry_password.is_empty()).then(|| RegistryLogin {
+            server: cfg.build.registry.clone(),
+            username: cfg.build.registry_username.clone(),
+            password: cfg.build.registry_password.clone(),
         });
         let spec = ReleaseSpec {
             id: crate::remote::release_id(now, sha),
             sha: sha.into(),
             compose,
-            env_file: cfg.env_file.clone().unwrap_or_else(|| Secret::new("")),
+            env_file: cfg
+                .target
+                .env_file
+                .clone()
+                .unwrap_or_else(|| Secret::new("")),
             built: BTreeMap::new(),
-            pre_deploy: cfg.pre_deploy.clone(),
+            pre_deploy: cfg.target.pre_deploy.clone(),
             // Only log in when berth pushed images there; otherwise the host pulls as it can.
             registry: None,
             holder: LockHolder {
@@ -509,9 +523,9 @@ impl<'a> Deploy<'a> {
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
             },
-            lock_timeout: cfg.lock_timeout,
-            keep_releases: cfg.keep_releases,
-            image_prefix: cfg.image_prefix.clone(),
+            lock_timeout: cfg.target.lock_timeout,
+            keep_releases: cfg.target.keep_releases,
+            image_prefix: cfg.build.image_prefix.clone(),
         };
         Deploy {
             cfg,
@@ -521,8 +535,8 @@ impl<'a> Deploy<'a> {
             registry,
             accesses,
             layout: Layout {
-                deploy_dir: cfg.deploy_dir.clone(),
-                project: cfg.project_name.clone(),
+                deploy_dir: cfg.target.deploy_dir.clone(),
+                project: cfg.target.project_name.clone(),
             },
         }
     }
@@ -549,8 +563,14 @@ impl<'a> Deploy<'a> {
             self.deploy(hosts, report).await;
             // Still under the lock, so a later deploy's moving tags cannot land first.
             if report.outcome == Some(Outcome::Deployed) {
-                images::push_moving_tags(self.cfg, self.ctx, &self.spec.sha, self.runner, report)
-                    .await;
+                images::push_moving_tags(
+                    &self.cfg.build,
+                    self.ctx,
+                    &self.spec.sha,
+                    self.runner,
+                    report,
+                )
+                .await;
             }
         }
         self.unlock(hosts, report).await;
@@ -814,7 +834,7 @@ impl<'a> Deploy<'a> {
                         "Deployed {} ({}) to {} and it is healthy. {url}",
                         crate::short_sha(&self.spec.sha),
                         self.spec.id,
-                        self.cfg.environment
+                        self.cfg.report.environment
                     ),
                 ));
             }
@@ -889,7 +909,7 @@ impl<'a> Deploy<'a> {
                     .clone()
             })
             .collect();
-        let urls = self.cfg.health_urls(&specs);
+        let urls = self.cfg.health.urls(&specs);
         if urls.is_empty() {
             return Ok(HealthRecord {
                 healthy_after: Some(Duration::ZERO),
@@ -898,14 +918,16 @@ impl<'a> Deploy<'a> {
         }
         let mut probes = Vec::new();
         for url in &urls {
-            probes.push(HealthProbe::from_config(self.cfg, url).map_err(|e| {
-                (
-                    Phase::Health,
-                    "berth: health check failed",
-                    e.to_string(),
-                    None,
-                )
-            })?);
+            probes.push(
+                HealthProbe::from_config(&self.cfg.health, url).map_err(|e| {
+                    (
+                        Phase::Health,
+                        "berth: health check failed",
+                        e.to_string(),
+                        None,
+                    )
+                })?,
+            );
         }
         let timeout = probes[0].timeout;
         let names: Vec<String> = urls.iter().map(crate::inputs::redact_url).collect();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::inputs::{static_regex, HostSpec, PreDeploy};
+use crate::inputs::{HostSpec, PreDeploy};
 use crate::remote::{self, Cmd, Layout, LockHolder, ReleaseRecord};
 use crate::report::Phase;
 use crate::secret::Secret;
@@ -1172,11 +1172,15 @@ fn strip_tag(image: &str) -> &str {
 /// The variables compose warned it defaulted to a blank string, in order, once each. The
 /// warning is logfmt without a terminal (`msg="The \"X\" variable ..."`), plain with one.
 fn unset_variables(stderr: &str) -> Vec<String> {
-    let re = static_regex(
-        r#"The \\?"([A-Za-z_][A-Za-z0-9_]*)\\?" variable is not set\. Defaulting to a blank string"#,
-    );
+    // Compiled once; clippy's `invalid_regex` lint checks the literal.
+    static UNSET_WARNING: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r#"The \\?"([A-Za-z_][A-Za-z0-9_]*)\\?" variable is not set\. Defaulting to a blank string"#,
+        )
+        .expect("built-in regex")
+    });
     let mut names: Vec<String> = Vec::new();
-    for c in re.captures_iter(stderr) {
+    for c in UNSET_WARNING.captures_iter(stderr) {
         if !names.iter().any(|n| n == &c[1]) {
             names.push(c[1].to_string());
         }
