@@ -9,7 +9,7 @@ use serde_json::Value;
 #[cfg(test)]
 use crate::github::RepositoryRef;
 use crate::github::{GithubApi, GithubError, WorkflowRun};
-use crate::inputs::{Config, GithubContext};
+use crate::inputs::{GateSettings, GithubContext};
 use crate::report::{CiRunRecord, Report};
 use crate::workflow::Runner;
 
@@ -217,17 +217,17 @@ struct Required {
 /// did not. Records runs, wait time and request counts into the report.
 pub async fn wait_for_ci(
     api: &GithubApi,
-    cfg: &Config,
+    gate: &GateSettings,
     ctx: &GithubContext,
     sha: &str,
     runner: &Runner,
     report: &mut Report,
 ) -> Result<(), GateError> {
     let started = Instant::now();
-    let deadline = started + cfg.ci_timeout;
-    let window = DISCOVERY_WINDOW.min(cfg.ci_timeout);
+    let deadline = started + gate.ci_timeout;
+    let window = DISCOVERY_WINDOW.min(gate.ci_timeout);
     let result = poll(
-        api, cfg, ctx, sha, runner, report, started, deadline, window,
+        api, gate, ctx, sha, runner, report, started, deadline, window,
     )
     .await;
     let stats = api.stats();
@@ -240,7 +240,7 @@ pub async fn wait_for_ci(
 #[allow(clippy::too_many_arguments)]
 async fn poll(
     api: &GithubApi,
-    cfg: &Config,
+    gate: &GateSettings,
     ctx: &GithubContext,
     sha: &str,
     runner: &Runner,
@@ -252,11 +252,11 @@ async fn poll(
     let short = crate::short_sha(sha);
     let _group = runner.group(&format!(
         "CI gate: {} on {short}",
-        cfg.ci_workflows.join(", ")
+        gate.ci_workflows.join(", ")
     ));
     let mut required = Vec::new();
     let mut ignored_said = std::collections::BTreeSet::new();
-    for name in &cfg.ci_workflows {
+    for name in &gate.ci_workflows {
         required.push(Required {
             label: name.clone(),
             id: resolve_workflow(api, name, deadline).await?,
@@ -267,7 +267,7 @@ async fn poll(
         let elapsed = started.elapsed();
         for wf in required.iter_mut().filter(|w| !w.decided) {
             let mut runs = api.workflow_runs(&wf.id, sha, deadline).await?;
-            runs.retain(|r| match ignored_because(r, &cfg.events) {
+            runs.retain(|r| match ignored_because(r, &gate.events) {
                 Some(why) => {
                     if ignored_said.insert(why.clone()) {
                         runner.line(&format!("{}: ignored: {why}", wf.label));
@@ -325,7 +325,7 @@ async fn poll(
         if required.iter().all(|w| w.decided) {
             return Ok(());
         }
-        if Instant::now() + cfg.ci_poll_interval > deadline {
+        if Instant::now() + gate.ci_poll_interval > deadline {
             let wf = required
                 .iter()
                 .find(|w| !w.decided)
@@ -348,7 +348,7 @@ async fn poll(
                 },
             );
         }
-        tokio::time::sleep(cfg.ci_poll_interval).await;
+        tokio::time::sleep(gate.ci_poll_interval).await;
     }
 }
 

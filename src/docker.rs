@@ -1,13 +1,23 @@
 //! The Docker engine, through bollard. Nothing outside this module imports bollard.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use bollard::moby::buildkit::v1::StatusResponse;
 use bollard::models::BuildInfoAux;
 use futures_util::StreamExt;
+use regex::Regex;
 
-use crate::inputs::static_regex;
+use crate::inputs::BuilderChoice;
 use crate::secret::Secret;
+
+// Patterns are compiled once, on first use; clippy's `invalid_regex` lint checks each
+// literal, so the `expect`s cannot fire.
+static CACHE_RACE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"^unable to find image "sha256:[0-9a-f]{64}"$"#).expect("built-in regex")
+});
+static LINE_NUMBER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"line (\d+)").expect("built-in regex"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -46,16 +56,6 @@ pub struct RegistryAuth {
     pub server: String,
     pub username: String,
     pub password: Secret,
-}
-
-/// Which builder `DOCKER_BUILDKIT` asks for, read the way the docker CLI reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BuilderChoice {
-    /// BuildKit where the engine has it, else the classic builder.
-    #[default]
-    Auto,
-    BuildKit,
-    Classic,
 }
 
 /// The builder a build runs on.
@@ -391,14 +391,14 @@ impl BuildkitProgress {
 /// removed in between (by anyone on the engine) fails the whole build with this message
 /// before the step ran, so building again is safe.
 pub fn is_classic_cache_race(message: &str) -> bool {
-    static_regex(r#"^unable to find image "sha256:[0-9a-f]{64}"$"#).is_match(message.trim())
+    CACHE_RACE.is_match(message.trim())
 }
 
 /// Builder errors name the Dockerfile line when the engine knows it
 /// (`dockerfile parse error on line 3: ...`); otherwise `step` (the failing instruction)
 /// lets the caller find it.
 fn build_error(tag: &str, message: &str, step: Option<String>) -> DockerError {
-    let line = static_regex(r"line (\d+)")
+    let line = LINE_NUMBER
         .captures(message)
         .and_then(|c| c[1].parse().ok());
     let mut message = message.trim().to_string();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use url::Url;
 
-use crate::inputs::{redact_url, Config, JsonExpectation, StatusMatcher};
+use crate::inputs::{redact_url, HealthSettings, JsonExpectation, StatusMatcher};
 
 /// No single probe waits longer than this, and never past the deadline.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,7 +154,7 @@ impl HealthProbe {
     /// only `Authorization` and `Cookie` on a cross-host redirect: an app (or anyone who
     /// can make it redirect) must not receive an `X-Api-Key` at another host, nor see an
     /// https probe go on over http.
-    pub fn from_config(cfg: &Config, url: &Url) -> Result<HealthProbe, HealthError> {
+    pub fn from_config(settings: &HealthSettings, url: &Url) -> Result<HealthProbe, HealthError> {
         let origin = url.origin();
         let shown_origin = origin.ascii_serialization();
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
@@ -174,14 +174,14 @@ impl HealthProbe {
             .connect_timeout(PROBE_TIMEOUT)
             .redirect(policy)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &cfg.health_ca_cert {
+        if let Some(pem) = &settings.ca_cert {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| HealthError::BadCa(e.to_string()))?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        if cfg.health_insecure_tls {
+        if settings.insecure_tls {
             builder = builder.danger_accept_invalid_certs(true);
         }
         Ok(HealthProbe {
@@ -189,15 +189,15 @@ impl HealthProbe {
                 .build()
                 .map_err(|e| HealthError::Client(e.to_string()))?,
             url: url.clone(),
-            status: cfg.health_status.clone(),
-            json: cfg.health_json.clone(),
-            headers: cfg
-                .health_headers
+            status: settings.status.clone(),
+            json: settings.json.clone(),
+            headers: settings
+                .headers
                 .iter()
                 .map(|(k, v)| (k.clone(), v.expose().to_string()))
                 .collect(),
-            interval: cfg.health_interval,
-            timeout: cfg.health_timeout,
+            interval: settings.interval,
+            timeout: settings.timeout,
         })
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use globset::GlobMatcher;
 
 use crate::docker::{is_classic_cache_race, BuildRequest, DockerError, Engine, RegistryAuth};
-use crate::inputs::{is_valid_tag, Config, GithubContext, ImageSpec, TagValues};
+use crate::inputs::{is_valid_tag, BuildSettings, GithubContext, ImageSpec, TagValues};
 use crate::report::{Failure, Phase, PhaseResult, Report};
 use crate::workflow::Runner;
 
@@ -188,7 +188,7 @@ fn inside(workspace: &Path, rel: &str) -> PathBuf {
 /// (`immutable`: pushed before the deploy) or from the moving ones (pushed only once the
 /// deploy proved healthy, so that a moving tag always names what serves).
 pub fn expand_tags(
-    cfg: &Config,
+    build: &BuildSettings,
     ctx: &GithubContext,
     sha: &str,
     immutable: bool,
@@ -200,7 +200,7 @@ pub fn expand_tags(
         run_number: ctx.run_number.clone(),
     };
     let mut tags = Vec::new();
-    for t in cfg.tags.iter().filter(|t| t.is_immutable() == immutable) {
+    for t in build.tags.iter().filter(|t| t.is_immutable() == immutable) {
         let e = t.expand(&values);
         if let Some(raw) = &e.sanitised_from {
             report.warn(
@@ -242,15 +242,15 @@ pub fn created_timestamp(ctx: &GithubContext) -> String {
     })
 }
 
-pub fn repository(cfg: &Config, service: &str) -> String {
-    format!("{}-{}", cfg.image_prefix, service)
+pub fn repository(build: &BuildSettings, service: &str) -> String {
+    format!("{}-{}", build.image_prefix, service)
 }
 
 /// Moves the moving tags (`staging-latest`, any template without `{sha}`, `{short_sha}`
 /// or `{run_number}`) to the images just proven healthy. A failure here does not undo a
 /// healthy deploy: it is a warning saying which tag still names an older image.
 pub async fn push_moving_tags(
-    cfg: &Config,
+    build: &BuildSettings,
     ctx: &GithubContext,
     sha: &str,
     runner: &Runner,
@@ -259,14 +259,14 @@ pub async fn push_moving_tags(
     let Some(first) = report.image_tags.first().cloned() else {
         return;
     };
-    if cfg.images.is_empty() {
+    if build.images.is_empty() {
         return;
     }
-    let moving = expand_tags(cfg, ctx, sha, false, report);
+    let moving = expand_tags(build, ctx, sha, false, report);
     if moving.is_empty() {
         return;
     }
-    let engine = match Engine::connect(cfg.builder).await {
+    let engine = match Engine::connect(build.builder).await {
         Ok(e) => e,
         Err(e) => {
             report.warn(
@@ -280,14 +280,14 @@ pub async fn push_moving_tags(
         }
     };
     let auth = RegistryAuth {
-        server: cfg.registry.clone(),
-        username: cfg.registry_username.clone(),
-        password: cfg.registry_password.clone(),
+        server: build.registry.clone(),
+        username: build.registry_username.clone(),
+        password: build.registry_password.clone(),
     };
     let _group = runner.group(&format!("Move {}", moving.join(", ")));
     let mut all_moved = vec![true; moving.len()];
-    for img in &cfg.images {
-        let repo = repository(cfg, &img.service);
+    for img in &build.images {
+        let repo = repository(build, &img.service);
         for (i, tag) in moving.iter().enumerate() {
             let moved = match engine.tag(&format!("{repo}:{first}"), &repo, tag).await {
                 Ok(()) => engine.push(&repo, tag, &auth, |_| {}).await,
@@ -317,13 +317,14 @@ pub async fn push_moving_tags(
 /// Builds every image, then (only if all built) pushes every tag. Returns
 /// service -> `repo@sha256:...`.
 pub async fn build_and_push(
-    cfg: &Config,
+    build: &BuildSettings,
+    dry_run: bool,
     ctx: &GithubContext,
     sha: &str,
     runner: &Runner,
     report: &mut Report,
 ) -> Result<BTreeMap<String, String>, Failure> {
-    if cfg.images.is_empty() {
+    if build.images.is_empty() {
         report.record(
             Phase::Build,
             Default::default(),
@@ -333,7 +334,7 @@ pub async fn build_and_push(
         );
         return Ok(BTreeMap::new());
     }
-    let tags = expand_tags(cfg, ctx, sha, true, report);
+    let tags = expand_tags(build, ctx, sha, true, report);
     if tags.is_empty() {
         // Nothing to push means nothing to deploy by digest: say so before any build.
         return Err(Failure {
@@ -341,7 +342,7 @@ pub async fn build_and_push(
             title: "berth: no valid image tag".into(),
             message: format!(
                 "every template in `tags` that names the commit or run ({}) expanded to an empty or invalid tag for this run (branch `{}`, run number `{}`). Add a template that always gives a tag, e.g. `staging-{{sha}}`.",
-                cfg.tags.iter().filter(|t| t.is_immutable()).map(|t| format!("`{}`", t.0)).collect::<Vec<_>>().join(", "),
+                build.tags.iter().filter(|t| t.is_immutable()).map(|t| format!("`{}`", t.0)).collect::<Vec<_>>().join(", "),
                 ctx.ref_name,
                 ctx.run_number
             ),
@@ -349,8 +350,8 @@ pub async fn build_and_push(
             line: None,
         });
     }
-    if cfg.dry_run {
-        for img in &cfg.images {
+    if dry_run {
+        for img in &build.images {
             let line = format!(
                 "build {} from {} (context {}{}) and push {}",
                 img.service,
@@ -361,7 +362,7 @@ pub async fn build_and_push(
                     .map(|t| format!(", target {t}"))
                     .unwrap_or_default(),
                 tags.iter()
-                    .map(|t| format!("{}:{t}", repository(cfg, &img.service)))
+                    .map(|t| format!("{}:{t}", repository(build, &img.service)))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -382,7 +383,9 @@ pub async fn build_and_push(
         file: None,
         line: None,
     };
-    let engine = Engine::connect(cfg.builder).await.map_err(engine_failure)?;
+    let engine = Engine::connect(build.builder)
+        .await
+        .map_err(engine_failure)?;
     let (builder, why) = engine.builder();
     runner.line(&format!("building with {builder:?} ({why})"));
 
@@ -402,17 +405,17 @@ pub async fn build_and_push(
         ),
     ]
     .into();
-    let build_args: HashMap<String, String> = cfg.build_args.iter().cloned().collect();
+    let build_args: HashMap<String, String> = build.build_args.iter().cloned().collect();
     let first_tag = tags.first().cloned().unwrap_or_else(|| sha.to_string());
     let auth = RegistryAuth {
-        server: cfg.registry.clone(),
-        username: cfg.registry_username.clone(),
-        password: cfg.registry_password.clone(),
+        server: build.registry.clone(),
+        username: build.registry_username.clone(),
+        password: build.registry_password.clone(),
     };
-    for img in &cfg.images {
+    for img in &build.images {
         build_one(
             &engine,
-            cfg,
+            build,
             ctx,
             img,
             &first_tag,
@@ -433,13 +436,13 @@ pub async fn build_and_push(
     report.record(
         Phase::Build,
         started.elapsed(),
-        PhaseResult::Ok(format!("{} image(s)", cfg.images.len())),
+        PhaseResult::Ok(format!("{} image(s)", build.images.len())),
     );
 
     let started = Instant::now();
     let mut pushed = BTreeMap::new();
-    for img in &cfg.images {
-        let repo = repository(cfg, &img.service);
+    for img in &build.images {
+        let repo = repository(build, &img.service);
         let _group = runner.group(&format!("Push {}", img.service));
         let mut digest = None;
         for tag in &tags {
@@ -499,7 +502,7 @@ pub async fn build_and_push(
 #[allow(clippy::too_many_arguments)]
 async fn build_one(
     engine: &Engine,
-    cfg: &Config,
+    build: &BuildSettings,
     ctx: &GithubContext,
     img: &ImageSpec,
     tag: &str,
@@ -528,7 +531,7 @@ async fn build_one(
         ));
     }
     let mut tail: Vec<String> = Vec::new();
-    let reference = format!("{}:{tag}", repository(cfg, &img.service));
+    let reference = format!("{}:{tag}", repository(build, &img.service));
     let mut attempt = 1;
     let result = loop {
         let (tar, name) = context_tar(&context, &dockerfile, ".berth.Dockerfile")

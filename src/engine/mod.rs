@@ -48,7 +48,7 @@ pub async fn deliver(
     if cfg.mode == Mode::Deploy {
         engine.preflight(&hosts, report).await?;
         let building = Instant::now();
-        let built = images::build_and_push(cfg, ctx, sha, runner, report)
+        let built = images::build_and_push(&cfg.build, cfg.dry_run, ctx, sha, runner, report)
             .await
             .map_err(Fault::Build)?;
         report.images = built.clone();
@@ -69,7 +69,7 @@ pub async fn deliver(
         let result = engine.deploy(&hosts, report).await;
         // Still under the lock, so a later deploy's moving tags cannot land first.
         if matches!(result, Ok(Outcome::Deployed)) {
-            images::push_moving_tags(cfg, ctx, sha, runner, report).await;
+            images::push_moving_tags(&cfg.build, ctx, sha, runner, report).await;
         }
         result
     };
@@ -104,37 +104,42 @@ struct Engine<'a> {
 impl<'a> Engine<'a> {
     fn new(cfg: &'a Config, ctx: &'a GithubContext, runner: &'a Runner, sha: &str) -> Engine<'a> {
         let now = time::OffsetDateTime::now_utc();
-        let trust = if cfg.insecure_skip_host_key_check {
+        let trust = if cfg.target.insecure_skip_host_key_check {
             HostTrust::Insecure
         } else {
             HostTrust::Pinned {
-                fingerprints: cfg.host_fingerprints.clone(),
-                known_hosts: cfg.known_hosts.clone(),
+                fingerprints: cfg.target.host_fingerprints.clone(),
+                known_hosts: cfg.target.known_hosts.clone(),
             }
         };
         let accesses = cfg
+            .target
             .hosts
             .iter()
             .map(|h| Access {
                 spec: h.clone(),
-                key: cfg.ssh_key.clone(),
-                passphrase: cfg.ssh_key_passphrase.clone(),
+                key: cfg.target.ssh_key.clone(),
+                passphrase: cfg.target.ssh_key_passphrase.clone(),
                 trust: trust.clone(),
             })
             .collect();
-        let compose = std::fs::read_to_string(&cfg.compose_file).unwrap_or_default();
-        let registry = (!cfg.registry_password.is_empty()).then(|| RegistryLogin {
-            server: cfg.registry.clone(),
-            username: cfg.registry_username.clone(),
-            password: cfg.registry_password.clone(),
+        let compose = std::fs::read_to_string(&cfg.target.compose_file).unwrap_or_default();
+        let registry = (!cfg.build.registry_password.is_empty()).then(|| RegistryLogin {
+            server: cfg.build.registry.clone(),
+            username: cfg.build.registry_username.clone(),
+            password: cfg.build.registry_password.clone(),
         });
         let spec = ReleaseSpec {
             id: remote::release_id(now, sha),
             sha: sha.into(),
             compose,
-            env_file: cfg.env_file.clone().unwrap_or_else(|| Secret::new("")),
+            env_file: cfg
+                .target
+                .env_file
+                .clone()
+                .unwrap_or_else(|| Secret::new("")),
             built: BTreeMap::new(),
-            pre_deploy: cfg.pre_deploy.clone(),
+            pre_deploy: cfg.target.pre_deploy.clone(),
             // Only log in when berth pushed images there; otherwise the host pulls as it can.
             registry: None,
             holder: LockHolder {
@@ -146,9 +151,9 @@ impl<'a> Engine<'a> {
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default(),
             },
-            lock_timeout: cfg.lock_timeout,
-            keep_releases: cfg.keep_releases,
-            image_prefix: cfg.image_prefix.clone(),
+            lock_timeout: cfg.target.lock_timeout,
+            keep_releases: cfg.target.keep_releases,
+            image_prefix: cfg.build.image_prefix.clone(),
             docker_config: remote::docker_config_dir(&target::random_token()),
         };
         Engine {
@@ -158,8 +163,8 @@ impl<'a> Engine<'a> {
             registry,
             accesses,
             layout: Layout {
-                deploy_dir: cfg.deploy_dir.clone(),
-                project: cfg.project_name.clone(),
+                deploy_dir: cfg.target.deploy_dir.clone(),
+                project: cfg.target.project_name.clone(),
             },
             restored: None,
         }
@@ -384,7 +389,7 @@ impl<'a> Engine<'a> {
                         "Deployed {} ({}) to {} and it is healthy. {url}",
                         crate::short_sha(&self.spec.sha),
                         self.spec.id,
-                        self.cfg.environment
+                        self.cfg.report.environment
                     ),
                 ));
                 Ok(Outcome::Deployed)

@@ -57,7 +57,7 @@ impl Engine<'_> {
         started: Instant,
     ) -> Result<HealthRecord, Fault> {
         let specs: Vec<_> = states(hosts).await.into_iter().map(|h| h.spec).collect();
-        let urls = self.cfg.health_urls(&specs);
+        let urls = self.cfg.health.urls(&specs);
         if urls.is_empty() {
             return Ok(HealthRecord {
                 healthy_after: Some(Duration::ZERO),
@@ -66,7 +66,7 @@ impl Engine<'_> {
         }
         let probes = urls
             .iter()
-            .map(|url| HealthProbe::from_config(self.cfg, url))
+            .map(|url| HealthProbe::from_config(&self.cfg.health, url))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Fault::Probe(e.to_string()))?;
         let names: Vec<String> = urls.iter().map(crate::inputs::redact_url).collect();

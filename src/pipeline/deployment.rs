@@ -22,10 +22,10 @@ impl GithubDeployment {
         sha: &str,
         report: &mut Report,
     ) -> Option<GithubDeployment> {
-        if !cfg.create_deployment || cfg.dry_run || cfg.mode != Mode::Deploy {
+        if !cfg.report.create_deployment || cfg.dry_run || cfg.mode != Mode::Deploy {
             return None;
         }
-        let api = match GithubApi::new(&ctx.api_url, &cfg.github_token, &ctx.repository) {
+        let api = match GithubApi::new(&ctx.api_url, &cfg.gate.github_token, &ctx.repository) {
             Ok(api) => api,
             Err(e) => {
                 report.warn("berth: GitHub Deployment not created", e.to_string());
@@ -34,9 +34,13 @@ impl GithubDeployment {
         };
         let req = crate::github::DeploymentRequest {
             git_ref: sha.into(),
-            environment: cfg.environment.clone(),
+            environment: cfg.report.environment.clone(),
             description: clip(
-                &format!("berth: {} to {}", crate::short_sha(sha), cfg.environment),
+                &format!(
+                    "berth: {} to {}",
+                    crate::short_sha(sha),
+                    cfg.report.environment
+                ),
                 140,
             ),
             auto_merge: false,
@@ -50,8 +54,8 @@ impl GithubDeployment {
                 Some(GithubDeployment {
                     api,
                     id,
-                    environment: cfg.environment.clone(),
-                    environment_url: cfg.environment_url.as_ref().map(|u| u.to_string()),
+                    environment: cfg.report.environment.clone(),
+                    environment_url: cfg.report.environment_url.as_ref().map(|u| u.to_string()),
                     log_url: ctx.run_url(),
                 })
             }

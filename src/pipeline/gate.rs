@@ -18,7 +18,7 @@ pub async fn ci_gate(
 ) -> Result<GateVerdict, GateError> {
     let started = Instant::now();
     let event = ci_gate::read_event(ctx.event_path.as_deref())?;
-    let commit = ci_gate::choose_commit(cfg.sha.as_deref(), ctx, event.as_ref())?;
+    let commit = ci_gate::choose_commit(cfg.gate.sha.as_deref(), ctx, event.as_ref())?;
     runner.line(&format!("Commit {} ({})", commit.sha, commit.source));
     report.sha = Some(commit.sha.clone());
     report.sha_source = Some(commit.source.clone());
@@ -28,7 +28,7 @@ pub async fn ci_gate(
     // On a runner there is always an event; without one, fail closed there.
     if !ctx.event_name.is_empty() || ctx.on_runner {
         let origin = crate::trust::Origin::of(ctx, event.as_ref());
-        if let Err(refusal) = origin.check(&cfg.events, &cfg.branches) {
+        if let Err(refusal) = origin.check(&cfg.gate.events, &cfg.gate.branches) {
             let reason = format!("Not deploying {}: {refusal}", commit.sha);
             report.record(
                 Phase::CiGate,
@@ -44,7 +44,7 @@ pub async fn ci_gate(
             Ok(GateVerdict::Passed),
             PhaseResult::Skipped("rollback restores a release that already passed".into()),
         )
-    } else if cfg.allow_untested {
+    } else if cfg.gate.allow_untested {
         report.warn(
             "berth: deploying untested code",
             format!(
@@ -56,7 +56,7 @@ pub async fn ci_gate(
             Ok(GateVerdict::Passed),
             PhaseResult::Skipped("allow-untested".into()),
         )
-    } else if ctx.event_name == "workflow_run" && cfg.ci_workflows.is_empty() {
+    } else if ctx.event_name == "workflow_run" && cfg.gate.ci_workflows.is_empty() {
         let event = event.as_ref().ok_or(GateError::NoHeadSha)?;
         // The triggering run is evidence only for the commit it tested.
         let tested = event["workflow_run"]["head_sha"]
@@ -85,11 +85,11 @@ pub async fn ci_gate(
             ),
         }
     } else {
-        let api = GithubApi::new(&ctx.api_url, &cfg.github_token, &ctx.repository)?;
-        match ci_gate::wait_for_ci(&api, cfg, ctx, &commit.sha, runner, report).await {
+        let api = GithubApi::new(&ctx.api_url, &cfg.gate.github_token, &ctx.repository)?;
+        match ci_gate::wait_for_ci(&api, &cfg.gate, ctx, &commit.sha, runner, report).await {
             Ok(()) => (
                 Ok(GateVerdict::Passed),
-                PhaseResult::Ok(format!("{} succeeded", cfg.ci_workflows.join(", "))),
+                PhaseResult::Ok(format!("{} succeeded", cfg.gate.ci_workflows.join(", "))),
             ),
             Err(e) => {
                 report.record(

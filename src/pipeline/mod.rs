@@ -63,15 +63,19 @@ async fn gate_and_deliver(
     for s in config.secrets() {
         runner.add_mask(s);
     }
-    report.environment = config.environment.clone();
-    report.environment_url = config.environment_url.as_ref().map(|u| u.to_string());
+    report.environment = config.report.environment.clone();
+    report.environment_url = config
+        .report
+        .environment_url
+        .as_ref()
+        .map(|u| u.to_string());
     report.manual_rollback = config.mode == Mode::Rollback;
     report.record(
         Phase::Inputs,
         Default::default(),
         PhaseResult::Ok("all inputs valid".into()),
     );
-    if config.health_insecure_tls {
+    if config.health.insecure_tls {
         report.warn("berth: insecure TLS", "`health-insecure-tls: true`: the health check does not verify the server's certificate.");
     }
 
@@ -94,8 +98,8 @@ async fn gate_and_deliver(
     if config.mode == Mode::Deploy {
         // The files berth builds and uploads must be the commit it gated: the checkout
         // holding the compose file, and each holding a Dockerfile or build context.
-        let mut read_from = vec![config.compose_file.clone()];
-        for img in &config.images {
+        let mut read_from = vec![config.target.compose_file.clone()];
+        for img in &config.build.images {
             read_from.push(ctx.workspace.join(&img.dockerfile));
             read_from.push(ctx.workspace.join(&img.context));
         }
@@ -107,7 +111,7 @@ async fn gate_and_deliver(
         let what = format!(
             "berth is deploying {} to {}",
             crate::short_sha(&sha),
-            config.environment
+            config.report.environment
         );
         t.post("in_progress", &what, report).await;
     }

@@ -237,7 +237,7 @@ fn probe(url: &str, extra: &[(&str, &str)]) -> HealthProbe {
     }
     let env = b.env_map();
     let cfg = inputs::parse(&env, &GithubContext::from_env(&env)).expect("valid inputs");
-    HealthProbe::from_config(&cfg, cfg.health_url.as_ref().unwrap()).unwrap()
+    HealthProbe::from_config(&cfg.health, cfg.health.url.as_ref().unwrap()).unwrap()
 }
 
 fn once(p: &HealthProbe) -> ProbeOutcome {

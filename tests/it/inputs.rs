@@ -53,33 +53,39 @@ fn a_full_valid_config_parses_into_typed_values() {
     let cfg = inputs::parse(&env, &GithubContext::from_env(&env)).expect("valid config");
     assert_eq!(cfg.mode, Mode::Deploy);
     assert!(cfg.dry_run);
-    assert_eq!(cfg.hosts.len(), 3);
-    assert_eq!(cfg.hosts[0].to_string(), "deployer@web1.internal:22");
-    assert_eq!(cfg.hosts[1].to_string(), "ops@web2.internal:2222");
-    assert_eq!(cfg.hosts[2].port, 2200);
-    assert_eq!(cfg.images[1].target.as_deref(), Some("prod"));
-    assert_eq!(cfg.images[0].context, "frontend");
-    assert_eq!(cfg.image_prefix, "registry.example.com:5000/acme/shop");
-    assert_eq!(cfg.registry_username, "octocat");
+    assert_eq!(cfg.target.hosts.len(), 3);
+    assert_eq!(cfg.target.hosts[0].to_string(), "deployer@web1.internal:22");
+    assert_eq!(cfg.target.hosts[1].to_string(), "ops@web2.internal:2222");
+    assert_eq!(cfg.target.hosts[2].port, 2200);
+    assert_eq!(cfg.build.images[1].target.as_deref(), Some("prod"));
+    assert_eq!(cfg.build.images[0].context, "frontend");
     assert_eq!(
-        cfg.registry_password.expose(),
+        cfg.build.image_prefix,
+        "registry.example.com:5000/acme/shop"
+    );
+    assert_eq!(cfg.build.registry_username, "octocat");
+    assert_eq!(
+        cfg.build.registry_password.expose(),
         "ghs_testtoken",
         "registry-password defaults to the token"
     );
-    assert_eq!(cfg.deploy_dir, "/opt/shop");
-    assert_eq!(cfg.project_name, "shop");
-    assert_eq!(cfg.keep_releases, 5);
-    assert_eq!(cfg.lock_timeout.as_secs(), 120);
-    assert_eq!(cfg.health_interval.as_millis(), 500);
-    assert_eq!(cfg.health_json[0].pointer, "/data/status");
+    assert_eq!(cfg.target.deploy_dir, "/opt/shop");
+    assert_eq!(cfg.target.project_name, "shop");
+    assert_eq!(cfg.target.keep_releases, 5);
+    assert_eq!(cfg.target.lock_timeout.as_secs(), 120);
+    assert_eq!(cfg.health.interval.as_millis(), 500);
+    assert_eq!(cfg.health.json[0].pointer, "/data/status");
     assert_eq!(
-        cfg.pre_deploy.as_ref().unwrap().argv,
+        cfg.target.pre_deploy.as_ref().unwrap().argv,
         vec!["npx", "prisma", "migrate", "deploy"]
     );
     assert_eq!(cfg.rollback, RollbackPolicy::Off);
-    assert_eq!(cfg.environment_url.unwrap().as_str(), "http://127.0.0.1:1/");
-    assert_eq!(cfg.known_hosts.len(), 1);
-    assert!(cfg.create_deployment);
+    assert_eq!(
+        cfg.report.environment_url.unwrap().as_str(),
+        "http://127.0.0.1:1/"
+    );
+    assert_eq!(cfg.target.known_hosts.len(), 1);
+    assert!(cfg.report.create_deployment);
 }
 
 #[test]
@@ -344,7 +350,7 @@ fn action_yml_declares_exactly_the_contract() {
     assert_eq!(
         declared.len(),
         inputs::INPUTS.len(),
-        "input count differs from src/inputs.rs"
+        "input count differs from src/inputs/table.rs"
     );
     for spec in inputs::INPUTS {
         let entry = &doc["inputs"][spec.name];
@@ -436,7 +442,8 @@ fn ipv6_hosts_are_bracketed_in_health_urls_and_an_unprobeable_host_is_an_input_e
     let env = b.env_map();
     let cfg = inputs::parse(&env, &GithubContext::from_env(&env)).expect("valid");
     let urls: Vec<String> = cfg
-        .health_urls(&cfg.hosts)
+        .health
+        .urls(&cfg.target.hosts)
         .iter()
         .map(|u| u.to_string())
         .collect();
@@ -498,8 +505,8 @@ fn branches_and_events_are_checked() {
     let b = Berth::valid().input("branches", "main\nrelease/*");
     let env = b.env_map();
     let cfg = inputs::parse(&env, &GithubContext::from_env(&env)).expect("valid");
-    assert_eq!(cfg.branches, ["main", "release/*"]);
-    assert_eq!(cfg.events, ["push", "workflow_dispatch"]);
+    assert_eq!(cfg.gate.branches, ["main", "release/*"]);
+    assert_eq!(cfg.gate.events, ["push", "workflow_dispatch"]);
 }
 
 #[test]
