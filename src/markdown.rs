@@ -6,9 +6,6 @@
 //! So it cannot add headings, links, HTML or table columns, and cannot end a code block.
 //! [`Blocks`] assembles the sections within a byte budget.
 
-/// GitHub drops a step summary over 1 MiB (actions/runner `AttachmentSizeLimit`), and errors
-/// the step. berth stays under this, measured in bytes after masking.
-pub const SUMMARY_LIMIT: usize = 1024 * 1024;
 /// A line longer than this is cut inside a code block, saying how much was cut.
 pub const LINE_BYTES: usize = 2000;
 

@@ -409,18 +409,6 @@ pub fn with_docker_config(cmd: Cmd, dir: &str) -> Cmd {
     Cmd(argv)
 }
 
-/// `cmd` run on `host` by the OpenSSH client: what a person types to do by hand what berth
-/// could not.
-pub fn by_ssh(host: &crate::inputs::HostSpec, cmd: &Cmd) -> Cmd {
-    Cmd::new([
-        "ssh".to_string(),
-        "-p".into(),
-        host.port.to_string(),
-        format!("{}@{}", host.user, host.host),
-        crate::ssh::quote_argv(&cmd.0),
-    ])
-}
-
 /// Images of this project's repositories present on the host: `repo@digest id` lines.
 pub fn project_images(image_prefix: &str) -> Cmd {
     Cmd::new([

@@ -514,7 +514,7 @@ impl Report {
 }
 
 /// The summary's budget: under GitHub's 1 MiB with room for the runner's masking.
-pub const SUMMARY_BUDGET: usize = markdown::SUMMARY_LIMIT - 64 * 1024;
+pub const SUMMARY_BUDGET: usize = crate::workflow::SUMMARY_LIMIT - 64 * 1024;
 /// One container's log tail in the summary.
 const LOG_BYTES: usize = 64 * 1024;
 

@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex};
 use crate::secret::Secret;
 
 /// The runner records at most this many annotations of each level per step.
+/// GitHub drops a step summary over 1 MiB (actions/runner `AttachmentSizeLimit`), and errors
+/// the step. berth stays under this, measured in bytes after masking.
+pub const SUMMARY_LIMIT: usize = 1024 * 1024;
+
 pub const ANNOTATIONS_PER_LEVEL: usize = 10;
 /// The runner cuts annotation messages here.
 pub const MESSAGE_LIMIT: usize = 4096;
@@ -268,7 +272,7 @@ impl Runner {
         let mut markdown = scrub_with(&inner.masks, markdown);
         // The report keeps itself well under the limit; this is the last line of defence,
         // since over it GitHub drops the whole summary and fails the step.
-        let limit = crate::markdown::SUMMARY_LIMIT - 1024;
+        let limit = SUMMARY_LIMIT - 1024;
         if markdown.len() > limit {
             let mut end = limit;
             while !markdown.is_char_boundary(end) {

@@ -314,13 +314,7 @@ impl<'a> Engine<'a> {
     /// file contents and secrets left out. Changes nothing.
     async fn plan(&self, hosts: &[Host], report: &mut Report) -> Result<Outcome, Fault> {
         let spec = self.spec.clone();
-        let layout = self.layout.clone();
-        let plans = on_all(hosts, move |t| {
-            let mut lines = vec![crate::ssh::quote_argv(&layout.lock_acquire().0)];
-            lines.extend(t.release_steps(&spec).iter().map(|s| s.plan_line()));
-            (t.state().name, lines)
-        })
-        .await;
+        let plans = on_all(hosts, move |t| (t.state().name, t.plan(&spec))).await;
         for (host, steps) in plans {
             for step in steps {
                 let line = format!("[{host}] {step}");

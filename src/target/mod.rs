@@ -1,6 +1,6 @@
 //! Where a release goes: the seam between the deploy engine and a kind of target.
 //!
-//! The engine (`crate::engine`) decides: which hosts, in what order, when a release is
+//! The engine (src/engine) decides: which hosts, in what order, when a release is
 //! judged, when to roll back. A [`Target`] knows how: its steps as data
 //! ([`Target::release_steps`]), how to run one, how to verify and watch what runs, how to
 //! re-activate a release. Today's target is a compose project over SSH
@@ -42,6 +42,9 @@ pub trait Target: Send {
     fn snapshot(&mut self) -> Result<(), ReleaseError>;
     /// The release as data: executed by [`Target::run_step`], printed as the plan.
     fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step>;
+    /// Dry run: what a deploy sends to this host up to the verdict, in order: the lock,
+    /// the snapshot, then [`Target::release_steps`] as [`Step::plan_line`] prints them.
+    fn plan(&self, spec: &ReleaseSpec) -> Vec<String>;
     fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError>;
     /// Whether what runs is exactly what was activated last (by digest).
     fn verify(&mut self) -> Result<(), ReleaseError>;

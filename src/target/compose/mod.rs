@@ -455,6 +455,23 @@ impl Target for ComposeHost {
     fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
         release_steps(&self.layout, spec)
     }
+    fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
+        let quoted = |c: Cmd| crate::ssh::quote_argv(&c.0);
+        let mut lines = vec![
+            quoted(self.layout.lock_acquire()),
+            format!(
+                "sftp put {}/holder.json (mode 0600, lock holder record)",
+                self.layout.lock_dir()
+            ),
+            quoted(self.layout.snapshot()),
+        ];
+        lines.extend(
+            release_steps(&self.layout, spec)
+                .iter()
+                .map(Step::plan_line),
+        );
+        lines
+    }
     fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
         self.execute(spec, step)
     }
@@ -469,7 +486,7 @@ impl Target for ComposeHost {
     }
     fn recovery_command(&self, id: &str) -> String {
         let up = self.layout.compose(id, &["up", "-d", "--remove-orphans"]);
-        crate::ssh::quote_argv(&remote::by_ssh(&self.access.spec, &up).0)
+        crate::ssh::by_hand(&self.access.spec, &up)
     }
     fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError> {
         self.write_record(spec, outcome)
