@@ -436,7 +436,7 @@ pub fn remove_images(ids: &[String]) -> Cmd {
 }
 
 /// The lock holder's record, written into the lock dir.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LockHolder {
     pub token: String,
     pub run_url: String,

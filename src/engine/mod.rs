@@ -154,7 +154,6 @@ impl<'a> Engine<'a> {
             lock_timeout: cfg.target.lock_timeout,
             keep_releases: cfg.target.keep_releases,
             image_prefix: cfg.build.image_prefix.clone(),
-            docker_config: remote::docker_config_dir(&target::random_token()),
         };
         Engine {
             cfg,
@@ -170,14 +169,12 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The images this release deploys, once pushed; the host logs in to pull only then.
+    /// The images this release deploys, once pushed. The host logs in to pull only when
+    /// berth pushes images (a dry run plans that login too); otherwise it pulls as it can.
     fn set_built(&mut self, built: BTreeMap<String, String>) {
+        let pushes = !self.cfg.build.images.is_empty();
         let spec = Arc::make_mut(&mut self.spec);
-        spec.registry = if built.is_empty() {
-            None
-        } else {
-            self.registry.clone()
-        };
+        spec.registry = self.registry.clone().filter(|_| pushes);
         spec.built = built;
     }
 

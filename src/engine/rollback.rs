@@ -6,7 +6,7 @@ use super::hosts::{on_all, states, Host};
 use super::{Engine, LOG_LINES};
 use crate::failure::{Fault, HostStep};
 use crate::report::{Diagnostics, Outcome, Phase, PhaseResult, Report, RollbackReport};
-use crate::target::ReleaseError;
+use crate::target::{HostState, ReleaseError};
 use crate::workflow::{Annotation, Level};
 
 impl Engine<'_> {
@@ -25,57 +25,84 @@ impl Engine<'_> {
         // The failed release says so at once, whatever the restore does next.
         self.mark(hosts, "failed", report).await;
 
-        let all = states(hosts).await;
-        let touched: Vec<Host> = hosts
+        let (touched, touched_states): (Vec<Host>, Vec<HostState>) = hosts
             .iter()
-            .zip(&all)
+            .cloned()
+            .zip(states(hosts).await)
             .filter(|(_, s)| s.touched)
-            .map(|(h, _)| h.clone())
-            .collect();
-        let skipped = |report: &mut Report, why: String| {
+            .unzip();
+        if let Some(why) = self.nothing_to_restore(&touched_states) {
             report.record(Phase::Rollback, Duration::ZERO, PhaseResult::Skipped(why));
-        };
-        if touched.is_empty() {
-            skipped(
-                report,
-                "nothing was switched; the previous release still runs".into(),
-            );
             return fault;
+        }
+        let rb = self.restore(&touched, &touched_states, report).await;
+        if rb.healthy {
+            self.mark(&touched, "rolled-back", report).await;
+            report.record(
+                Phase::Rollback,
+                rb.duration,
+                PhaseResult::Ok(rb.detail.clone()),
+            );
+        } else {
+            report.record(
+                Phase::Rollback,
+                rb.duration,
+                PhaseResult::Failed(rb.detail.clone()),
+            );
+            let commands = on_all(&touched, |t| {
+                let target = t.state().restore_target.unwrap_or_default();
+                t.recovery_command(&target)
+            })
+            .await;
+            report.recovery = Some(commands.join("\n"));
+        }
+        report.rollback = Some(rb);
+        fault
+    }
+
+    /// Why nothing is restored, if so: no host was touched, `rollback: off`, or a touched
+    /// host has no release proven healthy (its newest such release is where it goes back
+    /// to, which may be older than `current` when current never proved itself).
+    fn nothing_to_restore(&self, touched: &[HostState]) -> Option<String> {
+        if touched.is_empty() {
+            return Some("nothing was switched; the previous release still runs".into());
         }
         if self.cfg.rollback == crate::inputs::RollbackPolicy::Off {
-            skipped(report, "`rollback: off`: the host is left as it is".into());
-            return fault;
+            return Some("`rollback: off`: the host is left as it is".into());
         }
-        // Where each host goes back to: its newest release proven healthy, which may be
-        // older than `current` when current was a release that never proved itself.
-        let touched_states: Vec<_> = all.into_iter().filter(|s| s.touched).collect();
-        let missing: Vec<&str> = touched_states
+        let missing: Vec<&str> = touched
             .iter()
             .filter(|s| s.restore_target.is_none())
             .map(|s| s.name.as_str())
             .collect();
-        if !missing.is_empty() {
-            let first_deploy = touched_states
-                .iter()
-                .all(|s| s.restore_target.is_some() || s.previous.is_none());
-            let why = if first_deploy {
-                format!("first deploy on {}", missing.join(", "))
-            } else {
-                format!(
-                    "no release was ever proven healthy on {} (`mode: rollback` with `release:` can still restore a named one)",
-                    missing.join(", ")
-                )
-            };
-            skipped(
-                report,
-                format!(
-                    "{why}: nothing to restore; the failed release is left in place for diagnosis"
-                ),
-            );
-            return fault;
+        if missing.is_empty() {
+            return None;
         }
+        let first_deploy = touched
+            .iter()
+            .all(|s| s.restore_target.is_some() || s.previous.is_none());
+        let why = if first_deploy {
+            format!("first deploy on {}", missing.join(", "))
+        } else {
+            format!(
+                "no release was ever proven healthy on {} (`mode: rollback` with `release:` can still restore a named one)",
+                missing.join(", ")
+            )
+        };
+        Some(format!(
+            "{why}: nothing to restore; the failed release is left in place for diagnosis"
+        ))
+    }
+
+    /// Re-activates each touched host's restore target and proves it healthy.
+    async fn restore(
+        &self,
+        touched: &[Host],
+        touched_states: &[HostState],
+        report: &mut Report,
+    ) -> RollbackReport {
         let started = Instant::now();
-        let restored = on_all(&touched, |t| {
+        let restored = on_all(touched, |t| {
             let target = t
                 .state()
                 .restore_target
@@ -105,7 +132,7 @@ impl Engine<'_> {
         if let Some(e) = restored.into_iter().find_map(Result::err) {
             rb.detail = format!("restoring the previous release failed: {e}");
         } else {
-            match self.health_gate(&touched, report, Instant::now()).await {
+            match self.health_gate(touched, report, Instant::now()).await {
                 Ok(record) => {
                     rb.healthy = true;
                     rb.detail = format!(
@@ -121,28 +148,7 @@ impl Engine<'_> {
             }
         }
         rb.duration = started.elapsed();
-        if rb.healthy {
-            self.mark(&touched, "rolled-back", report).await;
-            report.record(
-                Phase::Rollback,
-                rb.duration,
-                PhaseResult::Ok(rb.detail.clone()),
-            );
-        } else {
-            report.record(
-                Phase::Rollback,
-                rb.duration,
-                PhaseResult::Failed(rb.detail.clone()),
-            );
-            let commands = on_all(&touched, |t| {
-                let target = t.state().restore_target.unwrap_or_default();
-                t.recovery_command(&target)
-            })
-            .await;
-            report.recovery = Some(commands.join("\n"));
-        }
-        report.rollback = Some(rb);
-        fault
+        rb
     }
 
     /// `mode: rollback`: re-activate the newest release proven healthy other than current
@@ -199,21 +205,7 @@ impl Engine<'_> {
                     PhaseResult::Ok("healthy".into()),
                 );
                 report.health = Some(record);
-                // Each host records what it restored (hosts may have chosen differently).
-                let per_host: Vec<(Host, String)> =
-                    hosts.iter().cloned().zip(targets.iter().cloned()).collect();
-                for (host, restored) in per_host {
-                    let recorded = host
-                        .call(move |t| {
-                            let name = t.state().name;
-                            t.record_manual_rollback(&restored)
-                                .map_err(|e| format!("{name}: {e}"))
-                        })
-                        .await;
-                    if let Err(e) = recorded {
-                        report.warn("berth: release record not written", e);
-                    }
-                }
+                record_restored(hosts, &targets, report).await;
                 report.notices.push(Annotation::new(
                     Level::Notice,
                     "berth: rolled back",
@@ -236,6 +228,22 @@ impl Engine<'_> {
                 report.diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
                 Err(fault)
             }
+        }
+    }
+}
+
+/// Each host records what it restored (hosts may have chosen differently).
+async fn record_restored(hosts: &[Host], targets: &[String], report: &mut Report) {
+    for (host, restored) in hosts.iter().zip(targets.iter().cloned()) {
+        let recorded = host
+            .call(move |t| {
+                let name = t.state().name;
+                t.record_manual_rollback(&restored)
+                    .map_err(|e| format!("{name}: {e}"))
+            })
+            .await;
+        if let Err(e) = recorded {
+            report.warn("berth: release record not written", e);
         }
     }
 }

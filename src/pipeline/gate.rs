@@ -39,58 +39,9 @@ pub async fn ci_gate(
         }
     }
 
-    let (verdict, result) = if cfg.mode == Mode::Rollback {
-        (
-            Ok(GateVerdict::Passed),
-            PhaseResult::Skipped("rollback restores a release that already passed".into()),
-        )
-    } else if cfg.gate.allow_untested {
-        report.warn(
-            "berth: deploying untested code",
-            format!(
-                "`allow-untested: true`: {} is deployed without checking CI.",
-                commit.sha
-            ),
-        );
-        (
-            Ok(GateVerdict::Passed),
-            PhaseResult::Skipped("allow-untested".into()),
-        )
-    } else if ctx.event_name == "workflow_run" && cfg.gate.ci_workflows.is_empty() {
-        let event = event.as_ref().ok_or(GateError::NoHeadSha)?;
-        // The triggering run is evidence only for the commit it tested.
-        let tested = event["workflow_run"]["head_sha"]
-            .as_str()
-            .unwrap_or_default();
-        if !tested.eq_ignore_ascii_case(&commit.sha) {
-            let e = GateError::ShaNotTested {
-                sha: commit.sha.clone(),
-                tested: tested.into(),
-            };
-            report.record(
-                Phase::CiGate,
-                started.elapsed(),
-                PhaseResult::Failed(e.to_string()),
-            );
-            return Err(e);
-        }
-        match ci_gate::verdict_from_workflow_run(event, &commit.sha, report) {
-            GateVerdict::Passed => (
-                Ok(GateVerdict::Passed),
-                PhaseResult::Ok("the triggering workflow_run succeeded".into()),
-            ),
-            skipped => (
-                Ok(skipped),
-                PhaseResult::Skipped("the triggering workflow_run did not succeed".into()),
-            ),
-        }
-    } else {
-        let api = GithubApi::new(&ctx.api_url, &cfg.gate.github_token, &ctx.repository)?;
-        match ci_gate::wait_for_ci(&api, &cfg.gate, ctx, &commit.sha, runner, report).await {
-            Ok(()) => (
-                Ok(GateVerdict::Passed),
-                PhaseResult::Ok(format!("{} succeeded", cfg.gate.ci_workflows.join(", "))),
-            ),
+    let (verdict, result) =
+        match decide(cfg, ctx, event.as_ref(), &commit.sha, runner, report).await {
+            Ok(decided) => decided,
             Err(e) => {
                 report.record(
                     Phase::CiGate,
@@ -99,8 +50,7 @@ pub async fn ci_gate(
                 );
                 return Err(e);
             }
-        }
-    };
+        };
     report.ci.verdict = Some(match &result {
         PhaseResult::Ok(t) | PhaseResult::Skipped(t) | PhaseResult::Failed(t) => t.clone(),
     });
@@ -112,5 +62,67 @@ pub async fn ci_gate(
         ));
     }
     report.record(Phase::CiGate, started.elapsed(), result);
-    verdict
+    Ok(verdict)
+}
+
+/// The gate's verdict on `sha` and its row in the phase table.
+async fn decide(
+    cfg: &Config,
+    ctx: &GithubContext,
+    event: Option<&serde_json::Value>,
+    sha: &str,
+    runner: &Runner,
+    report: &mut Report,
+) -> Result<(GateVerdict, PhaseResult), GateError> {
+    if cfg.mode == Mode::Rollback {
+        let why = "rollback restores a release that already passed";
+        return Ok((GateVerdict::Passed, PhaseResult::Skipped(why.into())));
+    }
+    if cfg.gate.allow_untested {
+        report.warn(
+            "berth: deploying untested code",
+            format!("`allow-untested: true`: {sha} is deployed without checking CI."),
+        );
+        return Ok((
+            GateVerdict::Passed,
+            PhaseResult::Skipped("allow-untested".into()),
+        ));
+    }
+    if ctx.event_name == "workflow_run" && cfg.gate.ci_workflows.is_empty() {
+        return triggering_run(event.ok_or(GateError::NoHeadSha)?, sha, report);
+    }
+    let api = GithubApi::new(&ctx.api_url, &cfg.gate.github_token, &ctx.repository)?;
+    ci_gate::wait_for_ci(&api, &cfg.gate, ctx, sha, runner, report).await?;
+    let passed = format!("{} succeeded", cfg.gate.ci_workflows.join(", "));
+    Ok((GateVerdict::Passed, PhaseResult::Ok(passed)))
+}
+
+/// Under `workflow_run` without `ci-workflows`: the triggering run decides, and it is
+/// evidence only for the commit it tested.
+fn triggering_run(
+    event: &serde_json::Value,
+    sha: &str,
+    report: &mut Report,
+) -> Result<(GateVerdict, PhaseResult), GateError> {
+    let tested = event["workflow_run"]["head_sha"]
+        .as_str()
+        .unwrap_or_default();
+    if !tested.eq_ignore_ascii_case(sha) {
+        return Err(GateError::ShaNotTested {
+            sha: sha.into(),
+            tested: tested.into(),
+        });
+    }
+    Ok(
+        match ci_gate::verdict_from_workflow_run(event, sha, report) {
+            GateVerdict::Passed => (
+                GateVerdict::Passed,
+                PhaseResult::Ok("the triggering workflow_run succeeded".into()),
+            ),
+            skipped => (
+                skipped,
+                PhaseResult::Skipped("the triggering workflow_run did not succeed".into()),
+            ),
+        },
+    )
 }

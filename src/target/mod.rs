@@ -158,9 +158,6 @@ pub struct ReleaseSpec {
     pub lock_timeout: Duration,
     pub keep_releases: u32,
     pub image_prefix: String,
-    /// The throwaway Docker client config the host's registry login writes, chosen by
-    /// berth (random) so every command that uses it is known before it runs.
-    pub docker_config: String,
 }
 
 #[derive(Clone)]

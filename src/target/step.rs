@@ -73,6 +73,58 @@ pub enum Undo {
 }
 
 impl Step {
+    /// A remote command whose failure leaves nothing to undo.
+    pub fn run(
+        phase: Phase,
+        name: &'static str,
+        cmd: Cmd,
+        output: Output,
+        bound: Duration,
+    ) -> Step {
+        Step {
+            phase,
+            name,
+            action: Action::Run {
+                cmd,
+                stdin: None,
+                output,
+            },
+            bound,
+            undo: Undo::Nothing,
+        }
+    }
+
+    /// A file written over SFTP.
+    pub fn upload(
+        phase: Phase,
+        name: &'static str,
+        path: String,
+        body: Body,
+        mode: i32,
+        bound: Duration,
+    ) -> Step {
+        Step {
+            phase,
+            name,
+            action: Action::Upload { path, body, mode },
+            bound,
+            undo: Undo::Nothing,
+        }
+    }
+
+    pub fn undo(mut self, undo: Undo) -> Step {
+        self.undo = undo;
+        self
+    }
+
+    /// The command reads `secret` on stdin (never its command line).
+    pub fn stdin(mut self, secret: Secret) -> Step {
+        if let Action::Run { stdin, .. } = &mut self.action {
+            *stdin = Some(secret);
+        }
+        self
+    }
+
     /// The step as the dry-run plan prints it: the exact argv as quoted for the host, or
     /// the file written. File contents and secrets are not shown.
     pub fn plan_line(&self) -> String {

@@ -64,6 +64,9 @@ pub struct ComposeHost {
     pub restarts_before: BTreeMap<String, i64>,
     /// The release's compose model as compose resolved it on the host.
     model: Option<Value>,
+    /// This host's throwaway Docker client config for the registry login: random, so
+    /// nobody prepares it in advance, and per host, as hosts may share a filesystem.
+    docker_config: String,
     /// Slow stops seen in `up` or a restore: what the report should point at.
     pub slow_stops: Vec<String>,
     /// When `docker compose up` returned: the health deadline counts from here.
@@ -97,6 +100,7 @@ impl ComposeHost {
             replaced: BTreeMap::new(),
             restarts_before: BTreeMap::new(),
             model: None,
+            docker_config: remote::docker_config_dir(&lock::random_token()),
             slow_stops: Vec::new(),
             up_done: None,
             lock_token: None,
@@ -453,7 +457,7 @@ impl Target for ComposeHost {
         ComposeHost::snapshot(self)
     }
     fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
-        release_steps(&self.layout, spec)
+        release_steps(&self.layout, spec, &self.docker_config)
     }
     fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
         let quoted = |c: Cmd| crate::ssh::quote_argv(&c.0);
@@ -466,7 +470,7 @@ impl Target for ComposeHost {
             quoted(self.layout.snapshot()),
         ];
         lines.extend(
-            release_steps(&self.layout, spec)
+            release_steps(&self.layout, spec, &self.docker_config)
                 .iter()
                 .map(Step::plan_line),
         );

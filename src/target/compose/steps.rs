@@ -13,159 +13,130 @@ pub const QUICK: Duration = Duration::from_secs(60);
 pub const LONG: Duration = Duration::from_secs(30 * 60);
 
 /// Upload, pull (pinning what compose names by tag), pre-deploy, up, switch.
-pub fn release_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
+/// `docker_config` is the host's throwaway client config for the registry login, chosen
+/// by berth so every command that uses it is known before it runs.
+pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
     let id = spec.id.as_str();
     let dir = layout.release_dir(id);
     let file = |name: &str| format!("{dir}/{name}");
-    let step = |phase, name, action, bound, undo| Step {
-        phase,
-        name,
-        action,
-        bound,
-        undo,
-    };
-    let run = |cmd, output| Action::Run {
-        cmd,
-        stdin: None,
-        output,
-    };
-    let upload = |path, body, mode| Action::Upload { path, body, mode };
-    let nothing = || Undo::Nothing;
-
-    // Exclusive, unlike `mkdir -p`: a deploy must never write into a release that exists,
-    // which may be the one `current` points at.
+    let upload = |phase, name, path, body, mode| Step::upload(phase, name, path, body, mode, QUICK);
+    let compose_file = Body::Text("compose file", spec.compose.clone());
     let mut steps = vec![
-        step(
-            Phase::Upload,
-            "release dir",
-            Action::CreateDir {
+        // Exclusive, unlike `mkdir -p`: a deploy must never write into a release that
+        // exists, which may be the one `current` points at.
+        Step {
+            phase: Phase::Upload,
+            name: "release dir",
+            action: Action::CreateDir {
                 path: dir.clone(),
                 mode: 0o700,
             },
-            QUICK,
-            nothing(),
-        ),
-        step(
+            bound: QUICK,
+            undo: Undo::Nothing,
+        },
+        upload(
             Phase::Upload,
             "compose file",
-            upload(
-                file(remote::COMPOSE_FILE),
-                Body::Text("compose file", spec.compose.clone()),
-                0o644,
-            ),
-            QUICK,
-            nothing(),
+            file(remote::COMPOSE_FILE),
+            compose_file,
+            0o644,
         ),
-        step(
+        upload(
             Phase::Upload,
             "digest pins",
-            upload(file(remote::OVERRIDE_FILE), Body::Pins, 0o644),
-            QUICK,
-            nothing(),
+            file(remote::OVERRIDE_FILE),
+            Body::Pins,
+            0o644,
         ),
-        step(
+        upload(
             Phase::Upload,
             "env file (0600)",
-            upload(
-                file(remote::ENV_FILE),
-                Body::Secret(spec.env_file.clone()),
-                0o600,
-            ),
-            QUICK,
-            nothing(),
+            file(remote::ENV_FILE),
+            Body::Secret(spec.env_file.clone()),
+            0o600,
         ),
-        step(
+        upload(
             Phase::Upload,
             "release record",
-            upload(file(remote::RECORD_FILE), Body::Record("pending"), 0o644),
-            QUICK,
-            nothing(),
+            file(remote::RECORD_FILE),
+            Body::Record("pending"),
+            0o644,
         ),
         // Fails on a variable nothing sets (field notes A.5, C) before anything is pulled.
-        step(
+        Step::run(
             Phase::Upload,
             "docker compose config",
-            run(
-                layout.compose(id, &["config", "--format", "json"]),
-                Output::ComposeModel,
-            ),
+            layout.compose(id, &["config", "--format", "json"]),
+            Output::ComposeModel,
             QUICK,
-            nothing(),
         ),
     ];
     let pull = layout.compose(id, &["pull", "--quiet", "--ignore-buildable"]);
-    match &spec.registry {
-        Some(login) => {
-            steps.push(step(
-                Phase::Pull,
-                "docker login",
-                Action::Run {
-                    cmd: remote::registry_login(
-                        &login.server,
-                        &login.username,
-                        &spec.docker_config,
-                    ),
-                    stdin: Some(login.password.clone()),
-                    output: Output::Quiet,
-                },
-                QUICK,
-                nothing(),
-            ));
-            // The pull removes the login config when it ends; if it never ran to its end
-            // (connection lost, timeout), the credential must not stay on the host.
-            steps.push(step(
-                Phase::Pull,
-                "docker compose pull",
-                run(
-                    remote::with_docker_config(pull, &spec.docker_config),
-                    Output::Streamed,
-                ),
-                LONG,
-                Undo::Cleanup(remote::remove_docker_config(&spec.docker_config)),
-            ));
-        }
-        None => steps.push(step(
+    let pull = match &spec.registry {
+        None => Step::run(
             Phase::Pull,
             "docker compose pull",
-            run(pull, Output::Streamed),
+            pull,
+            Output::Streamed,
             LONG,
-            nothing(),
-        )),
-    }
+        ),
+        Some(login) => {
+            let config = docker_config;
+            let cmd = remote::registry_login(&login.server, &login.username, config);
+            steps.push(
+                Step::run(Phase::Pull, "docker login", cmd, Output::Quiet, QUICK)
+                    .stdin(login.password.clone()),
+            );
+            // The pull removes the login config when it ends; if it never ran to its end
+            // (connection lost, timeout), the credential must not stay on the host.
+            let pull = remote::with_docker_config(pull, config);
+            Step::run(
+                Phase::Pull,
+                "docker compose pull",
+                pull,
+                Output::Streamed,
+                LONG,
+            )
+            .undo(Undo::Cleanup(remote::remove_docker_config(config)))
+        }
+    };
+    steps.push(pull);
     // Services berth did not build are pinned to what was just pulled, so the release
     // can be restored exactly later; the record names every pin before anything runs.
+    let pin = remote::repo_digests(&[]);
     steps.extend([
-        step(
+        Step::run(
             Phase::Pull,
             "pin images named by tag",
-            run(remote::repo_digests(&[]), Output::PinByTag),
+            pin,
+            Output::PinByTag,
             QUICK,
-            nothing(),
         ),
-        step(
+        upload(
             Phase::Pull,
             "digest pins",
-            upload(file(remote::OVERRIDE_FILE), Body::Pins, 0o644),
-            QUICK,
-            nothing(),
+            file(remote::OVERRIDE_FILE),
+            Body::Pins,
+            0o644,
         ),
-        step(
+        upload(
             Phase::Pull,
             "release record",
-            upload(file(remote::RECORD_FILE), Body::Record("pending"), 0o644),
-            QUICK,
-            nothing(),
+            file(remote::RECORD_FILE),
+            Body::Record("pending"),
+            0o644,
         ),
     ]);
     if let Some(pd) = &spec.pre_deploy {
         let mut tail = vec!["run", "--rm", "-T", pd.service.as_str()];
         tail.extend(pd.argv.iter().map(String::as_str));
-        steps.push(step(
+        let cmd = layout.compose(id, &tail);
+        steps.push(Step::run(
             Phase::PreDeploy,
             "pre-deploy",
-            run(layout.compose(id, &tail), Output::Streamed),
+            cmd,
+            Output::Streamed,
             LONG,
-            nothing(),
         ));
     }
     steps.extend(activation_steps(layout, id, "docker compose up"));
@@ -173,30 +144,104 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
 }
 
 /// `up` of release `id`, then `current` switched to it: a deploy's last steps, and a
-/// restore's.
+/// restore's. The running containers may change from the first of them on.
 pub fn activation_steps(layout: &Layout, id: &str, name: &'static str) -> [Step; 2] {
+    let up = layout.compose(id, &["up", "-d", "--remove-orphans"]);
+    let switch = layout.switch_current(id);
     [
-        Step {
-            phase: Phase::Up,
-            name,
-            action: Action::Run {
-                cmd: layout.compose(id, &["up", "-d", "--remove-orphans"]),
-                stdin: None,
-                output: Output::Activate,
-            },
-            bound: LONG,
-            undo: Undo::Restore,
-        },
-        Step {
-            phase: Phase::Up,
-            name: "switch current",
-            action: Action::Run {
-                cmd: layout.switch_current(id),
-                stdin: None,
-                output: Output::Quiet,
-            },
-            bound: QUICK,
-            undo: Undo::Restore,
-        },
+        Step::run(Phase::Up, name, up, Output::Activate, LONG).undo(Undo::Restore),
+        Step::run(Phase::Up, "switch current", switch, Output::Quiet, QUICK).undo(Undo::Restore),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inputs::PreDeploy;
+    use crate::secret::Secret;
+    use crate::target::{phase_summaries, RegistryLogin};
+
+    fn spec() -> ReleaseSpec {
+        ReleaseSpec {
+            id: "20261125T031500Z-0123456".into(),
+            sha: "0123456789".into(),
+            compose: "services: {}\n".into(),
+            env_file: Secret::new("DB_PASSWORD=env-secret-77"),
+            built: Default::default(),
+            pre_deploy: Some(PreDeploy {
+                service: "backend".into(),
+                argv: vec!["sh".into(), "/migrate.sh".into()],
+            }),
+            registry: Some(RegistryLogin {
+                server: "reg:5000".into(),
+                username: "bot".into(),
+                password: Secret::new("registry-secret-88"),
+            }),
+            holder: Default::default(),
+            lock_timeout: Duration::from_secs(1),
+            keep_releases: 5,
+            image_prefix: String::new(),
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout {
+            deploy_dir: "/srv/shop".into(),
+            project: "shop".into(),
+        }
+    }
+
+    #[test]
+    fn a_release_is_its_steps_in_phase_order_and_only_up_on_needs_a_restore() {
+        let steps = release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc");
+        let phases: Vec<(Phase, String)> = phase_summaries(&steps);
+        assert_eq!(
+            phases.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [Phase::Upload, Phase::Pull, Phase::PreDeploy, Phase::Up]
+        );
+        assert_eq!(
+            phases[0].1,
+            "release dir, compose file, digest pins, env file (0600), release record, docker compose config"
+        );
+        let first_restore = steps.iter().position(|s| s.undo == Undo::Restore).unwrap();
+        assert_eq!(steps[first_restore].name, "docker compose up");
+        assert!(steps[first_restore..]
+            .iter()
+            .all(|s| s.undo == Undo::Restore));
+        // The pull's cleanup removes exactly the login's config dir.
+        let pull = steps
+            .iter()
+            .find(|s| s.name == "docker compose pull")
+            .unwrap();
+        assert_eq!(
+            pull.undo,
+            Undo::Cleanup(remote::remove_docker_config("/tmp/berth-docker-config.abc"))
+        );
+        let pull_cmd = pull.command().unwrap();
+        assert!(pull_cmd
+            .0
+            .contains(&"/tmp/berth-docker-config.abc".to_string()));
+    }
+
+    #[test]
+    fn the_plan_shows_every_command_but_no_secret() {
+        let lines: Vec<String> = release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc")
+            .iter()
+            .map(Step::plan_line)
+            .collect();
+        let text = lines.join("\n");
+        assert!(!text.contains("env-secret-77") && !text.contains("registry-secret-88"));
+        assert!(text.contains("redacted"), "{text}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("run --rm -T backend sh /migrate.sh")),
+            "{text}"
+        );
+        let login = lines.iter().find(|l| l.contains("docker login")).unwrap();
+        assert!(
+            login.ends_with("<<< (secret on stdin, redacted)"),
+            "{login}"
+        );
+    }
 }
