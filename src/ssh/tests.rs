@@ -1,4 +1,7 @@
+use super::exec::{LineBuffer, KEPT_BYTES};
+use super::host_key::names_host;
 use super::*;
+use crate::inputs::KnownHost;
 
 #[test]
 fn a_huge_stream_is_kept_bounded() {
