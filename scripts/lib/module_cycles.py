@@ -20,7 +20,13 @@ for m in mods:
     paths = [os.path.join(src, m + ".rs")]
     d = os.path.join(src, m)
     if os.path.isdir(d):
-        paths = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith(".rs")]
+        # A module's `tests.rs` is its `#[cfg(test)] mod tests;`, left out as below.
+        paths = [
+            os.path.join(r, f)
+            for r, _, fs in os.walk(d)
+            for f in fs
+            if f.endswith(".rs") and f != "tests.rs"
+        ]
     for p in paths:
         if not os.path.exists(p):
             continue

@@ -1,0 +1,456 @@
+//! What runs on a host, said apart from running it: every remote command is an argv built
+//! by a pure function here. Only the SSH module quotes and executes them.
+//!
+//! Host layout under `deploy-dir`:
+//! ```text
+//! current -> .berth/releases/<id>        the release that is switched in
+//! .berth/lock/                           held while deploying (atomic mkdir)
+//!     holder.json                        who/what/when
+//!     heartbeat                          touched while the holder is alive
+//! .berth/releases/<id>/
+//!     compose.yml                        the app's compose file, as uploaded
+//!     berth.override.yml                 pins every service to an image digest
+//!     .env                               the env file, mode 0600
+//!     release.json                       sha, digests, time, actor, run URL, outcome
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+mod preflight;
+mod records;
+
+pub use preflight::{parse_preflight, Preflight};
+use records::records_script;
+pub use records::{
+    is_release_id, newest_proven, parse_release_records, release_id, releases_to_prune, LockHolder,
+    Outcome, ReleaseEntry, ReleaseRecord, RECORD_MARK, UNPROVEN_KEPT,
+};
+
+/// One argv, executed as a single remote command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmd(pub Vec<String>);
+
+impl Cmd {
+    pub fn new<I, S>(words: I) -> Cmd
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Cmd(words.into_iter().map(Into::into).collect())
+    }
+}
+
+/// Paths of one deploy dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub deploy_dir: String,
+    pub project: String,
+}
+
+impl Layout {
+    pub fn berth_dir(&self) -> String {
+        format!("{}/.berth", self.deploy_dir)
+    }
+    pub fn lock_dir(&self) -> String {
+        format!("{}/.berth/lock", self.deploy_dir)
+    }
+    pub fn releases_dir(&self) -> String {
+        format!("{}/.berth/releases", self.deploy_dir)
+    }
+    pub fn release_dir(&self, id: &str) -> String {
+        format!("{}/.berth/releases/{id}", self.deploy_dir)
+    }
+    pub fn current(&self) -> String {
+        format!("{}/current", self.deploy_dir)
+    }
+
+    /// `docker compose` for one release: its own files, its own env file, its dir as the
+    /// project directory, so a release is self-contained and can be re-activated as is.
+    pub fn compose(&self, release: &str, tail: &[&str]) -> Cmd {
+        let dir = self.release_dir(release);
+        let mut argv: Vec<String> = vec![
+            "docker".into(),
+            "compose".into(),
+            "-p".into(),
+            self.project.clone(),
+            "--project-directory".into(),
+            dir.clone(),
+            "-f".into(),
+            format!("{dir}/{COMPOSE_FILE}"),
+            "-f".into(),
+            format!("{dir}/{OVERRIDE_FILE}"),
+            "--env-file".into(),
+            format!("{dir}/{ENV_FILE}"),
+        ];
+        argv.extend(tail.iter().map(|s| s.to_string()));
+        Cmd(argv)
+    }
+
+    /// Takes the lock in one round trip: makes `.berth/releases` (0700) if needed, then the
+    /// atomic step, `mkdir` of the lock dir, which fails if it exists, and a first heartbeat.
+    /// Exits 0 when taken, [`LOCK_HELD`] when someone holds it, anything else on an error.
+    pub fn lock_acquire(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"mkdir -p -m 0700 "$1" || exit 2
+if mkdir "$2" 2>/dev/null; then touch "$2/heartbeat"; exit; fi
+test -d "$2" && exit 3
+mkdir "$2""#
+                .into(),
+            "sh".into(),
+            self.releases_dir(),
+            self.lock_dir(),
+        ])
+    }
+
+    /// Prints the holder record, then the heartbeat's mtime and the host's clock, so the
+    /// lock's age is judged by the host's clock alone.
+    pub fn lock_inspect(&self) -> Cmd {
+        let lock = self.lock_dir();
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"cat "$1/holder.json" 2>/dev/null; echo; stat -c %Y "$1/heartbeat" 2>/dev/null || stat -c %Y "$1"; date +%s"#.into(),
+            "sh".into(),
+            lock,
+        ])
+    }
+
+    /// Before anything is pushed: is Compose there, can the deploy dir be written (or
+    /// made), how much room is there, and who holds the lock. One round trip, no change.
+    pub fn preflight(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"if v=$(docker compose version --short 2>&1); then echo "compose $v"; else echo "compose-missing $(echo "$v" | head -n 1)"; fi
+if r=$(docker info --format '{{.DockerRootDir}}' 2>&1); then echo "docker-root $r"; echo "docker-free-kb $(df -Pk "$r" 2>/dev/null | awk 'NR==2 {print $4}')"; else echo "docker-missing $(echo "$r" | head -n 1)"; fi
+d="$1"; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
+if [ -d "$d" ] && [ -w "$d" ]; then echo "writable $d"; else echo "not-writable $d"; fi
+for x in "$1/.berth" "$1/.berth/releases"; do if [ -e "$x" ] && [ ! -w "$x" ]; then echo "not-writable $x"; fi; done
+echo "free-kb $(df -Pk "$d" | awk 'NR==2 {print $4}')"
+if [ -d "$2" ]; then echo "lock-held $(cat "$2/holder.json" 2>/dev/null | head -c 2048 | tr -d '\n\r')"; fi"#
+                .into(),
+            "sh".into(),
+            self.deploy_dir.clone(),
+            self.lock_dir(),
+        ])
+    }
+
+    /// Marks every `pending` release record `interrupted`. Run by a cancelled deploy
+    /// while it still holds the lock, so that no deploy is in flight: a record left
+    /// pending can only belong to a run that did not finish.
+    pub fn mark_interrupted(&self, token: &str, now: &str) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                r#"grep -q "\"token\":\"$3\"" "$2/holder.json" 2>/dev/null || exit 0
+for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i -e 's/"outcome": "pending"/"outcome": "interrupted"/' -e "s/\"updated_at\": \"[^\"]*\"/\"updated_at\": \"$4\"/" "$f"; done; true"#
+            ),
+            "sh".into(),
+            self.releases_dir(),
+            self.lock_dir(),
+            token.into(),
+            now.into(),
+        ])
+    }
+
+    /// Sets the outcome of release `id`'s record in place (for a release left by `mode:
+    /// rollback`, whose record this run did not write).
+    pub fn set_outcome(&self, id: &str, outcome: &str, now: &str) -> Cmd {
+        Cmd::new([
+            "sed".to_string(),
+            "-i".into(),
+            "-e".into(),
+            format!(r#"s/"outcome": "[a-z-]*"/"outcome": "{outcome}"/"#),
+            "-e".into(),
+            format!(r#"s/"updated_at": "[^"]*"/"updated_at": "{now}"/"#),
+            format!("{}/{RECORD_FILE}", self.release_dir(id)),
+        ])
+    }
+
+    pub fn lock_heartbeat(&self) -> Cmd {
+        Cmd::new(["touch", &format!("{}/heartbeat", self.lock_dir())])
+    }
+
+    /// Moves a stale lock aside atomically; of two takers only one `mv` succeeds.
+    pub fn lock_take_over(&self, token: &str) -> Cmd {
+        Cmd::new([
+            "mv",
+            "-T",
+            &self.lock_dir(),
+            &format!("{}/lock.stale-{token}", self.berth_dir()),
+        ])
+    }
+
+    /// Releases the lock only if it still holds our token.
+    pub fn lock_release(&self, token: &str) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"grep -q "\"token\":\"$2\"" "$1/holder.json" 2>/dev/null && rm -rf "$1"; rm -rf "$1".stale-* 2>/dev/null; true"#.into(),
+            "sh".into(),
+            self.lock_dir(),
+            token.into(),
+        ])
+    }
+
+    /// Points `current` at a release with an atomic rename of a fresh symlink.
+    pub fn switch_current(&self, id: &str) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"ln -sfn "$2" "$1.berth-tmp" && mv -T "$1.berth-tmp" "$1""#.into(),
+            "sh".into(),
+            self.current(),
+            format!(".berth/releases/{id}"),
+        ])
+    }
+
+    pub fn list_releases(&self) -> Cmd {
+        Cmd::new(["ls", "-1", &self.releases_dir()])
+    }
+
+    /// Every release dir with its record, in one round trip: for each, a line
+    /// `RECORD_MARK id`, then its `release.json` (nothing when it has none).
+    pub fn release_records(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("r=\"$1\"\n{}", records_script()),
+            "sh".into(),
+            self.releases_dir(),
+        ])
+    }
+
+    pub fn read_release_record(&self, id: &str) -> Cmd {
+        Cmd::new(["cat", &format!("{}/{RECORD_FILE}", self.release_dir(id))])
+    }
+
+    pub fn remove_release(&self, id: &str) -> Cmd {
+        Cmd::new(["rm", "-rf", &self.release_dir(id)])
+    }
+
+    /// `docker inspect` (one JSON object per line) of every container of the project, in
+    /// one round trip. A container removed between the list and the inspect is left out.
+    pub fn project_containers(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            CONTAINERS_SCRIPT.into(),
+            "sh".into(),
+            self.project.clone(),
+        ])
+    }
+
+    /// What a deploy replaces, in one round trip: the release `current` points at (an empty
+    /// first line when none), then [`Layout::project_containers`]' lines, then
+    /// [`Layout::release_records`]' blocks.
+    pub fn snapshot(&self) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                r#"l=$(readlink "$2" 2>/dev/null) && basename "$l" || echo
+{CONTAINERS_SCRIPT}
+r="$3"
+{}"#,
+                records_script()
+            ),
+            "sh".into(),
+            self.project.clone(),
+            self.current(),
+            self.releases_dir(),
+        ])
+    }
+}
+
+/// The services whose containers took at least `min` to stop, from `docker compose up`'s
+/// own lines as they arrived (`Container NAME  Recreate` ... `Recreated`, or `Stopping`
+/// ... `Stopped`), with how long each took. Docker's event log would say so too, but it
+/// keeps only the last 256 events, which a busy host rolls over in seconds.
+pub fn slow_stops(
+    lines: &[(Duration, String)],
+    project: &str,
+    min: Duration,
+) -> Vec<(String, Duration)> {
+    let mut began: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut slow: Vec<(String, Duration)> = Vec::new();
+    for (at, line) in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [.., "Container", name, state] = words.as_slice() else {
+            continue;
+        };
+        match *state {
+            "Recreate" | "Stopping" => {
+                began.insert(name.to_string(), *at);
+            }
+            "Recreated" | "Stopped" => {
+                let Some(start) = began.remove(*name) else {
+                    continue;
+                };
+                let took = at.saturating_sub(start);
+                let service = service_of(name, project);
+                if took >= min && !slow.iter().any(|(s, _)| s == &service) {
+                    slow.push((service, took));
+                }
+            }
+            _ => {}
+        }
+    }
+    slow
+}
+
+/// `shop-backend-1` of project `shop` is service `backend`.
+fn service_of(container: &str, project: &str) -> String {
+    let rest = container
+        .strip_prefix(project)
+        .and_then(|r| r.strip_prefix(['-', '_']))
+        .unwrap_or(container);
+    match rest.rsplit_once(['-', '_']) {
+        Some((service, n)) if n.chars().all(|c| c.is_ascii_digit()) => service.to_string(),
+        _ => rest.to_string(),
+    }
+}
+
+/// `docker compose ps -a` of the project, by name alone, for diagnostics.
+pub fn compose_ps(project: &str) -> Cmd {
+    Cmd::new(["docker", "compose", "-p", project, "ps", "-a"])
+}
+
+/// The last `n` lines of a container's log (stderr included), each cut to `LOG_LINE_BYTES` on the host.
+/// Docker's json-file driver stores a line over 16 KiB as several entries and `--tail`
+/// counts entries, so one huge line would fill the whole tail: berth reads up to
+/// `LOG_ENTRIES_PER_LINE` times more entries, cuts the lines, and keeps the last `n`.
+/// What crosses the connection is bounded whatever the app printed.
+pub fn container_logs(container: &str, n: usize) -> Cmd {
+    Cmd::new([
+        "sh".to_string(),
+        "-c".into(),
+        r#"docker logs --tail "$3" "$1" 2>&1 | awk -v max="$4" '{ if (length($0) > max) print substr($0, 1, max) " … [line cut: " length($0) - max " more]"; else print }' | tail -n "$2""#.into(),
+        "sh".into(),
+        container.into(),
+        n.to_string(),
+        (n * LOG_ENTRIES_PER_LINE).to_string(),
+        LOG_LINE_BYTES.to_string(),
+    ])
+}
+
+const LOG_ENTRIES_PER_LINE: usize = 20;
+const LOG_LINE_BYTES: usize = 2000;
+
+pub const COMPOSE_FILE: &str = "compose.yml";
+pub const OVERRIDE_FILE: &str = "berth.override.yml";
+pub const ENV_FILE: &str = ".env";
+pub const RECORD_FILE: &str = "release.json";
+/// Every container of the project (`$1`) as `docker inspect` JSON, a line each.
+const CONTAINERS_SCRIPT: &str = r#"ids=$(docker ps -aq --filter "label=com.docker.compose.project=$1") || exit
+[ -z "$ids" ] || docker inspect --format '{{json .}}' $ids 2>/dev/null || true"#;
+/// `lock_acquire`'s exit status when another deploy holds the lock.
+pub const LOCK_HELD: i32 = 3;
+
+/// The local image id of each reference, one per line (`-` when absent).
+pub fn image_ids(refs: &[String]) -> Cmd {
+    inspect_each("{{.Id}}", refs)
+}
+
+/// `<id> ["repo@sha256:...", ...]` of each local image, one line per image in order (`-`
+/// when absent), for pinning what a compose file names by tag.
+pub fn repo_digests(images: &[String]) -> Cmd {
+    inspect_each("{{.Id}} {{json .RepoDigests}}", images)
+}
+
+/// `docker image inspect --format <format>` of each image in one exec, a line each (`-`
+/// when absent). The format is the script's first argument, never part of its text.
+fn inspect_each(format: &str, images: &[String]) -> Cmd {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"f="$1"; shift; for r in "$@"; do docker image inspect --format "$f" "$r" 2>/dev/null || echo -; done"#.into(),
+        "sh".into(),
+        format.into(),
+    ];
+    argv.extend(images.iter().cloned());
+    Cmd(argv)
+}
+
+/// `docker login` into a fresh private client config dir `config_dir` (made with `mkdir`,
+/// which fails if anything is there already), reading the password from stdin. On a
+/// failed login the dir is removed again.
+pub fn registry_login(registry: &str, username: &str, config_dir: &str) -> Cmd {
+    Cmd::new([
+        "sh".to_string(),
+        "-c".into(),
+        r#"mkdir -m 0700 "$3" || exit
+DOCKER_CONFIG="$3" docker login --username "$1" --password-stdin "$2" >&2 || { s=$?; rm -rf "$3"; exit $s; }"#
+            .into(),
+        "sh".into(),
+        username.into(),
+        registry.into(),
+        config_dir.into(),
+    ])
+}
+
+/// A private client config dir for one run's registry login: random, so nobody can
+/// prepare it in advance.
+pub fn docker_config_dir(token: &str) -> String {
+    format!("/tmp/berth-docker-config.{token}")
+}
+
+pub fn remove_docker_config(config_dir: &str) -> Cmd {
+    Cmd::new(["rm", "-rf", config_dir])
+}
+
+/// A compose command run with the throwaway registry config, which is removed as soon as
+/// the command ends, however it ends.
+pub fn with_docker_config(cmd: Cmd, dir: &str) -> Cmd {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"export DOCKER_CONFIG="$1"; shift; "$@"; s=$?; rm -rf "$DOCKER_CONFIG"; exit $s"#.into(),
+        "sh".into(),
+        dir.into(),
+    ];
+    argv.extend(cmd.0);
+    Cmd(argv)
+}
+
+/// Images of this project's repositories present on the host: `repo@digest id` lines.
+pub fn project_images(image_prefix: &str) -> Cmd {
+    Cmd::new([
+        "docker",
+        "image",
+        "ls",
+        "--digests",
+        "--filter",
+        &format!("reference={image_prefix}-*"),
+        "--format",
+        "{{.Repository}}@{{.Digest}} {{.ID}}",
+    ])
+}
+
+/// Removes images by id, never their untagged parents: those may be another build's cache.
+pub fn remove_images(ids: &[String]) -> Cmd {
+    let mut argv = vec![
+        "docker".to_string(),
+        "image".into(),
+        "rm".into(),
+        "--no-prune".into(),
+    ];
+    argv.extend(ids.iter().cloned());
+    Cmd(argv)
+}
+
+/// The override file pinning each service to its image: JSON, which is valid YAML.
+pub fn override_file(images: &BTreeMap<String, String>) -> String {
+    let services: serde_json::Map<String, serde_json::Value> = images
+        .iter()
+        .map(|(svc, img)| (svc.clone(), serde_json::json!({ "image": img })))
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "services": services })).expect("json") + "\n"
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+use super::*;
+use crate::ssh::quote_argv;
+
+fn layout() -> Layout {
+    Layout {
+        deploy_dir: "/opt/shop".into(),
+        project: "shop".into(),
+    }
+}
+
+/// Runs a command here, the way sshd would hand it to the login shell.
+fn run_here(cmd: &Cmd) -> (i32, String, String) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(quote_argv(&cmd.0))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn the_lock_is_taken_once_held_after_and_an_unwritable_dir_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        deploy_dir: tmp.path().join("app").display().to_string(),
+        project: "shop".into(),
+    };
+    assert_eq!(run_here(&layout.lock_acquire()).0, 0);
+    let lock = std::path::Path::new(&layout.lock_dir()).to_path_buf();
+    assert!(lock.join("heartbeat").is_file());
+    let releases = std::fs::metadata(layout.releases_dir()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(releases.permissions().mode() & 0o777, 0o700);
+    assert_eq!(run_here(&layout.lock_acquire()).0, LOCK_HELD);
+    // A lock dir that cannot be made is not a held lock.
+    std::fs::remove_dir_all(&lock).unwrap();
+    std::fs::write(&lock, "").unwrap();
+    let (status, _, err) = run_here(&layout.lock_acquire());
+    assert!(status != 0 && status != LOCK_HELD, "{status}: {err}");
+    assert!(err.contains("lock"), "{err}");
+}
+
+#[test]
+fn the_login_config_is_removed_when_the_command_ends_either_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (tail, want) in [("exit 0", 0), ("exit 7", 7)] {
+        let dir = tmp.path().join(format!("cfg-{want}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let cmd = with_docker_config(
+            Cmd::new([
+                "sh",
+                "-c",
+                &format!("test -f \"$DOCKER_CONFIG/config.json\" && {tail}"),
+            ]),
+            &dir.display().to_string(),
+        );
+        assert_eq!(run_here(&cmd).0, want);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+/// Runs a command here with a stand-in `docker` (a shell script) first on PATH.
+fn run_with_docker_stdin(docker: &str, cmd: &Cmd, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("docker");
+    std::fs::write(&fake, format!("#!/bin/sh\n{docker}\n")).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        tmp.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(quote_argv(&cmd.0))
+        .env("PATH", path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn run_with_docker(docker: &str, cmd: &Cmd) -> String {
+    let out = run_with_docker_stdin(docker, cmd, b"");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+#[test]
+fn a_login_gets_the_password_on_stdin_and_a_failed_one_leaves_no_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = tmp.path().join("record");
+    // `docker login --username U ...`: records its config dir and stdin; refuses `bad`.
+    let docker = format!(
+        r#"echo "$DOCKER_CONFIG" > {r}; cat > {r}.stdin; echo 'Login Succeeded'; [ "$3" != bad ]"#,
+        r = record.display()
+    );
+    let recorded = || std::fs::read_to_string(&record).unwrap().trim().to_string();
+    let dir = tmp.path().join("cfg").display().to_string();
+    let ok = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot", &dir), b"pw-1");
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(dir, recorded());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    assert!(std::path::Path::new(&dir).is_dir());
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.stdin", record.display())).unwrap(),
+        "pw-1"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A dir prepared in advance (by another user, say) is refused, never reused.
+    std::fs::create_dir(&dir).unwrap();
+    let taken = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot", &dir), b"pw-3");
+    assert!(!taken.status.success(), "{taken:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let bad = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bad", &dir), b"pw-2");
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(bad.stdout.is_empty(), "{bad:?}");
+    assert!(
+        !std::path::Path::new(&recorded()).exists(),
+        "{} left behind",
+        recorded()
+    );
+}
+
+#[test]
+fn each_image_gets_a_line_and_a_missing_one_a_dash() {
+    // Knows one image and prints the format it was given.
+    let docker = r#"[ "$5" = known ] || { echo 'No such image' >&2; exit 1; }; echo "$4 of $5""#;
+    let images = ["known", "gone", "known"].map(String::from);
+    assert_eq!(
+        run_with_docker(docker, &image_ids(&images)),
+        "{{.Id}} of known\n-\n{{.Id}} of known\n"
+    );
+    assert_eq!(
+        run_with_docker(docker, &repo_digests(&images[..1])),
+        "{{.Id}} {{json .RepoDigests}} of known\n"
+    );
+}
+
+#[test]
+fn the_snapshot_names_the_current_release_then_the_containers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        deploy_dir: tmp.path().display().to_string(),
+        project: "shop".into(),
+    };
+    // `ps` lists two ids of the project; `inspect` prints a JSON line for each.
+    let docker = r#"case "$1" in
+ps) [ "$4" = label=com.docker.compose.project=shop ] && printf 'a1\nb2\n' ;;
+inspect) shift 3; for i in "$@"; do echo "{\"Id\":\"$i\"}"; done ;;
+esac"#;
+    let first = run_with_docker(docker, &layout.snapshot());
+    assert_eq!(first, "\n{\"Id\":\"a1\"}\n{\"Id\":\"b2\"}\n");
+    std::os::unix::fs::symlink(".berth/releases/r7", layout.current()).unwrap();
+    let again = run_with_docker(docker, &layout.snapshot());
+    assert_eq!(again, "r7\n{\"Id\":\"a1\"}\n{\"Id\":\"b2\"}\n");
+    let none = run_with_docker("true", &layout.snapshot());
+    assert_eq!(none, "r7\n");
+}
+
+#[test]
+fn compose_commands_pin_files_env_and_project_dir() {
+    let cmd = layout().compose("r1", &["up", "-d", "--remove-orphans"]);
+    assert_eq!(
+        quote_argv(&cmd.0),
+        "docker compose -p shop --project-directory /opt/shop/.berth/releases/r1 \
+             -f /opt/shop/.berth/releases/r1/compose.yml -f /opt/shop/.berth/releases/r1/berth.override.yml \
+             --env-file /opt/shop/.berth/releases/r1/.env up -d --remove-orphans"
+    );
+}
+
+#[test]
+fn registry_login_takes_the_password_on_stdin_only() {
+    let cmd = registry_login("127.0.0.1:5000", "bot", "/tmp/berth-docker-config.x");
+    assert!(cmd.0[2].contains("--password-stdin"), "{:?}", cmd.0);
+    assert_eq!(
+        &cmd.0[3..],
+        ["sh", "bot", "127.0.0.1:5000", "/tmp/berth-docker-config.x"]
+    );
+    assert!(!cmd.0.iter().any(|w| w.contains("--password ")));
+}
+
+#[test]
+fn override_pins_each_service() {
+    let mut images = BTreeMap::new();
+    images.insert(
+        "backend".to_string(),
+        "r/acme-backend@sha256:abc".to_string(),
+    );
+    let text = override_file(&images);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["services"]["backend"]["image"],
+        "r/acme-backend@sha256:abc"
+    );
+}
+
+#[test]
+fn release_ids_sort_by_time() {
+    let t = time::macros::datetime!(2026-11-24 10:15:00 UTC);
+    assert_eq!(release_id(t, "abc1234def"), "20261124T101500Z-abc1234");
+}
+
+fn entries(list: &[(&str, &str)]) -> Vec<ReleaseEntry> {
+    let out: String = list
+        .iter()
+        .map(|(id, outcome)| {
+            let record = if outcome.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    r#"{{"id":"{id}","sha":"s","created_at":"","actor":"","run_url":"","images":{{}},"replaced":{{}},"previous_release":null,"outcome":"{outcome}"}}"#
+                )
+            };
+            format!("{RECORD_MARK} {id}\n{record}\n")
+        })
+        .collect();
+    parse_release_records(&out)
+}
+
+#[test]
+fn pruning_keeps_the_newest_and_current() {
+    let e = entries(&[
+        ("r1", "deployed"),
+        ("r2", "deployed"),
+        ("r3", "deployed"),
+        ("r4", "deployed"),
+    ]);
+    assert_eq!(releases_to_prune(&e, 2, "r4", None), vec!["r2", "r1"]);
+    assert_eq!(releases_to_prune(&e, 2, "r1", None), vec!["r2"]);
+    assert_eq!(releases_to_prune(&e, 1, "r4", Some("r3")), vec!["r2", "r1"]);
+}
+
+#[test]
+fn preflight_output_is_read_with_the_last_word_on_writability() {
+    let ok = parse_preflight(
+        "compose 2.40.3\ndocker-root /var/lib/docker\ndocker-free-kb 1000\nwritable /opt\nfree-kb 2048\n",
+    );
+    assert_eq!(ok.compose, Ok("2.40.3".into()));
+    assert_eq!(ok.docker_root, Ok("/var/lib/docker".into()));
+    assert_eq!(
+        (ok.writable, ok.free_kb, ok.docker_free_kb),
+        (true, Some(2048), Some(1000))
+    );
+    assert_eq!(ok.lock_holder, None);
+    let bad = parse_preflight(
+        "compose-missing docker: 'compose' is not a docker command.\ndocker-missing permission denied\nwritable /opt/shop\nnot-writable /opt/shop/.berth\nfree-kb \nlock-held {\"actor\":\"alice\"}\n",
+    );
+    assert!(bad
+        .compose
+        .as_ref()
+        .is_err_and(|e| e.contains("not a docker command")));
+    assert_eq!(bad.docker_root, Err("permission denied".into()));
+    assert!(!bad.writable && bad.dir == "/opt/shop/.berth", "{bad:?}");
+    assert_eq!(bad.free_kb, None);
+    assert_eq!(bad.lock_holder.as_deref(), Some("{\"actor\":\"alice\"}"));
+}
+
+#[test]
+fn a_host_dir_that_is_no_release_id_is_never_listed() {
+    let out = format!(
+        "{RECORD_MARK} 20261124T101500Z-abc1234\n{{}}\n{RECORD_MARK} x/../../other\n\n{RECORD_MARK} has space\n\n{RECORD_MARK} .hidden\n"
+    );
+    let ids: Vec<String> = parse_release_records(&out)
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, ["20261124T101500Z-abc1234"]);
+}
+
+#[test]
+fn a_container_slow_to_stop_is_found_from_composes_own_lines() {
+    let at = |ms: u64, l: &str| (Duration::from_millis(ms), l.to_string());
+    let lines = vec![
+        at(0, " Container shop-backend-1  Recreate"),
+        at(10, " Container shop-frontend-1  Recreate"),
+        at(300, " Container shop-frontend-1  Recreated"),
+        at(6200, " Container shop-backend-1  Recreated"),
+        at(6300, " Container shop-worker-1  Stopping"),
+        at(12400, " Container shop-worker-1  Stopped"),
+        at(12500, "[host] Container shop-web-1  Started"),
+    ];
+    let slow = slow_stops(&lines, "shop", Duration::from_secs(5));
+    let names: Vec<&str> = slow.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["backend", "worker"]);
+    assert_eq!(slow[0].1, Duration::from_millis(6200));
+    assert_eq!(service_of("my-app-web-12", "my-app"), "web");
+}
+
+#[test]
+fn failed_and_partial_releases_never_displace_proven_ones() {
+    // Newest last here: r5..r8 failed, rolled back, a partial upload, interrupted.
+    let e = entries(&[
+        ("r1", "deployed"),
+        ("r2", "deployed"),
+        ("r3", "deployed"),
+        ("r4", "rolled-back"),
+        ("r5", "failed"),
+        ("r6", ""),
+        ("r7", "interrupted"),
+        ("r8", "deployed"),
+    ]);
+    let doomed = releases_to_prune(&e, 3, "r8", None);
+    assert_eq!(
+        doomed,
+        vec!["r5", "r4", "r1"],
+        "keeps r8 r3 r2 proven, r7 r6 unproven"
+    );
+    assert_eq!(
+        newest_proven(&e, &["r8"]).map(|e| e.id.as_str()),
+        Some("r3")
+    );
+    assert_eq!(e[1].outcome(), Outcome::Interrupted);
+    assert_eq!(e[2].outcome(), Outcome::Unknown);
+}
+
+#[test]
+fn pure_builders_quote_hostile_values_safely() {
+    let l = Layout {
+        deploy_dir: "/opt/a b".into(),
+        project: "p".into(),
+    };
+    let q = quote_argv(&l.switch_current("r1").0);
+    assert!(q.contains("'/opt/a b/current'"), "{q}");
+}
