@@ -4,6 +4,7 @@
 //! inputs -> CI gate -> images -> remote release -> health -> (rollback) -> report.
 //! ARCHITECTURE.md is the map.
 
+mod cancel;
 pub mod ci_gate;
 pub mod docker;
 mod engine;

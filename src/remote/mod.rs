@@ -87,26 +87,42 @@ impl Layout {
         Cmd(argv)
     }
 
-    /// Takes the lock in one round trip: makes `.berth/releases` (0700) if needed, then the
-    /// atomic step, `mkdir` of the lock dir, which fails if it exists, and a first heartbeat.
-    /// Exits 0 when taken, [`LOCK_HELD`] when someone holds it, anything else on an error.
-    pub fn lock_acquire(&self) -> Cmd {
+    /// Takes the lock in one round trip. `mkdir` of the lock dir is the atomic step; the
+    /// taker writes its token and holder record into it. A held lock is taken over at
+    /// once when its holder's remote session ended (it left `abandoned` in the lock), or
+    /// when its heartbeat is older than `stale_after_secs` (a host that lost power): by
+    /// one taker at a time (`mkdir` of `lock.takeover`), which checks again under it, so
+    /// two takers can never both hold it. Prints `taken`, or `took-over <why>` and the
+    /// old holder record; exits 0. Held: exits [`LOCK_HELD`] after printing the holder
+    /// record, the heartbeat's mtime and the host's clock. Any other exit is an error.
+    pub fn lock_acquire(&self, token: &str, holder: &str, stale_after_secs: u64) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            r#"mkdir -p -m 0700 "$1" || exit 2
-if mkdir "$2" 2>/dev/null; then touch "$2/heartbeat"; exit; fi
-test -d "$2" && exit 3
-mkdir "$2""#
-                .into(),
+            LOCK_SCRIPT.into(),
             "sh".into(),
             self.releases_dir(),
             self.lock_dir(),
+            token.into(),
+            holder.into(),
+            stale_after_secs.to_string(),
         ])
     }
 
-    /// Prints the holder record, then the heartbeat's mtime and the host's clock, so the
-    /// lock's age is judged by the host's clock alone.
+    /// After a reconnect: the lock is this run's again (its session's `abandoned` mark is
+    /// withdrawn) if nobody took it meanwhile. Exits 0 if it is ours, 3 if it is not.
+    pub fn lock_reclaim(&self, token: &str) -> Cmd {
+        Cmd::new([
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"[ "$(cat "$1/token" 2>/dev/null)" = "$2" ] || exit 3; rm -f "$1/abandoned""#.into(),
+            "sh".into(),
+            self.lock_dir(),
+            token.into(),
+        ])
+    }
+
+    /// Dry run: the holder record, the heartbeat's mtime and the host's clock.
     pub fn lock_inspect(&self) -> Cmd {
         let lock = self.lock_dir();
         Cmd::new([
@@ -171,26 +187,12 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
         ])
     }
 
-    pub fn lock_heartbeat(&self) -> Cmd {
-        Cmd::new(["touch", &format!("{}/heartbeat", self.lock_dir())])
-    }
-
-    /// Moves a stale lock aside atomically; of two takers only one `mv` succeeds.
-    pub fn lock_take_over(&self, token: &str) -> Cmd {
-        Cmd::new([
-            "mv",
-            "-T",
-            &self.lock_dir(),
-            &format!("{}/lock.stale-{token}", self.berth_dir()),
-        ])
-    }
-
     /// Releases the lock only if it still holds our token.
     pub fn lock_release(&self, token: &str) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            r#"grep -q "\"token\":\"$2\"" "$1/holder.json" 2>/dev/null && rm -rf "$1"; rm -rf "$1".stale-* 2>/dev/null; true"#.into(),
+            r#"[ "$(cat "$1/token" 2>/dev/null)" = "$2" ] && rm -rf "$1"; true"#.into(),
             "sh".into(),
             self.lock_dir(),
             token.into(),
@@ -350,6 +352,34 @@ const CONTAINERS_SCRIPT: &str = r#"ids=$(docker ps -aq --filter "label=com.docke
 [ -z "$ids" ] || docker inspect --format '{{json .}}' $ids 2>/dev/null || true"#;
 /// `lock_acquire`'s exit status when another deploy holds the lock.
 pub const LOCK_HELD: i32 = 3;
+
+/// See [`Layout::lock_acquire`]: $1 releases dir, $2 lock dir, $3 token, $4 holder
+/// record, $5 stale after (seconds).
+const LOCK_SCRIPT: &str = r#"l=$2 token=$3 holder=$4 stale=$5
+mkdir -p -m 0700 "$1" || exit 2
+take() { e=$(mkdir "$l" 2>&1) && printf '%s\n' "$token" > "$l/token" && printf '%s\n' "$holder" > "$l/holder.json" && touch "$l/heartbeat"; }
+take && { echo taken; exit 0; }
+# Not a dir: gone between the two looks (a takeover under way), or in the way (an error).
+[ -d "$l" ] || { take && { echo taken; exit 0; }; [ -d "$l" ] || { echo "$e" >&2; exit 2; }; }
+age() { b=$(stat -c %Y "$l/heartbeat" 2>/dev/null || stat -c %Y "$l" 2>/dev/null) && echo $(( $(date +%s) - b )); }
+m="$l.takeover"
+# A taker killed half-way leaves its mark; after a minute it no longer counts.
+find "$m" -maxdepth 0 -mmin +1 -exec rmdir {} \; 2>/dev/null
+if mkdir "$m" 2>/dev/null; then
+  trap 'rmdir "$m"' EXIT
+  why=
+  if [ -e "$l/abandoned" ]; then why=abandoned
+  else a=$(age) && [ "$a" -gt "$stale" ] && why="stale $a"; fi
+  if [ -n "$why" ]; then
+    old=$(cat "$l/holder.json" 2>/dev/null)
+    mv -T "$l" "$l.old-$token" && rm -rf "$l.old-$token"
+    take && { echo "took-over $why"; echo "$old"; exit 0; }
+  fi
+fi
+cat "$l/holder.json" 2>/dev/null; echo
+stat -c %Y "$l/heartbeat" 2>/dev/null || stat -c %Y "$l" 2>/dev/null || echo
+date +%s
+exit 3"#;
 
 /// The local image id of each reference, one per line (`-` when absent).
 pub fn image_ids(refs: &[String]) -> Cmd {

@@ -29,17 +29,22 @@ fn the_lock_is_taken_once_held_after_and_an_unwritable_dir_is_an_error() {
         deploy_dir: tmp.path().join("app").display().to_string(),
         project: "shop".into(),
     };
-    assert_eq!(run_here(&layout.lock_acquire()).0, 0);
+    let acquire =
+        |token: &str| layout.lock_acquire(token, &format!("{{\"token\":\"{token}\"}}"), 90);
+    assert_eq!(run_here(&acquire("a")).0, 0);
     let lock = std::path::Path::new(&layout.lock_dir()).to_path_buf();
     assert!(lock.join("heartbeat").is_file());
+    assert_eq!(std::fs::read_to_string(lock.join("token")).unwrap(), "a\n");
     let releases = std::fs::metadata(layout.releases_dir()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(releases.permissions().mode() & 0o777, 0o700);
-    assert_eq!(run_here(&layout.lock_acquire()).0, LOCK_HELD);
+    let (status, held, _) = run_here(&acquire("b"));
+    assert_eq!(status, LOCK_HELD);
+    assert!(held.starts_with("{\"token\":\"a\"}\n"), "{held}");
     // A lock dir that cannot be made is not a held lock.
     std::fs::remove_dir_all(&lock).unwrap();
     std::fs::write(&lock, "").unwrap();
-    let (status, _, err) = run_here(&layout.lock_acquire());
+    let (status, _, err) = run_here(&acquire("c"));
     assert!(status != 0 && status != LOCK_HELD, "{status}: {err}");
     assert!(err.contains("lock"), "{err}");
 }
@@ -336,4 +341,85 @@ fn pure_builders_quote_hostile_values_safely() {
     };
     let q = quote_argv(&l.switch_current("r1").0);
     assert!(q.contains("'/opt/a b/current'"), "{q}");
+}
+
+/// A lock whose holder's session ended (`abandoned`), or whose heartbeat went stale, is
+/// taken over by exactly one of several takers racing for it; a live one by none.
+#[test]
+fn racing_takeovers_leave_exactly_one_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        deploy_dir: tmp.path().display().to_string(),
+        project: "shop".into(),
+    };
+    let lock = std::path::PathBuf::from(layout.lock_dir());
+    let holder = |t: &str| format!("{{\"token\":\"{t}\"}}");
+    let take_by = |tokens: &[String]| -> Vec<i32> {
+        let children: Vec<_> = tokens
+            .iter()
+            .map(|t| {
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(quote_argv(&layout.lock_acquire(t, &holder(t), 90).0))
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|mut c| c.wait().unwrap().code().unwrap_or(-1))
+            .collect()
+    };
+    for round in 0..40 {
+        std::fs::remove_dir_all(&lock).ok();
+        assert_eq!(
+            run_here(&layout.lock_acquire("old", &holder("old"), 90)).0,
+            0
+        );
+        if round % 2 == 0 {
+            std::fs::write(lock.join("abandoned"), "").unwrap();
+        } else {
+            let beat = lock.join("heartbeat");
+            let status = std::process::Command::new("touch")
+                .args(["-d", "-5 minutes"])
+                .arg(&beat)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let tokens: Vec<String> = (0..3).map(|i| format!("r{round}t{i}")).collect();
+        let codes = take_by(&tokens);
+        let winners: Vec<&String> = tokens
+            .iter()
+            .zip(&codes)
+            .filter(|(_, c)| **c == 0)
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: exit codes {codes:?}");
+        assert!(
+            codes.iter().all(|c| *c == 0 || *c == LOCK_HELD),
+            "{codes:?}"
+        );
+        let token = std::fs::read_to_string(lock.join("token")).unwrap();
+        assert_eq!(token.trim(), winners[0].as_str(), "round {round}");
+        assert!(!lock.join("abandoned").exists());
+        assert!(!std::path::Path::new(&format!("{}.takeover", lock.display())).exists());
+    }
+    // A live lock (fresh heartbeat, session running) is never taken over.
+    std::fs::remove_dir_all(&lock).unwrap();
+    assert_eq!(
+        run_here(&layout.lock_acquire("live", &holder("live"), 90)).0,
+        0
+    );
+    assert_eq!(take_by(&["x".into(), "y".into()]), [LOCK_HELD, LOCK_HELD]);
+    // Its holder withdraws nothing it does not hold, and releases what it does.
+    assert_eq!(run_here(&layout.lock_reclaim("x")).0, 3);
+    std::fs::write(lock.join("abandoned"), "").unwrap();
+    assert_eq!(run_here(&layout.lock_reclaim("live")).0, 0);
+    assert!(!lock.join("abandoned").exists());
+    run_here(&layout.lock_release("x"));
+    assert!(lock.exists());
+    run_here(&layout.lock_release("live"));
+    assert!(!lock.exists());
 }

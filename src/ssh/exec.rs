@@ -15,9 +15,32 @@ impl HostSession {
         timeout: Duration,
         on_line: impl FnMut(&str),
     ) -> Result<ExecOutput, SshError> {
+        self.run_supervised(cmd, stdin, None, timeout, None, on_line)
+    }
+
+    /// Runs one argv, through the remote session when it is started (see `agent`):
+    /// stopped at `timeout` or when `cancel` is set, with `cleanup` run on the host then.
+    pub fn run_supervised(
+        &self,
+        cmd: &crate::remote::Cmd,
+        stdin: Option<&[u8]>,
+        cleanup: Option<&crate::remote::Cmd>,
+        timeout: Duration,
+        cancel: Option<&std::sync::atomic::AtomicBool>,
+        on_line: impl FnMut(&str),
+    ) -> Result<ExecOutput, SshError> {
         let started = Instant::now();
         let line = quote_argv(&cmd.0);
-        let out = self.exec(&line, stdin, timeout, on_line);
+        let cleanup = cleanup.map(|c| quote_argv(&c.0)).unwrap_or_default();
+        let mut agent = self.agent.lock().unwrap_or_else(|e| e.into_inner());
+        let out = match agent.as_mut() {
+            Some(a) => self.agent_exec(a, &line, stdin, &cleanup, timeout, cancel, on_line),
+            None => self.exec(&line, stdin, timeout, on_line),
+        };
+        if out.as_ref().is_err_and(SshError::is_connection_lost) {
+            // A lost session stays lost: the next command opens nothing new on it.
+            *agent = None;
+        }
         tracing::debug!(
             host = %self.name,
             ms = started.elapsed().as_millis() as u64,
@@ -58,7 +81,10 @@ impl HostSession {
         })
     }
 
-    fn channel_error(&self, doing: &'static str) -> impl FnOnce(ssh2::Error) -> SshError + '_ {
+    pub(super) fn channel_error(
+        &self,
+        doing: &'static str,
+    ) -> impl FnOnce(ssh2::Error) -> SshError + '_ {
         move |source| SshError::Channel {
             host: self.name.clone(),
             doing,
@@ -135,7 +161,7 @@ impl HostSession {
                 });
             }
             if !progressed {
-                std::thread::sleep(Duration::from_millis(10));
+                self.wait_readable(Duration::from_millis(200));
             }
         }
         out.finish(on_line);
@@ -169,7 +195,7 @@ impl LineBuffer {
         }
     }
 
-    fn take(&mut self, line: &str, on_line: &mut impl FnMut(&str)) {
+    pub(super) fn take(&mut self, line: &str, on_line: &mut impl FnMut(&str)) {
         on_line(line);
         self.all.push_str(line);
         self.all.push('\n');

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::inputs::HostSpec;
 use crate::secret::Secret;
 
+mod agent;
 mod exec;
 mod host_key;
 mod quote;
@@ -78,12 +79,33 @@ pub enum SshError {
         file: String,
         cause: UploadCause,
     },
-    #[error("`{command}` on {host} did not finish within {timeout:?}")]
+    #[error("`{command}` on {host} did not finish within {timeout:?}; it was stopped")]
     Timeout {
         host: String,
         command: String,
         timeout: Duration,
     },
+    #[error("the connection to {host} was lost while {doing}")]
+    Lost { host: String, doing: String },
+    #[error("`{command}` on {host} was stopped: the run was cancelled")]
+    Cancelled { host: String, command: String },
+}
+
+impl SshError {
+    /// The host could not be reached any more: the connection (or the remote session on
+    /// it) dropped, as opposed to a command that ran and failed.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            SshError::Lost { .. } | SshError::Io { .. } | SshError::Channel { .. }
+        ) || matches!(
+            self,
+            SshError::Upload {
+                cause: UploadCause::ConnectionLost { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// Why an upload failed, found out rather than guessed: the SFTP status, and for the
@@ -114,6 +136,8 @@ pub struct HostSession {
     /// One SFTP channel for all of a deploy's uploads: each new one costs the host a
     /// subsystem start through the user's login shell.
     sftp: std::sync::OnceLock<ssh2::Sftp>,
+    /// The supervised remote session, once started (see `agent`).
+    agent: std::sync::Mutex<Option<agent::Agent>>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +214,23 @@ impl HostSession {
             host_key,
             session,
             sftp: std::sync::OnceLock::new(),
+            agent: std::sync::Mutex::new(None),
         })
+    }
+}
+
+impl HostSession {
+    /// Waits until the connection has something to read, at most `max`: a wait on the
+    /// socket, not a sleep, so output is read as soon as it arrives.
+    fn wait_readable(&self, max: Duration) {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.session.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, max.as_millis().min(i32::MAX as u128) as i32) };
     }
 }
 

@@ -114,6 +114,8 @@ pub enum ReleaseError {
     ReleaseExists { host: String, dir: String },
     #[error("{host} is not ready for a deploy: {problem} Nothing was pushed or changed.")]
     Preflight { host: String, problem: String },
+    #[error("the deploy lock on {host} was taken by another deploy while berth's connection was down. The release berth was deploying may be half-done there; check the host and deploy again.")]
+    LockLost { host: String },
     #[error("there is no earlier release on this host to restore. The failed release is left in place for diagnosis.")]
     NothingToRestore,
     #[error("{host} answered something berth cannot read while {doing}: {detail}")]

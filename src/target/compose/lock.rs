@@ -1,70 +1,57 @@
-//! The deploy lock on a host: an atomic `mkdir`, a holder record, a heartbeat while it is
-//! held, takeover of a stale one, and release, also by a cancelled run.
+//! The deploy lock on a host: an atomic `mkdir` with the taker's token and holder record,
+//! kept alive by the host's remote session (its heartbeat; `abandoned` when the session
+//! ends without releasing it), taken over at once when abandoned or when stale, and
+//! released, also by a cancelled run.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{now_rfc3339, tail, ComposeHost, QUICK};
 use crate::remote::{self, Layout, LockHolder};
 use crate::target::{Access, ReleaseError, ReleaseSpec};
 
-/// A lock whose heartbeat is older than this is presumed abandoned (its holder was killed
-/// without cleanup) and is taken over with a warning. The holder touches it every
-/// [`HEARTBEAT_EVERY`], so this is six missed beats.
+/// A lock whose heartbeat is older than this is presumed dead (its host lost power, so
+/// no session could mark it abandoned) and is taken over with a warning. A live holder's
+/// remote session touches it every 15 s, so this is six missed beats.
 pub const LOCK_STALE_AFTER: Duration = Duration::from_secs(90);
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
-
-pub struct Heartbeat {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
 
 impl ComposeHost {
     /// Takes the host's deploy lock, waiting up to `lock-timeout` for another holder and
-    /// taking over a lock whose heartbeat went stale. Returns a warning if it took over.
+    /// taking over one whose session ended or whose heartbeat went stale. Returns a
+    /// warning if it took over.
     pub fn lock(&mut self, spec: &ReleaseSpec) -> Result<Option<String>, ReleaseError> {
         let started = Instant::now();
-        let mut warning = None;
         let mut last_holder = String::new();
+        let holder = serde_json::to_string(&spec.holder).expect("json");
+        let acquire =
+            self.layout
+                .lock_acquire(&spec.holder.token, &holder, LOCK_STALE_AFTER.as_secs());
         loop {
-            let acquire = self.quiet(&self.layout.lock_acquire(), None, QUICK, false)?;
-            match acquire.status {
-                0 => break,
+            let out = self.quiet(&acquire, None, QUICK, false)?;
+            match out.status {
+                0 => {
+                    self.lock_token = Some(spec.holder.token.clone());
+                    held_locks().push((
+                        self.access.clone(),
+                        self.layout.clone(),
+                        spec.holder.token.clone(),
+                    ));
+                    return Ok(self.took_over(&out.stdout));
+                }
                 remote::LOCK_HELD => {}
                 status => {
                     return Err(ReleaseError::Step {
                         host: self.conn.name.clone(),
                         step: "mkdir .berth/lock",
                         status,
-                        tail: tail(&acquire, 30),
+                        tail: tail(&out, 30),
                     })
                 }
             }
-            let inspect = self.quiet(&self.layout.lock_inspect(), None, QUICK, false)?;
-            let (holder, age) = parse_lock_inspect(&inspect.stdout);
+            let (holder, _) = parse_lock_inspect(&out.stdout);
             let holder_text = holder
                 .as_ref()
                 .map(|h| h.to_string())
                 .unwrap_or_else(|| "an unknown holder".into());
-            if age.is_some_and(|a| a > LOCK_STALE_AFTER) {
-                let token = random_token();
-                if self
-                    .quiet(&self.layout.lock_take_over(&token), None, QUICK, false)?
-                    .status
-                    == 0
-                {
-                    let w = format!(
-                        "{}: took over a stale deploy lock held by {holder_text}: no heartbeat for {}s (stale after {}s).",
-                        self.conn.name,
-                        age.unwrap_or_default().as_secs(),
-                        LOCK_STALE_AFTER.as_secs()
-                    );
-                    self.runner.line(&w);
-                    warning = Some(w);
-                }
-                continue;
-            }
             if holder_text != last_holder {
                 self.runner.line(&format!(
                     "{}: waiting for the deploy lock, held by {holder_text}",
@@ -79,49 +66,42 @@ impl ComposeHost {
                     waited: started.elapsed(),
                 });
             }
+            if crate::cancel::is_cancelled() {
+                return Err(crate::ssh::SshError::Cancelled {
+                    host: self.conn.name.clone(),
+                    command: "waiting for the deploy lock".into(),
+                }
+                .into());
+            }
             std::thread::sleep(Duration::from_secs(1).min(spec.lock_timeout));
         }
-        let record = serde_json::to_vec(&spec.holder).expect("json");
-        self.conn.upload(
-            &format!("{}/holder.json", self.layout.lock_dir()),
-            &record,
-            0o600,
-        )?;
-        self.lock_token = Some(spec.holder.token.clone());
-        held_locks().push((
-            self.access.clone(),
-            self.layout.clone(),
-            spec.holder.token.clone(),
-        ));
-        self.start_heartbeat();
-        Ok(warning)
     }
 
-    /// Touches the heartbeat over a second connection, so a long `pull` on the first one
-    /// cannot starve it.
-    fn start_heartbeat(&mut self) {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (access, layout, flag) = (self.access.clone(), self.layout.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let Ok(conn) = access.connect() else { return };
-            let mut last = Instant::now();
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                if last.elapsed() >= HEARTBEAT_EVERY {
-                    let _ = conn.run(&layout.lock_heartbeat(), None, QUICK, |_| {});
-                    last = Instant::now();
-                }
-            }
-        });
-        self.heartbeat = Some(Heartbeat { stop, thread });
+    /// The warning for a lock taken over (`took-over <why>`, then the old holder record).
+    fn took_over(&self, out: &str) -> Option<String> {
+        let mut lines = out.lines();
+        let why = lines.next()?.strip_prefix("took-over ")?;
+        let holder = lines
+            .find_map(|l| serde_json::from_str::<LockHolder>(l).ok())
+            .map(|h| h.to_string())
+            .unwrap_or_else(|| "an unknown holder".into());
+        let how = match why.strip_prefix("stale ") {
+            Some(secs) => format!(
+                "its heartbeat stopped {secs}s ago (stale after {}s; its host may have lost power)",
+                LOCK_STALE_AFTER.as_secs()
+            ),
+            None => "its remote session ended without releasing it (the run was killed or lost its connection)".into(),
+        };
+        let w = format!(
+            "{}: took over the deploy lock held by {holder}: {how}.",
+            self.conn.name
+        );
+        self.runner.line(&w);
+        Some(w)
     }
 
     /// Releases the lock if we hold it. Reconnects if the connection died.
     pub fn unlock(&mut self) -> Result<(), ReleaseError> {
-        if let Some(hb) = self.heartbeat.take() {
-            hb.stop.store(true, Ordering::Relaxed);
-            let _ = hb.thread.join();
-        }
         let Some(token) = self.lock_token.clone() else {
             return Ok(());
         };
@@ -132,6 +112,23 @@ impl ComposeHost {
         }
         self.lock_token = None;
         held_locks().retain(|(_, _, t)| t != &token);
+        Ok(())
+    }
+
+    /// After a reconnect: whether the lock this run took is still its own (the session
+    /// that ended marked it abandoned; nobody may have taken it since).
+    pub(super) fn reclaim_lock(&mut self) -> Result<(), ReleaseError> {
+        let Some(token) = self.lock_token.clone() else {
+            return Ok(());
+        };
+        let out = self.quiet(&self.layout.lock_reclaim(&token), None, QUICK, false)?;
+        if out.status != 0 {
+            self.lock_token = None;
+            held_locks().retain(|(_, _, t)| t != &token);
+            return Err(ReleaseError::LockLost {
+                host: self.conn.name.clone(),
+            });
+        }
         Ok(())
     }
 
@@ -149,14 +146,6 @@ impl ComposeHost {
                 .line(&format!("{}: the deploy lock is free", self.conn.name)),
         }
         Ok(())
-    }
-}
-
-impl Drop for ComposeHost {
-    fn drop(&mut self) {
-        if let Some(hb) = self.heartbeat.take() {
-            hb.stop.store(true, Ordering::Relaxed);
-        }
     }
 }
 

@@ -71,17 +71,24 @@ pub struct ComposeHost {
     pub slow_stops: Vec<String>,
     /// When `docker compose up` returned: the health deadline counts from here.
     pub up_done: Option<Instant>,
+    /// This run's lock token, which the remote session keeps alive.
+    token: String,
+    /// The undo of the release step running now, if one is: it can be cancelled.
+    running: Option<Undo>,
     lock_token: Option<String>,
-    heartbeat: Option<lock::Heartbeat>,
 }
 
 impl ComposeHost {
+    /// Connects (host key first) and starts the host's remote session, which keeps the
+    /// lock taken with `token` alive for as long as it runs.
     pub fn connect(
         access: Access,
         layout: Layout,
         runner: Runner,
+        token: String,
     ) -> Result<ComposeHost, ReleaseError> {
         let conn = access.connect()?;
+        conn.start_agent(&layout.lock_dir(), &token)?;
         runner.line(&format!(
             "{}: connected; host key {} ({})",
             conn.name, conn.host_key.fingerprint, conn.host_key.key_type
@@ -91,6 +98,7 @@ impl ComposeHost {
             layout,
             conn,
             runner,
+            token,
             previous: None,
             release: None,
             touched: false,
@@ -104,7 +112,7 @@ impl ComposeHost {
             slow_stops: Vec::new(),
             up_done: None,
             lock_token: None,
-            heartbeat: None,
+            running: None,
         })
     }
 
@@ -168,11 +176,30 @@ impl ComposeHost {
     ) -> Result<ExecOutput, ReleaseError> {
         let prefix = format!("[{}]", self.conn.name);
         let runner = self.runner.clone();
-        Ok(self.conn.run(cmd, stdin, timeout, |line| {
+        self.supervised(cmd, stdin, timeout, |line| {
             if stream {
                 runner.line(&format!("{prefix} {line}"));
             }
-        })?)
+        })
+    }
+
+    /// Runs a command; while a release step runs, the run's cancellation stops it, and
+    /// the step's cleanup runs on the host if it is stopped or the session ends.
+    fn supervised(
+        &self,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+        on_line: impl FnMut(&str),
+    ) -> Result<ExecOutput, ReleaseError> {
+        let (cleanup, cancel) = match &self.running {
+            Some(Undo::Cleanup(c)) => (Some(c), Some(crate::cancel::flag())),
+            Some(_) => (None, Some(crate::cancel::flag())),
+            None => (None, None),
+        };
+        Ok(self
+            .conn
+            .run_supervised(cmd, stdin, cleanup, timeout, cancel, on_line)?)
     }
 
     /// warnings (little space left).
@@ -249,7 +276,7 @@ impl ComposeHost {
         let prefix = format!("[{}]", self.conn.name);
         let runner = self.runner.clone();
         let mut seen: Vec<(Duration, String)> = Vec::new();
-        let out = self.conn.run(cmd, None, bound, |line| {
+        let out = self.supervised(cmd, None, bound, |line| {
             runner.line(&format!("{prefix} {line}"));
             seen.push((started.elapsed(), line.to_string()));
         })?;
@@ -268,6 +295,7 @@ impl ComposeHost {
         if step.undo == Undo::Restore {
             self.touched = true;
         }
+        self.running = Some(step.undo.clone());
         let result = match &step.action {
             Action::CreateDir { path, mode } => self.create_release_dir(spec, path, *mode),
             Action::Upload { path, body, mode } => {
@@ -288,6 +316,7 @@ impl ComposeHost {
                 self.run_command(step, cmd, stdin, *output)
             }
         };
+        self.running = None;
         if let (Err(e), Undo::Cleanup(cleanup)) = (&result, &step.undo) {
             // A command that exited ran its own cleanup; one cut off (connection lost,
             // timeout) may not have.
@@ -438,8 +467,10 @@ impl Target for ComposeHost {
         }
     }
     fn reconnect(&mut self) -> Result<(), ReleaseError> {
-        self.conn = self.access.connect()?;
-        Ok(())
+        let conn = self.access.connect()?;
+        conn.start_agent(&self.layout.lock_dir(), &self.token)?;
+        self.conn = conn;
+        self.reclaim_lock()
     }
     fn preflight(&mut self) -> Result<Vec<String>, ReleaseError> {
         ComposeHost::preflight(self)
@@ -461,12 +492,10 @@ impl Target for ComposeHost {
     }
     fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
         let quoted = |c: Cmd| crate::ssh::quote_argv(&c.0);
+        let holder = serde_json::to_string(&spec.holder).expect("json");
+        let stale = lock::LOCK_STALE_AFTER.as_secs();
         let mut lines = vec![
-            quoted(self.layout.lock_acquire()),
-            format!(
-                "sftp put {}/holder.json (mode 0600, lock holder record)",
-                self.layout.lock_dir()
-            ),
+            quoted(self.layout.lock_acquire(&spec.holder.token, &holder, stale)),
             quoted(self.layout.snapshot()),
         ];
         lines.extend(

@@ -1,0 +1,396 @@
+//! berth's supervised remote session: one long-lived `sh` per host, started once on one
+//! SSH channel, through which every command of the deploy runs. A command costs what it
+//! does: no login shell and no new channel per step.
+//!
+//! Protocol. berth writes one request per line: `<id> <command> <stdin> <cleanup>`, each
+//! field `:`-prefixed, with space, tab, newline, backslash and control bytes written as
+//! `\0NNN` (decoded by `printf %b`, the same in dash, bash and busybox). The command's
+//! stdout and stderr pass through; when it ends the agent prints `\n<id> <status>` on
+//! stdout and `\n<id>` on stderr. `<id>` is random per command, so no output can forge
+//! an end. While a command runs, any line berth writes cancels it: its process group gets
+//! TERM, then KILL after 5 s, and its cleanup command runs (e.g. `docker rm -f` of a
+//! one-off container, which outlives its client).
+//!
+//! Liveness. The agent touches the lock's heartbeat while it lives. When its stdin ends
+//! (berth killed, runner gone, network cut) it stops the running command, runs its cleanup
+//! and marks the lock `abandoned` if the lock is this run's, so the next deploy takes it
+//! at once instead of waiting for the heartbeat to go stale.
+
+use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::exec::LineBuffer;
+use super::{quote_argv, ExecOutput, HostSession, SshError};
+
+const AGENT: &str = r#"lock=$1 token=$2 pid= cleanup= watcher=
+exec 3<&0 </dev/null
+decode() { printf '%bx' "${1#:}"; }
+stop_command() {
+  [ -n "$pid" ] || return 0
+  kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+  [ -n "$cleanup" ] && sh -c "$cleanup" >/dev/null 2>&1
+  # A command that ignores TERM gets 5 s.
+  i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+}
+abandon() {
+  [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && : > "$lock/abandoned"
+}
+finish() { stop_command; abandon; kill "$beat" 2>/dev/null; exit 0; }
+trap finish TERM HUP INT
+trap stop_command USR1
+( while sleep 15; do [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && touch "$lock/heartbeat"; done ) &
+beat=$!
+echo berth-agent-ready
+while IFS=' ' read -r id c in cl <&3; do
+  [ -n "$c" ] || continue
+  c=$(decode "$c"); c=${c%x}
+  in=$(decode "$in"); in=${in%x}
+  cleanup=$(decode "$cl"); cleanup=${cleanup%x}
+  if command -v setsid >/dev/null; then
+    printf '%s' "$in" | setsid sh -c "$c" 3<&- &
+  else
+    printf '%s' "$in" | sh -c "$c" 3<&- &
+  fi
+  pid=$!
+  # Anything on stdin while the command runs: a line cancels it, the end stops everything.
+  ( if IFS= read -r _ <&3; then kill -USR1 $$; else kill -TERM $$; fi ) &
+  watcher=$!
+  while :; do wait "$pid"; s=$?; kill -0 "$pid" 2>/dev/null || break; done
+  kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
+  pid= cleanup=
+  printf '\n%s %s\n' "$id" "$s"; printf '\n%s\n' "$id" >&2
+done
+finish
+"#;
+
+const READY: &str = "berth-agent-ready";
+
+/// How long a cancelled command gets to stop, and its cleanup to run, before berth gives
+/// up on the session.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// The agent's channel, once started.
+pub(super) struct Agent {
+    channel: ssh2::Channel,
+}
+
+/// A request field: `:` then the bytes, those that `read` or the line would break written
+/// as `\0NNN`.
+pub(super) fn escape(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.push(b':');
+    for &b in bytes {
+        if b < 0x20 || b == b' ' || b == b'\\' || b == 0x7f {
+            out.extend_from_slice(format!("\\0{b:03o}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// One request line.
+pub(super) fn request(id: &str, command: &str, stdin: &[u8], cleanup: &str) -> Vec<u8> {
+    let mut line = id.as_bytes().to_vec();
+    for field in [command.as_bytes(), stdin, cleanup.as_bytes()] {
+        line.push(b' ');
+        line.extend(escape(field));
+    }
+    line.push(b'\n');
+    line
+}
+
+/// The agent's argv: its script and the lock it keeps alive.
+pub(super) fn agent_command(lock_dir: &str, token: &str) -> String {
+    quote_argv(&[
+        "sh".into(),
+        "-c".into(),
+        AGENT.into(),
+        "berth-agent".into(),
+        lock_dir.into(),
+        token.into(),
+    ])
+}
+
+/// One stream of a command's output up to its end marker, split into lines as they
+/// arrive. The agent ends the output with a newline of its own before the marker, so an
+/// empty line is held back until the next line shows it was the command's.
+#[derive(Default)]
+pub(super) struct Marked {
+    lines: LineBuffer,
+    pending: Vec<u8>,
+    held_empty: bool,
+    /// The end marker's text after the id (the exit status on stdout; empty on stderr).
+    pub(super) end: Option<String>,
+}
+
+impl Marked {
+    pub(super) fn push(&mut self, bytes: &[u8], id: &str, on_line: &mut impl FnMut(&str)) {
+        if self.end.is_some() {
+            return;
+        }
+        self.pending.extend_from_slice(bytes);
+        let mut lines: Vec<String> = Vec::new();
+        crate::workflow::drain_lines(&mut self.pending, &mut |l| {
+            lines.push(String::from_utf8_lossy(l).into_owned())
+        });
+        for line in lines {
+            if self.end.is_some() {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix(id) {
+                let status = rest.strip_prefix(' ').unwrap_or(rest);
+                if status.bytes().all(|b| b.is_ascii_digit()) {
+                    self.end = Some(status.to_string());
+                    continue;
+                }
+            }
+            if std::mem::take(&mut self.held_empty) {
+                self.lines.take("", on_line);
+            }
+            if line.is_empty() {
+                self.held_empty = true;
+            } else {
+                self.lines.take(&line, on_line);
+            }
+        }
+    }
+
+    pub(super) fn text(mut self, on_line: &mut impl FnMut(&str)) -> String {
+        self.lines.finish(on_line);
+        self.lines.all
+    }
+}
+
+impl HostSession {
+    /// Starts the host's agent (see the module doc); every later command runs through it.
+    pub fn start_agent(&self, lock_dir: &str, token: &str) -> Result<(), SshError> {
+        let mut channel = self
+            .session
+            .channel_session()
+            .map_err(self.channel_error("starting the remote session"))?;
+        channel
+            .exec(&agent_command(lock_dir, token))
+            .map_err(self.channel_error("starting the remote session"))?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains(READY) {
+            let n = channel.read(&mut buf).map_err(|source| SshError::Io {
+                host: self.name.clone(),
+                doing: "starting the remote session",
+                source,
+            })?;
+            if n == 0 {
+                let mut err = String::new();
+                let _ = channel.stderr().read_to_string(&mut err);
+                return Err(SshError::Lost {
+                    host: self.name.clone(),
+                    doing: format!("starting the remote session ({})", err.trim()),
+                });
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Agent { channel });
+        Ok(())
+    }
+
+    /// Runs `command` through the agent. At `timeout`, or when `cancel` is set, the
+    /// command is stopped (and `cleanup` run) on the host before this returns.
+    pub(super) fn agent_exec(
+        &self,
+        agent: &mut Agent,
+        command: &str,
+        stdin: Option<&[u8]>,
+        cleanup: &str,
+        timeout: Duration,
+        cancel: Option<&AtomicBool>,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<ExecOutput, SshError> {
+        let id = format!("berth-end-{:032x}", rand::random::<u128>());
+        let line = request(&id, command, stdin.unwrap_or_default(), cleanup);
+        agent
+            .channel
+            .write_all(&line)
+            .and_then(|_| agent.channel.flush())
+            .map_err(|source| self.lost(format!("sending a command ({source})")))?;
+        let deadline = Instant::now() + timeout;
+        let (mut out, mut err) = (Marked::default(), Marked::default());
+        let mut stopping: Option<(Instant, bool)> = None;
+        self.session.set_blocking(false);
+        let result = loop {
+            match self.read_marked(agent, &id, &mut out, &mut err, &mut on_line) {
+                Ok(true) => {}
+                Ok(false) => self.wait_readable(Duration::from_millis(200)),
+                Err(e) => break Err(e),
+            }
+            if out.end.is_some() && err.end.is_some() {
+                break Ok(());
+            }
+            let cancelled = cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+            match stopping {
+                None if cancelled || Instant::now() > deadline => {
+                    stopping = Some((Instant::now(), cancelled));
+                    self.session.set_blocking(true);
+                    let sent = agent.channel.write_all(b"stop\n");
+                    self.session.set_blocking(false);
+                    if let Err(source) = sent {
+                        break Err(self.lost(format!("stopping a command ({source})")));
+                    }
+                }
+                Some((since, _)) if since.elapsed() > STOP_GRACE => {
+                    break Err(self.lost("stopping a command that would not stop".into()));
+                }
+                _ => {}
+            }
+        };
+        self.session.set_blocking(true);
+        result?;
+        let status = out.end.clone().unwrap_or_default();
+        let (stdout, stderr) = (out.text(&mut on_line), err.text(&mut on_line));
+        match stopping {
+            Some((_, true)) => Err(SshError::Cancelled {
+                host: self.name.clone(),
+                command: command.to_string(),
+            }),
+            Some((_, false)) => Err(SshError::Timeout {
+                host: self.name.clone(),
+                command: command.to_string(),
+                timeout,
+            }),
+            None => Ok(ExecOutput {
+                status: status.parse().unwrap_or(-1),
+                stdout,
+                stderr,
+            }),
+        }
+    }
+
+    /// Reads what is there of both streams; whether anything came.
+    fn read_marked(
+        &self,
+        agent: &mut Agent,
+        id: &str,
+        out: &mut Marked,
+        err: &mut Marked,
+        on_line: &mut impl FnMut(&str),
+    ) -> Result<bool, SshError> {
+        let mut buf = [0u8; 16384];
+        let mut progressed = false;
+        for is_err in [false, true] {
+            let read = if is_err {
+                agent.channel.stderr().read(&mut buf)
+            } else {
+                agent.channel.read(&mut buf)
+            };
+            match read {
+                Ok(0) => {}
+                Ok(n) => {
+                    progressed = true;
+                    let stream = if is_err { &mut *err } else { &mut *out };
+                    stream.push(&buf[..n], id, on_line);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(self.lost(format!("reading output ({e})"))),
+            }
+        }
+        if !progressed && agent.channel.eof() {
+            return Err(self.lost("running a command: the remote session ended".into()));
+        }
+        Ok(progressed)
+    }
+
+    fn lost(&self, doing: String) -> SshError {
+        SshError::Lost {
+            host: self.name.clone(),
+            doing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the agent here under `shell` with one request `id`, as berth does: stdin
+    /// stays open until the end marker came. The agent's stdout.
+    fn agent_here(shell: &[&str], id: &str, input: &[u8]) -> String {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("lock");
+        std::fs::create_dir(&lock).unwrap();
+        std::fs::write(lock.join("token"), "tok\n").unwrap();
+        let mut child = std::process::Command::new(shell[0])
+            .args(&shell[1..])
+            .args(["-c", AGENT, "berth-agent"])
+            .arg(&lock)
+            .arg("tok")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        let mut out = String::new();
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        while !out.lines().any(|l| l.starts_with(&format!("{id} "))) {
+            assert!(
+                reader.read_line(&mut out).unwrap() > 0,
+                "no end marker: {out}"
+            );
+        }
+        drop(stdin);
+        child.wait().unwrap();
+        assert!(
+            lock.join("abandoned").exists(),
+            "the end of stdin abandons the lock"
+        );
+        out
+    }
+
+    #[test]
+    fn any_command_line_stdin_and_output_survive_the_framing() {
+        let hostile = "printf '%s|' \"$@\"; echo; cat; printf 'no newline'";
+        let cmd = quote_argv(&[
+            "sh".into(),
+            "-c".into(),
+            hostile.into(),
+            "sh".into(),
+            "a b".into(),
+            "tab\there".into(),
+            "new\nline".into(),
+            "back\\slash \\0101".into(),
+            "ünïcode".into(),
+        ]);
+        // One request per agent: a second line written while the first command runs
+        // would stop it (berth writes the next request only after the end marker).
+        let input = request("id1", &cmd, b"in 1\n\\ \t2", "");
+        for shell in [&["dash"][..], &["bash"], &["busybox", "sh"]] {
+            let out = agent_here(shell, "id1", &input);
+            let out = out.strip_prefix("berth-agent-ready\n").unwrap();
+            let mut stdout = Marked::default();
+            stdout.push(out.as_bytes(), "id1", &mut |_| {});
+            assert_eq!(stdout.end.as_deref(), Some("0"), "{shell:?}: {out}");
+            assert_eq!(
+                stdout.text(&mut |_| {}),
+                "a b|tab\there|new\nline|back\\slash \\0101|ünïcode|\nin 1\n\\ \t2no newline\n",
+                "{shell:?}"
+            );
+            let out = agent_here(shell, "id2", &request("id2", "exit 7", b"", ""));
+            assert!(out.contains("\nid2 7\n"), "{shell:?}: {out}");
+        }
+    }
+
+    #[test]
+    fn output_cannot_forge_the_end_and_a_trailing_newline_is_kept() {
+        let mut m = Marked::default();
+        let mut seen = Vec::new();
+        m.push(b"id1 0 forged\nline\n\n\nid1 3\n", "id1", &mut |l| {
+            seen.push(l.to_string())
+        });
+        assert_eq!(m.end.as_deref(), Some("3"));
+        assert_eq!(m.text(&mut |_| {}), "id1 0 forged\nline\n\n");
+    }
+}
