@@ -1,6 +1,7 @@
 //! The CI gate: berth deploys a commit only when CI succeeded for that exact commit,
 //! whatever triggered the deploy (workflow_run, push, manual dispatch, schedule).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -224,12 +225,18 @@ pub async fn wait_for_ci(
     report: &mut Report,
 ) -> Result<(), GateError> {
     let started = Instant::now();
-    let deadline = started + gate.ci_timeout;
-    let window = DISCOVERY_WINDOW.min(gate.ci_timeout);
-    let result = poll(
-        api, gate, ctx, sha, runner, report, started, deadline, window,
-    )
-    .await;
+    let poll = Poll {
+        api,
+        gate,
+        ctx,
+        sha,
+        runner,
+        started,
+        deadline: started + gate.ci_timeout,
+        window: DISCOVERY_WINDOW.min(gate.ci_timeout),
+        ignored: BTreeSet::new(),
+    };
+    let result = poll.run(report).await;
     let stats = api.stats();
     report.ci.waited = started.elapsed();
     report.ci.requests = stats.requests;
@@ -237,122 +244,144 @@ pub async fn wait_for_ci(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn poll(
-    api: &GithubApi,
-    gate: &GateSettings,
-    ctx: &GithubContext,
-    sha: &str,
-    runner: &Runner,
-    report: &mut Report,
+/// One wait for CI: for which commit, and until when.
+struct Poll<'a> {
+    api: &'a GithubApi,
+    gate: &'a GateSettings,
+    ctx: &'a GithubContext,
+    sha: &'a str,
+    runner: &'a Runner,
     started: Instant,
     deadline: Instant,
+    /// How long a required workflow may show no run for the commit.
     window: Duration,
-) -> Result<(), GateError> {
-    let short = crate::short_sha(sha);
-    let _group = runner.group(&format!(
-        "CI gate: {} on {short}",
-        gate.ci_workflows.join(", ")
-    ));
-    let mut required = Vec::new();
-    let mut ignored_said = std::collections::BTreeSet::new();
-    for name in &gate.ci_workflows {
-        required.push(Required {
-            label: name.clone(),
-            id: resolve_workflow(api, name, deadline).await?,
-            decided: false,
-        });
-    }
-    loop {
-        let elapsed = started.elapsed();
-        for wf in required.iter_mut().filter(|w| !w.decided) {
-            let mut runs = api.workflow_runs(&wf.id, sha, deadline).await?;
-            runs.retain(|r| match ignored_because(r, &gate.events) {
-                Some(why) => {
-                    if ignored_said.insert(why.clone()) {
-                        runner.line(&format!("{}: ignored: {why}", wf.label));
-                    }
-                    false
-                }
-                None => true,
+    /// Why runs did not count, each said once.
+    ignored: BTreeSet<String>,
+}
+
+impl Poll<'_> {
+    async fn run(mut self, report: &mut Report) -> Result<(), GateError> {
+        let _group = self.runner.group(&format!(
+            "CI gate: {} on {}",
+            self.gate.ci_workflows.join(", "),
+            crate::short_sha(self.sha)
+        ));
+        let mut required = Vec::new();
+        for name in &self.gate.ci_workflows {
+            required.push(Required {
+                label: name.clone(),
+                id: resolve_workflow(self.api, name, self.deadline).await?,
+                decided: false,
             });
-            let Some(run) = deciding_run(&runs, ctx.run_id) else {
-                runner.line(&format!(
-                    "{}: no run for {short} yet ({}s)",
-                    wf.label,
-                    elapsed.as_secs()
-                ));
-                if elapsed >= window {
-                    return Err(GateError::NoRun {
-                        workflow: wf.label.clone(),
-                        sha: sha.into(),
-                        window,
-                        ignored: ignored_note(&ignored_said),
-                    });
+        }
+        loop {
+            let elapsed = self.started.elapsed();
+            for wf in required.iter_mut().filter(|w| !w.decided) {
+                wf.decided = self.succeeded(wf, elapsed, report).await?;
+            }
+            if required.iter().all(|w| w.decided) {
+                return Ok(());
+            }
+            if Instant::now() + self.gate.ci_poll_interval > self.deadline {
+                let wf = required
+                    .iter()
+                    .find(|w| !w.decided)
+                    .expect("one is undecided");
+                return Err(self.gave_up_on(wf, report));
+            }
+            tokio::time::sleep(self.gate.ci_poll_interval).await;
+        }
+    }
+
+    /// Whether the run that decides for `wf` completed successfully; an error when it
+    /// concluded otherwise, or when no run appeared within the window.
+    async fn succeeded(
+        &mut self,
+        wf: &Required,
+        elapsed: Duration,
+        report: &mut Report,
+    ) -> Result<bool, GateError> {
+        let mut runs = self
+            .api
+            .workflow_runs(&wf.id, self.sha, self.deadline)
+            .await?;
+        runs.retain(|r| match ignored_because(r, &self.gate.events) {
+            Some(why) => {
+                if self.ignored.insert(why.clone()) {
+                    self.runner.line(&format!("{}: ignored: {why}", wf.label));
                 }
-                continue;
-            };
-            let record = record_of(&wf.label, run);
-            report.ci.runs.retain(|r| r.workflow != wf.label);
-            report.ci.runs.push(record.clone());
-            runner.line(&format!(
-                "{}: {} (run #{}, attempt {}) {}s",
+                false
+            }
+            None => true,
+        });
+        let Some(run) = deciding_run(&runs, self.ctx.run_id) else {
+            self.runner.line(&format!(
+                "{}: no run for {} yet ({}s)",
                 wf.label,
-                match &record.conclusion {
-                    Some(c) if record.status == "completed" => format!("completed, {c}"),
-                    _ => record.status.clone(),
-                },
-                record.run_number,
-                record.attempt,
+                crate::short_sha(self.sha),
                 elapsed.as_secs()
             ));
-            if record.status == "completed" {
-                match record.conclusion.as_deref() {
-                    Some("success") => wf.decided = true,
-                    other => {
-                        return Err(GateError::Failed {
-                            workflow: wf.label.clone(),
-                            conclusion: other.unwrap_or("none").into(),
-                            sha: sha.into(),
-                            run_number: record.run_number,
-                            attempt: record.attempt,
-                            url: record.url,
-                        })
-                    }
-                }
+            if elapsed >= self.window {
+                return Err(GateError::NoRun {
+                    workflow: wf.label.clone(),
+                    sha: self.sha.into(),
+                    window: self.window,
+                    ignored: ignored_note(&self.ignored),
+                });
             }
+            return Ok(false);
+        };
+        let record = record_of(&wf.label, run);
+        report.ci.runs.retain(|r| r.workflow != wf.label);
+        report.ci.runs.push(record.clone());
+        self.runner.line(&format!(
+            "{}: {} (run #{}, attempt {}) {}s",
+            wf.label,
+            match &record.conclusion {
+                Some(c) if record.status == "completed" => format!("completed, {c}"),
+                _ => record.status.clone(),
+            },
+            record.run_number,
+            record.attempt,
+            elapsed.as_secs()
+        ));
+        if record.status != "completed" {
+            return Ok(false);
         }
-        if required.iter().all(|w| w.decided) {
-            return Ok(());
+        match record.conclusion.as_deref() {
+            Some("success") => Ok(true),
+            other => Err(GateError::Failed {
+                workflow: wf.label.clone(),
+                conclusion: other.unwrap_or("none").into(),
+                sha: self.sha.into(),
+                run_number: record.run_number,
+                attempt: record.attempt,
+                url: record.url,
+            }),
         }
-        if Instant::now() + gate.ci_poll_interval > deadline {
-            let wf = required
-                .iter()
-                .find(|w| !w.decided)
-                .expect("one is undecided");
-            return Err(
-                match report.ci.runs.iter().find(|r| r.workflow == wf.label) {
-                    Some(r) => GateError::TimedOut {
-                        workflow: wf.label.clone(),
-                        sha: sha.into(),
-                        status: r.status.clone(),
-                        url: r.url.clone(),
-                        waited: started.elapsed(),
-                    },
-                    None => GateError::NoRun {
-                        workflow: wf.label.clone(),
-                        sha: sha.into(),
-                        window: started.elapsed(),
-                        ignored: ignored_note(&ignored_said),
-                    },
-                },
-            );
+    }
+
+    /// The error at the deadline for `wf`: still running, or never seen.
+    fn gave_up_on(&self, wf: &Required, report: &Report) -> GateError {
+        match report.ci.runs.iter().find(|r| r.workflow == wf.label) {
+            Some(r) => GateError::TimedOut {
+                workflow: wf.label.clone(),
+                sha: self.sha.into(),
+                status: r.status.clone(),
+                url: r.url.clone(),
+                waited: self.started.elapsed(),
+            },
+            None => GateError::NoRun {
+                workflow: wf.label.clone(),
+                sha: self.sha.into(),
+                window: self.started.elapsed(),
+                ignored: ignored_note(&self.ignored),
+            },
         }
-        tokio::time::sleep(gate.ci_poll_interval).await;
     }
 }
 
-fn ignored_note(ignored: &std::collections::BTreeSet<String>) -> String {
+fn ignored_note(ignored: &BTreeSet<String>) -> String {
     if ignored.is_empty() {
         String::new()
     } else {

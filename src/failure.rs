@@ -3,6 +3,8 @@
 //! ([`Fault::to_failure`]), with every annotation title written here.
 
 use crate::ci_gate::GateError;
+use crate::docker::DockerError;
+use crate::images::ImageError;
 use crate::inputs::InputErrors;
 use crate::report::{Failure, Phase};
 use crate::ssh::SshError;
@@ -35,9 +37,9 @@ pub enum Fault {
     Gate(#[from] GateError),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
-    /// A build or push failure, already told where (file and line) and how.
-    #[error("{}", .0.message)]
-    Build(Failure),
+    /// A build or push failure, and where (the Dockerfile and line) when it was a build's.
+    #[error(transparent)]
+    Build(#[from] ImageError),
     #[error("{source}")]
     Host {
         step: HostStep,
@@ -70,7 +72,7 @@ impl Fault {
         match self {
             Fault::Inputs(_) => Phase::Inputs,
             Fault::Gate(_) | Fault::Workspace(_) => Phase::CiGate,
-            Fault::Build(f) => f.phase,
+            Fault::Build(e) => e.phase(),
             Fault::Host { step, .. } => match step {
                 HostStep::Connect | HostStep::Preflight => Phase::Connect,
                 HostStep::Lock => Phase::Lock,
@@ -91,7 +93,7 @@ impl Fault {
             Fault::Inputs(_) => "berth: invalid inputs",
             Fault::Gate(e) => gate_title(e),
             Fault::Workspace(_) => "berth: the workspace is not the gated commit",
-            Fault::Build(f) => return f.title.clone(),
+            Fault::Build(e) => return image_title(e),
             Fault::Host { step, source } => host_title(*step, source),
             Fault::Probe(_) | Fault::Unhealthy { .. } => "berth: health check failed",
             Fault::CrashLoop(_) => "berth: service crash-looping",
@@ -111,7 +113,7 @@ impl Fault {
     /// The report's root cause.
     pub fn to_failure(&self) -> Failure {
         let (file, line) = match self {
-            Fault::Build(f) => (f.file.clone(), f.line),
+            Fault::Build(e) => e.file_line(),
             _ => (None, None),
         };
         Failure {
@@ -135,6 +137,28 @@ fn gate_title(e: &GateError) -> &'static str {
         GateError::Event { .. } | GateError::NoHeadSha | GateError::NoSha => {
             "berth: cannot tell which commit to deploy"
         }
+    }
+}
+
+/// The title of an image's failure; also the build phase's row when a build failed.
+pub fn image_title(e: &ImageError) -> String {
+    match e {
+        ImageError::NoValidTag { .. } => "berth: no valid image tag".into(),
+        ImageError::Engine(_) => "berth: Docker engine unavailable".into(),
+        ImageError::DockerfileMissing { service, .. }
+        | ImageError::Context { service, .. }
+        | ImageError::Build { service, .. }
+        | ImageError::Builder { service, .. } => format!("berth: building {service} failed"),
+        ImageError::Push(e) => push_title(e).into(),
+    }
+}
+
+fn push_title(e: &DockerError) -> &'static str {
+    match e {
+        DockerError::Unauthorized { .. } => "berth: registry rejected the credentials",
+        DockerError::Denied { .. } => "berth: no permission to push",
+        DockerError::RegistryUnreachable { .. } => "berth: registry unreachable",
+        _ => "berth: push failed",
     }
 }
 
@@ -218,17 +242,95 @@ mod tests {
             assert_eq!((f.phase, f.title.as_str()), (phase, title), "{fault:?}");
             assert_eq!(f.message, fault.to_string());
         }
-        let build = Failure {
-            phase: Phase::Build,
-            title: "berth: building web failed".into(),
-            message: "step 3".into(),
-            file: Some("Dockerfile".into()),
+        let build = ImageError::Build {
+            service: "web".into(),
+            dockerfile: "Dockerfile".into(),
             line: Some(3),
+            message: "step 3".into(),
+            tail: vec![],
         };
         let f = Fault::Build(build).to_failure();
         assert_eq!(
             (f.phase, f.file.as_deref(), f.line),
             (Phase::Build, Some("Dockerfile"), Some(3))
         );
+        assert_eq!(f.title, "berth: building web failed");
+    }
+
+    /// An image's failure keeps the title, phase, message and place it had when images
+    /// wrote them itself.
+    #[test]
+    fn image_faults_keep_their_titles_phases_and_messages() {
+        let service = || "web".to_string();
+        let dockerfile = || "web/Dockerfile".to_string();
+        let cases = [
+            (
+                ImageError::NoValidTag {
+                    templates: vec!["{branch}".into(), "pr-{branch}".into()],
+                    branch: "".into(),
+                    run_number: "7".into(),
+                },
+                Phase::Build,
+                "berth: no valid image tag",
+                "every template in `tags` that names the commit or run (`{branch}`, `pr-{branch}`) expanded to an empty or invalid tag for this run (branch ``, run number `7`). Add a template that always gives a tag, e.g. `staging-{sha}`.",
+                (None, None),
+            ),
+            (
+                ImageError::DockerfileMissing {
+                    service: service(),
+                    dockerfile: dockerfile(),
+                },
+                Phase::Build,
+                "berth: building web failed",
+                "web/Dockerfile does not exist in the workspace. Check the `images` line for `web`.",
+                (Some(dockerfile()), None),
+            ),
+            (
+                ImageError::Build {
+                    service: service(),
+                    dockerfile: dockerfile(),
+                    line: Some(4),
+                    message: "exit code: 3".into(),
+                    tail: vec!["#5 RUN false".into(), "#5 ERROR".into()],
+                },
+                Phase::Build,
+                "berth: building web failed",
+                "exit code: 3\nLast 2 lines of build output:\n#5 RUN false\n#5 ERROR",
+                (Some(dockerfile()), Some(4)),
+            ),
+            (
+                ImageError::Push(DockerError::Unauthorized {
+                    registry: "r:5000".into(),
+                }),
+                Phase::Push,
+                "berth: registry rejected the credentials",
+                "the registry r:5000 rejected the credentials (401). Check `registry-username` and `registry-password`; for ghcr.io use `${{ github.actor }}` and `${{ github.token }}`.",
+                (None, None),
+            ),
+            (
+                ImageError::Push(DockerError::NoDigest {
+                    reference: "r:5000/web".into(),
+                }),
+                Phase::Push,
+                "berth: push failed",
+                "the engine pushed r:5000/web but reported no digest; cannot deploy by digest.",
+                (None, None),
+            ),
+            (
+                ImageError::Engine(DockerError::NoDigest {
+                    reference: "x".into(),
+                }),
+                Phase::Build,
+                "berth: Docker engine unavailable",
+                "the engine pushed x but reported no digest; cannot deploy by digest.",
+                (None, None),
+            ),
+        ];
+        for (error, phase, title, message, (file, line)) in cases {
+            let f = Fault::Build(error).to_failure();
+            assert_eq!((f.phase, f.title.as_str()), (phase, title));
+            assert_eq!(f.message, message);
+            assert_eq!((f.file, f.line), (file, line));
+        }
     }
 }

@@ -152,26 +152,8 @@ impl GithubApi {
     ) -> Result<(String, Option<String>), GithubError> {
         let mut server_errors = 0;
         loop {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                "accept",
-                HeaderValue::from_static("application/vnd.github+json"),
-            );
-            headers.insert(
-                "x-github-api-version",
-                HeaderValue::from_static("2022-11-28"),
-            );
-            let cached = self
-                .cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(path)
-                .cloned();
-            if let Some((etag, _)) = &cached {
-                if let Ok(v) = HeaderValue::from_str(etag) {
-                    headers.insert("if-none-match", v);
-                }
-            }
+            let cached = self.cached(path);
+            let headers = conditional_headers(cached.as_ref().map(|(etag, _)| etag.as_str()));
             let sent = tokio::time::timeout(
                 REQUEST_TIMEOUT,
                 self.client._get_with_headers(path, Some(headers)),
@@ -184,10 +166,7 @@ impl GithubApi {
                 }
                 Ok(Err(e)) => {
                     self.count(false);
-                    return Err(GithubError::Request {
-                        path: path.into(),
-                        detail: crate::error_chain(&e),
-                    });
+                    return Err(request_error(path, &e));
                 }
                 Ok(Ok(r)) => r,
             };
@@ -201,42 +180,34 @@ impl GithubApi {
                     return Ok((body, next));
                 }
             }
-            let body =
-                self.client
-                    .body_to_string(response)
-                    .await
-                    .map_err(|e| GithubError::Request {
-                        path: path.into(),
-                        detail: crate::error_chain(&e),
-                    })?;
-            match status {
-                200..=299 => {
-                    if let Some(etag) = head.get("etag").and_then(|v| v.to_str().ok()) {
-                        self.cache
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(path.into(), (etag.into(), body.clone()));
-                    }
-                    return Ok((body, next));
-                }
-                403 | 429 => match rate_limit_wait(&head) {
-                    Some(wait) if wait <= deadline.saturating_duration_since(Instant::now()) => {
-                        tracing::info!("GitHub rate limit on {path}: waiting {wait:?}");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Some(wait) => return Err(GithubError::RateLimited { reset_in: wait }),
-                    None => return Err(status_error(path, status, &body)),
-                },
-                500..=599 if server_errors < SERVER_ERROR_RETRIES => {
-                    server_errors += 1;
-                    let backoff = Duration::from_millis(500 * 2u64.pow(server_errors - 1));
-                    if Instant::now() + backoff > deadline {
-                        return Err(status_error(path, status, &body));
-                    }
-                    tokio::time::sleep(backoff).await;
-                }
-                _ => return Err(status_error(path, status, &body)),
+            let body = self
+                .client
+                .body_to_string(response)
+                .await
+                .map_err(|e| request_error(path, &e))?;
+            if (200..=299).contains(&status) {
+                self.remember(path, &head, &body);
+                return Ok((body, next));
             }
+            wait_to_retry(path, status, &head, &body, deadline, &mut server_errors).await?;
+        }
+    }
+
+    /// The ETag and body of the last 2xx answer for `path`.
+    fn cached(&self, path: &str) -> Option<(String, String)> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .cloned()
+    }
+
+    fn remember(&self, path: &str, head: &HeaderMap, body: &str) {
+        if let Some(etag) = head.get("etag").and_then(|v| v.to_str().ok()) {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.into(), (etag.into(), body.into()));
         }
     }
 
@@ -404,6 +375,65 @@ impl GithubApi {
     ) -> Result<(), GithubError> {
         let path = format!("/repos/{}/deployments/{id}/statuses", self.repository);
         self.post(&path, status).await.map(|_| ())
+    }
+}
+
+/// The headers of every GET; with the ETag of a cached answer, GitHub answers 304 when
+/// nothing changed, and a 304 does not count against the rate limit.
+fn conditional_headers(etag: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "accept",
+        HeaderValue::from_static("application/vnd.github+json"),
+    );
+    headers.insert(
+        "x-github-api-version",
+        HeaderValue::from_static("2022-11-28"),
+    );
+    if let Some(v) = etag.and_then(|etag| HeaderValue::from_str(etag).ok()) {
+        headers.insert("if-none-match", v);
+    }
+    headers
+}
+
+/// Waits before a GET is sent again, when GitHub's non-2xx answer says a retry can
+/// succeed before `deadline`: after a rate limit resets, or a backoff after a 5xx (at most
+/// [`SERVER_ERROR_RETRIES`] times). Otherwise the error the answer means.
+async fn wait_to_retry(
+    path: &str,
+    status: u16,
+    head: &HeaderMap,
+    body: &str,
+    deadline: Instant,
+    server_errors: &mut u32,
+) -> Result<(), GithubError> {
+    match status {
+        403 | 429 => match rate_limit_wait(head) {
+            Some(wait) if wait <= deadline.saturating_duration_since(Instant::now()) => {
+                tracing::info!("GitHub rate limit on {path}: waiting {wait:?}");
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Some(wait) => Err(GithubError::RateLimited { reset_in: wait }),
+            None => Err(status_error(path, status, body)),
+        },
+        500..=599 if *server_errors < SERVER_ERROR_RETRIES => {
+            *server_errors += 1;
+            let backoff = Duration::from_millis(500 * 2u64.pow(*server_errors - 1));
+            if Instant::now() + backoff > deadline {
+                return Err(status_error(path, status, body));
+            }
+            tokio::time::sleep(backoff).await;
+            Ok(())
+        }
+        _ => Err(status_error(path, status, body)),
+    }
+}
+
+fn request_error(path: &str, e: &dyn std::error::Error) -> GithubError {
+    GithubError::Request {
+        path: path.into(),
+        detail: crate::error_chain(e),
     }
 }
 

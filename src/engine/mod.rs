@@ -48,9 +48,17 @@ pub async fn deliver(
     if cfg.mode == Mode::Deploy {
         engine.preflight(&hosts, report).await?;
         let building = Instant::now();
-        let built = images::build_and_push(&cfg.build, cfg.dry_run, ctx, sha, runner, report)
-            .await
-            .map_err(Fault::Build)?;
+        let built = images::build_and_push(
+            &cfg.build,
+            cfg.dry_run,
+            ctx,
+            sha,
+            runner,
+            report,
+            crate::failure::image_title,
+        )
+        .await
+        .map_err(Fault::Build)?;
         report.images = built.clone();
         engine.set_built(built);
         // The sessions sat idle through the build: libssh2 sends keepalives only while

@@ -1,3 +1,4 @@
+use super::build::instruction_line;
 use super::*;
 
 #[test]
