@@ -8,6 +8,14 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
+/// How long a cancelled run has to restore and report: SIGTERM follows SIGINT after
+/// about 7.5 s and the kill comes about 2.5 s later, so the report is out by then.
+pub const GRACE: std::time::Duration = std::time::Duration::from_millis(8500);
+
+/// The part of [`GRACE`] a restore's health check may use, leaving time to record, unlock
+/// and report.
+pub const RESTORE_BUDGET: std::time::Duration = std::time::Duration::from_secs(6);
+
 static CANCELLED: AtomicBool = AtomicBool::new(false);
 static SIGNAL: Mutex<Option<&'static str>> = Mutex::new(None);
 static NOTIFY: Notify = Notify::const_new();

@@ -56,16 +56,37 @@ pub enum Fault {
     },
     #[error("{0}")]
     CrashLoop(String),
-    #[error("berth received {signal} (the run was cancelled) and released {released} deploy lock(s). A host may have been mid-deploy: check `docker compose ps` there, or re-run berth, which restores a consistent release.")]
+    /// Cancelled during `phase`: what ran on the hosts was stopped, and an unproven
+    /// release restored. Without a phase, the time ran out: only the locks were released.
+    #[error("{}", cancelled_message(signal, phase, *released))]
     Cancelled {
         signal: &'static str,
+        phase: Option<Phase>,
         released: usize,
     },
 }
 
 impl Fault {
+    /// A host's error in `step`. A command stopped because the run was cancelled is the
+    /// cancellation, in the step's phase.
     pub fn host(step: HostStep) -> impl FnOnce(ReleaseError) -> Fault {
-        move |source| Fault::Host { step, source }
+        move |source| {
+            let cancelled = matches!(source, ReleaseError::Ssh(SshError::Cancelled { .. }));
+            let fault = Fault::Host { step, source };
+            if cancelled {
+                return Fault::cancelled(fault.phase());
+            }
+            fault
+        }
+    }
+
+    /// The run was cancelled during `phase`.
+    pub fn cancelled(phase: Phase) -> Fault {
+        Fault::Cancelled {
+            signal: crate::cancel::signal().unwrap_or("a signal"),
+            phase: Some(phase),
+            released: 0,
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -83,7 +104,7 @@ impl Fault {
                 HostStep::Rollback => Phase::Rollback,
             },
             Fault::Probe(_) | Fault::Unhealthy { .. } | Fault::CrashLoop(_) => Phase::Health,
-            Fault::Cancelled { .. } => Phase::Connect,
+            Fault::Cancelled { phase, .. } => phase.unwrap_or(Phase::Connect),
         }
     }
 
@@ -126,6 +147,18 @@ impl Fault {
     }
 }
 
+fn cancelled_message(signal: &str, phase: &Option<Phase>, released: usize) -> String {
+    match phase {
+        Some(p) => format!(
+            "berth received {signal} (the run was cancelled) during {}. What ran on the hosts was stopped, one-off containers included.",
+            p.label()
+        ),
+        None => format!(
+            "berth received {signal} (the run was cancelled) and released {released} deploy lock(s). A host may have been mid-deploy: check `docker compose ps` there, or re-run berth, which restores a consistent release."
+        ),
+    }
+}
+
 fn gate_title(e: &GateError) -> &'static str {
     match e {
         GateError::Failed { .. } => "berth: CI did not succeed for this commit",
@@ -163,7 +196,15 @@ fn push_title(e: &DockerError) -> &'static str {
 }
 
 fn host_title(step: HostStep, e: &ReleaseError) -> &'static str {
+    if let ReleaseError::Ssh(ssh) = e {
+        if ssh.is_connection_lost() && step != HostStep::Connect {
+            return "berth: connection to the host lost";
+        }
+    }
     match (step, e) {
+        (HostStep::Release(Phase::PreDeploy), ReleaseError::Ssh(SshError::Timeout { .. })) => {
+            "berth: pre-deploy timed out"
+        }
         (HostStep::Connect, ReleaseError::Ssh(SshError::HostKeyMismatch { .. })) => {
             "berth: host key mismatch"
         }

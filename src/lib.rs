@@ -101,9 +101,20 @@ pub async fn run(env: HashMap<String, String>) -> i32 {
         &raw_secrets.iter().collect::<Vec<_>>(),
     );
     init_debug_log(&env, &runner);
+    let run = pipeline::run(&env, &runner);
+    tokio::pin!(run);
     let report = tokio::select! {
-        report = pipeline::run(&env, &runner) => report,
-        signal = shutdown_signal() => cancelled(signal).await,
+        report = &mut run => report,
+        signal = shutdown_signal() => {
+            // The run stops what runs on the hosts, restores an unproven release and
+            // reports, within the time the runner gives (see `cancel`). Past that, only
+            // the locks are released.
+            cancel::cancel(signal);
+            match tokio::time::timeout(cancel::GRACE, &mut run).await {
+                Ok(report) => report,
+                Err(_) => cancelled(signal).await,
+            }
+        }
     };
     report.render(&runner);
     report.exit_code()
@@ -163,7 +174,11 @@ async fn cancelled(signal: &'static str) -> report::Report {
     let mut report = report::Report::default();
     pipeline::conclude(
         &mut report,
-        Err(failure::Fault::Cancelled { signal, released }),
+        Err(failure::Fault::Cancelled {
+            signal,
+            phase: None,
+            released,
+        }),
     );
     report
 }

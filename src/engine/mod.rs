@@ -48,7 +48,7 @@ pub async fn deliver(
     if cfg.mode == Mode::Deploy {
         engine.preflight(&hosts, report).await?;
         let building = Instant::now();
-        let built = images::build_and_push(
+        let build = images::build_and_push(
             &cfg.build,
             cfg.dry_run,
             ctx,
@@ -56,9 +56,11 @@ pub async fn deliver(
             runner,
             report,
             crate::failure::image_title,
-        )
-        .await
-        .map_err(Fault::Build)?;
+        );
+        let built = tokio::select! {
+            built = build => built.map_err(Fault::Build)?,
+            _ = crate::cancel::cancelled() => return Err(Fault::cancelled(Phase::Build)),
+        };
         report.images = built.clone();
         engine.set_built(built);
         // The sessions sat idle through the build: libssh2 sends keepalives only while
@@ -75,8 +77,9 @@ pub async fn deliver(
         engine.manual_rollback(&hosts, report).await
     } else {
         let result = engine.deploy(&hosts, report).await;
-        // Still under the lock, so a later deploy's moving tags cannot land first.
-        if matches!(result, Ok(Outcome::Deployed)) {
+        // Still under the lock, so a later deploy's moving tags cannot land first. A run
+        // cancelled after its verdict leaves the release (proven) and skips them.
+        if matches!(result, Ok(Outcome::Deployed)) && !crate::cancel::is_cancelled() {
             images::push_moving_tags(&cfg.build, ctx, sha, runner, report).await;
         }
         result
@@ -148,6 +151,7 @@ impl<'a> Engine<'a> {
                 .unwrap_or_else(|| Secret::new("")),
             built: BTreeMap::new(),
             pre_deploy: cfg.target.pre_deploy.clone(),
+            pre_deploy_timeout: cfg.target.pre_deploy_timeout,
             // Only log in when berth pushed images there; otherwise the host pulls as it can.
             registry: None,
             holder: LockHolder {
@@ -371,6 +375,10 @@ impl<'a> Engine<'a> {
                 );
                 report.health = Some(record);
                 self.mark(hosts, "deployed", report).await;
+                if crate::cancel::is_cancelled() {
+                    report.warn("berth: cancelled after the release was proven", "The run was cancelled after the release proved healthy: it stays, recorded `deployed`; old releases were not pruned and moving tags were not pushed.");
+                    return Ok(Outcome::Deployed);
+                }
                 let spec = self.spec.clone();
                 for e in on_all(hosts, move |t| t.prune(&spec))
                     .await

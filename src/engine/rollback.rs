@@ -19,6 +19,15 @@ impl Engine<'_> {
         report: &mut Report,
         fault: Fault,
     ) -> Fault {
+        // A lost connection is a failure like any other: connect again, then go on.
+        let reconnected = on_all(hosts, |t| {
+            let name = t.state().name;
+            t.ensure_connected().map_err(|e| format!("{name}: {e}"))
+        })
+        .await;
+        for e in reconnected.into_iter().filter_map(Result::err) {
+            report.warn("berth: host unreachable after a lost connection", e);
+        }
         let diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
         report.excerpt = telling_lines(&diagnostics, 5);
         report.diagnostics = diagnostics;
@@ -132,7 +141,25 @@ impl Engine<'_> {
         if let Some(e) = restored.into_iter().find_map(Result::err) {
             rb.detail = format!("restoring the previous release failed: {e}");
         } else {
-            match self.health_gate(touched, report, Instant::now()).await {
+            // A cancelled run has only the runner's grace period left.
+            let proven = match crate::cancel::is_cancelled() {
+                false => {
+                    self.health_gate(touched, report, Instant::now(), true)
+                        .await
+                }
+                true => tokio::time::timeout(
+                    crate::cancel::RESTORE_BUDGET,
+                    self.health_gate(touched, report, Instant::now(), true),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Fault::Probe(format!(
+                        "not proven healthy within the {}s a cancelled run has left",
+                        crate::cancel::RESTORE_BUDGET.as_secs()
+                    )))
+                }),
+            };
+            match proven {
                 Ok(record) => {
                     rb.healthy = true;
                     rb.detail = format!(

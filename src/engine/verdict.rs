@@ -31,7 +31,7 @@ impl Engine<'_> {
             )
         };
         let ((verify_error, verify_time), health) =
-            tokio::join!(verify, self.health_gate(hosts, report, started));
+            tokio::join!(verify, self.health_gate(hosts, report, started, false));
         if let Some(e) = verify_error {
             report.record(
                 Phase::Verify,
@@ -48,13 +48,15 @@ impl Engine<'_> {
         health
     }
 
-    /// Probes `health-url` until healthy, while watching every host for crash loops.
-    /// The health record, healthy or not, is kept in the report.
+    /// Probes `health-url` until healthy, while watching every host for crash loops. A
+    /// release's verdict ends when the run is cancelled; a restore's (`restoring`) does
+    /// not, the caller bounds it.
     pub(super) async fn health_gate(
         &self,
         hosts: &[Host],
         report: &mut Report,
         started: Instant,
+        restoring: bool,
     ) -> Result<HealthRecord, Fault> {
         let specs: Vec<_> = states(hosts).await.into_iter().map(|h| h.spec).collect();
         let urls = self.cfg.health.urls(&specs);
@@ -73,7 +75,14 @@ impl Engine<'_> {
         let _group = self.runner.group(&format!("Health: {}", names.join(", ")));
         let probe = self.probe_all(&probes, started);
         let watch = crash_watch(hosts, started);
-        // Both are polled together: a watch waiting on a host never stalls the probe.
+        let cancel = async {
+            if !restoring {
+                crate::cancel::cancelled().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        // All polled together: a watch waiting on a host never stalls the probe.
         tokio::select! {
             r = probe => r,
             fault = watch => {
@@ -82,6 +91,7 @@ impl Engine<'_> {
                 }
                 Err(fault)
             }
+            _ = cancel => Err(Fault::cancelled(Phase::Health)),
         }
     }
 

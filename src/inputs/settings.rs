@@ -154,6 +154,7 @@ pub struct HostSettings {
     pub compose_file: PathBuf,
     pub env_file: Option<Secret>,
     pub pre_deploy: Option<PreDeploy>,
+    pub pre_deploy_timeout: Duration,
     pub keep_releases: u32,
     pub lock_timeout: Duration,
 }

@@ -447,6 +447,11 @@ pub fn with_docker_config(cmd: Cmd, dir: &str) -> Cmd {
     Cmd(argv)
 }
 
+/// Removes a container, running or not (a one-off whose client was stopped).
+pub fn remove_container(name: &str) -> Cmd {
+    Cmd::new(["docker", "rm", "-f", name])
+}
+
 /// Images of this project's repositories present on the host: `repo@digest id` lines.
 pub fn project_images(image_prefix: &str) -> Cmd {
     Cmd::new([

@@ -14,7 +14,8 @@
 //! Liveness. The agent touches the lock's heartbeat while it lives. When its stdin ends
 //! (berth killed, runner gone, network cut) it stops the running command, runs its cleanup
 //! and marks the lock `abandoned` if the lock is this run's, so the next deploy takes it
-//! at once instead of waiting for the heartbeat to go stale.
+//! at once instead of waiting for the heartbeat to go stale; a release record this run
+//! left `pending` becomes `interrupted`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,12 +36,22 @@ stop_command() {
   kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
 }
 abandon() {
-  [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && : > "$lock/abandoned"
+  [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] || return 0
+  : > "$lock/abandoned"
+  # What this run left pending was interrupted: the next run must not take it as proven.
+  for f in "${lock%/lock}"/releases/*/release.json; do
+    [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i 's/"outcome": "pending"/"outcome": "interrupted"/' "$f"
+  done
+  return 0
 }
 finish() { stop_command; abandon; kill "$beat" 2>/dev/null; exit 0; }
 trap finish TERM HUP INT
 trap stop_command USR1
-( while sleep 15; do [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && touch "$lock/heartbeat"; done ) &
+( trap 'kill "$s" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep 15 & s=$!; wait "$s"
+    [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && touch "$lock/heartbeat"
+  done ) >/dev/null 2>&1 &
 beat=$!
 echo berth-agent-ready
 while IFS=' ' read -r id c in cl <&3; do
@@ -55,10 +66,11 @@ while IFS=' ' read -r id c in cl <&3; do
   fi
   pid=$!
   # Anything on stdin while the command runs: a line cancels it, the end stops everything.
-  ( if IFS= read -r _ <&3; then kill -USR1 $$; else kill -TERM $$; fi ) &
+  ( if IFS= read -r _ <&3; then kill -USR1 $$; else kill -TERM $$; fi ) >/dev/null 2>&1 &
   watcher=$!
   while :; do wait "$pid"; s=$?; kill -0 "$pid" 2>/dev/null || break; done
-  kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
+  # KILL: a shell that inherited a TERM trap would go on reading (busybox does).
+  kill -KILL "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
   pid= cleanup=
   printf '\n%s %s\n' "$id" "$s"; printf '\n%s\n' "$id" >&2
 done
@@ -71,6 +83,15 @@ const READY: &str = "berth-agent-ready";
 /// up on the session.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
+/// When and how a command is stopped: at `timeout`, or when `cancel` is set, with
+/// `cleanup` run on the host then.
+#[derive(Clone, Copy)]
+pub(super) struct Stop<'a> {
+    pub cleanup: &'a str,
+    pub timeout: Duration,
+    pub cancel: Option<&'a AtomicBool>,
+}
+
 /// The agent's channel, once started.
 pub(super) struct Agent {
     channel: ssh2::Channel,
@@ -82,7 +103,7 @@ pub(super) fn escape(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 1);
     out.push(b':');
     for &b in bytes {
-        if b < 0x20 || b == b' ' || b == b'\\' || b == 0x7f {
+        if b <= b' ' || b == b'\\' || b == 0x7f {
             out.extend_from_slice(format!("\\0{b:03o}").as_bytes());
         } else {
             out.push(b);
@@ -203,11 +224,14 @@ impl HostSession {
         agent: &mut Agent,
         command: &str,
         stdin: Option<&[u8]>,
-        cleanup: &str,
-        timeout: Duration,
-        cancel: Option<&AtomicBool>,
+        stop: &Stop,
         mut on_line: impl FnMut(&str),
     ) -> Result<ExecOutput, SshError> {
+        let Stop {
+            cleanup,
+            timeout,
+            cancel,
+        } = *stop;
         let id = format!("berth-end-{:032x}", rand::random::<u128>());
         let line = request(&id, command, stdin.unwrap_or_default(), cleanup);
         agent

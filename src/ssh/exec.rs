@@ -34,7 +34,14 @@ impl HostSession {
         let cleanup = cleanup.map(|c| quote_argv(&c.0)).unwrap_or_default();
         let mut agent = self.agent.lock().unwrap_or_else(|e| e.into_inner());
         let out = match agent.as_mut() {
-            Some(a) => self.agent_exec(a, &line, stdin, &cleanup, timeout, cancel, on_line),
+            Some(a) => {
+                let stop = super::agent::Stop {
+                    cleanup: &cleanup,
+                    timeout,
+                    cancel,
+                };
+                self.agent_exec(a, &line, stdin, &stop, on_line)
+            }
             None => self.exec(&line, stdin, timeout, on_line),
         };
         if out.as_ref().is_err_and(SshError::is_connection_lost) {

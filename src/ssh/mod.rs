@@ -220,6 +220,14 @@ impl HostSession {
 }
 
 impl HostSession {
+    /// Whether the remote session still runs: it is dropped when the connection is lost.
+    pub fn has_session(&self) -> bool {
+        self.agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Waits until the connection has something to read, at most `max`: a wait on the
     /// socket, not a sleep, so output is read as soon as it arrives.
     fn wait_readable(&self, max: Duration) {

@@ -31,6 +31,9 @@ pub trait Target: Send {
     fn state(&self) -> HostState;
     /// A fresh connection (host key checked again), e.g. after a long build.
     fn reconnect(&mut self) -> Result<(), ReleaseError>;
+    /// After a failure: connected again if the connection was lost, trying for a bounded
+    /// time; an error when the host cannot be reached.
+    fn ensure_connected(&mut self) -> Result<(), ReleaseError>;
     /// Whether the host can take a release, before anything is pushed; returns warnings.
     fn preflight(&mut self) -> Result<Vec<String>, ReleaseError>;
     /// Dry run: who holds the lock, without taking it.
@@ -155,6 +158,7 @@ pub struct ReleaseSpec {
     pub env_file: Secret,
     pub built: BTreeMap<String, String>,
     pub pre_deploy: Option<PreDeploy>,
+    pub pre_deploy_timeout: Duration,
     pub registry: Option<RegistryLogin>,
     pub holder: LockHolder,
     pub lock_timeout: Duration,

@@ -1,14 +1,15 @@
 //! The plan is the deploy: a dry run prints the same list of steps that a deploy then
-//! executes. The host's sshd records every command it receives, so the comparison is
-//! with what reached the host, not with what berth says it sent.
+//! executes. The host records every command it receives (each SSH exec, and each request
+//! to berth's remote session, read off the session's stdin), so the comparison is with
+//! what reached the host, not with what berth says it sent.
 
 use std::path::Path;
 
 use crate::support::rig::Sshd;
 use crate::support::stage::{App, Stage};
 
-/// An sshd that records each command it receives (NUL-terminated) before running it, and
-/// serves SFTP as usual.
+/// An sshd that records each command it receives (NUL-terminated) before running it,
+/// copies the remote session's requests to `<log>.session`, and serves SFTP as usual.
 fn recording_sshd(log: &Path) -> Sshd {
     let script = log.with_extension("sh");
     std::fs::write(
@@ -17,6 +18,7 @@ fn recording_sshd(log: &Path) -> Sshd {
             r#"#!/bin/sh
 case "$SSH_ORIGINAL_COMMAND" in
   internal-sftp|*sftp-server*) printf 'sftp\0' >> '{log}'; exec /usr/lib/openssh/sftp-server ;;
+  *berth-agent*) printf 'session\0' >> '{log}'; tee -a '{log}.session' | /bin/sh -c "$SSH_ORIGINAL_COMMAND"; exit ;;
 esac
 printf '%s\0' "$SSH_ORIGINAL_COMMAND" >> '{log}'
 exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
@@ -35,13 +37,40 @@ exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
     )
 }
 
-/// Release ids and the login's private config dir differ from run to run by design.
+/// The commands berth's remote session received: each request line is `<id> <command>
+/// <stdin> <cleanup>`, fields `:`-prefixed with `\0NNN` escapes (see `ssh/agent.rs`).
+fn session_commands(requests: &str) -> Vec<String> {
+    requests
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(|field| {
+            let field = field.strip_prefix(':').unwrap_or(field).as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < field.len() {
+                if field[i] == b'\\' && field.get(i + 1) == Some(&b'0') && i + 4 < field.len() {
+                    let octal = std::str::from_utf8(&field[i + 2..i + 5]).unwrap();
+                    out.push(u8::from_str_radix(octal, 8).unwrap());
+                    i += 5;
+                } else {
+                    out.push(field[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).unwrap()
+        })
+        .collect()
+}
+
+/// Release ids, lock tokens, start times and the login's private config dir differ from
+/// run to run by design.
 fn normalise(line: &str) -> String {
     let id = regex::Regex::new(r"\d{8}T?\d{6}Z?-[0-9a-f]{7,}").unwrap();
-    let cfg = regex::Regex::new(r"berth-docker-config\.[0-9a-f]+").unwrap();
+    let token = regex::Regex::new(r"\b[0-9a-f]{16}\b").unwrap();
+    let started = regex::Regex::new(r#""started_at":"[^"]*""#).unwrap();
     let line = id.replace_all(line, "<release>");
-    cfg.replace_all(&line, "berth-docker-config.<token>")
-        .into_owned()
+    let line = token.replace_all(&line, "<token>");
+    started.replace_all(&line, "<started>").into_owned()
 }
 
 /// The plan as printed: each entry opens with `would run: [host] `; a command with a
@@ -84,25 +113,26 @@ fn the_dry_run_plan_is_exactly_what_the_host_then_receives() {
         .map(|e| normalise(e))
         .collect();
     assert!(
-        plan.iter()
-            .any(|l| l.contains("run --rm -T backend sh /migrate.sh"))
+        plan.iter().any(|l| l.contains("backend sh /migrate.sh"))
             && plan.iter().any(|l| l.contains("--password-stdin")),
         "{plan:#?}"
     );
     std::fs::write(&log, "").unwrap();
+    std::fs::write(log.with_extension("session"), "").unwrap();
 
     let real = berth(false).run();
     assert_eq!(real.code, 0, "{}", real.stdout);
-    // SFTP sessions and the rename that completes an upload are the plan's `sftp` lines;
-    // the lock's heartbeat runs on a connection of its own, at its own pace.
-    let received: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap()
-        .split('\0')
-        .filter(|c| {
-            let heartbeat = c.starts_with("touch ") && c.ends_with("/.berth/lock/heartbeat");
-            !(c.is_empty() || *c == "sftp" || c.starts_with("mv -f ") || heartbeat)
-        })
-        .map(normalise)
+    // SFTP sessions and the rename that completes an upload are the plan's `sftp` lines.
+    let execs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        execs.split('\0').filter(|c| *c == "session").count() == 1,
+        "one remote session, started once: {execs:?}"
+    );
+    let session = std::fs::read_to_string(log.with_extension("session")).unwrap();
+    let received: Vec<String> = session_commands(&session)
+        .iter()
+        .filter(|c| !c.starts_with("mv -f "))
+        .map(|c| normalise(c))
         .collect();
     let commands: Vec<&String> = plan.iter().filter(|l| !l.starts_with("sftp ")).collect();
     let first = received

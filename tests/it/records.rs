@@ -91,38 +91,49 @@ fn rollback_goes_to_the_newest_proven_release_past_failed_and_interrupted_ones()
     assert_eq!(v2.output("status").as_deref(), Some("rolled-back"));
     std::thread::sleep(Duration::from_secs(1));
 
-    // v3 is broken too, and its run is cancelled while its health is being probed.
-    let v3 = stage
-        .berth(&App::new("v3").mode("500"))
-        .input("health-timeout", "60s");
-    let child = v3
-        .command()
-        // Unread, a pipe would fill and stall berth mid-build.
-        .stdout(std::fs::File::create(stage.deploy_dir.with_file_name("v3.log")).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while stage.current().is_none_or(|c| c == r1) {
+    // v3 is broken too, and its run is cancelled (SIGTERM) while its health is probed:
+    // the release was never proven, so the newest proven one serves again before berth
+    // exits.
+    let (child, log, r3, _v3) = switched_in(&stage, "v3", &r1);
+    sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("title=berth%3A cancelled::"), "{text}");
+    assert_eq!(stage.current().as_deref(), Some(r1.as_str()), "{text}");
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    assert_eq!(stage.record(&r3)["outcome"], "rolled-back");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // v3k is killed outright (SIGKILL) during health: no time to restore anything. Its
+    // remote session ends with it: the record says interrupted, and the lock is marked
+    // abandoned, so the next deploy takes it at once (no 90 s wait for a stale heartbeat).
+    let (mut child, _, r3k, _v3k) = switched_in(&stage, "v3k", &r1);
+    sh(Command::new("kill").args(["-KILL", &child.id().to_string()]));
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stage.record(&r3k)["outcome"] != "interrupted" {
         assert!(
             std::time::Instant::now() < deadline,
-            "v3 was never switched in:\n{}",
-            std::fs::read_to_string(stage.deploy_dir.with_file_name("v3.log")).unwrap_or_default()
+            "{}",
+            stage.record(&r3k)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r3 = stage.current().unwrap();
-    sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-    let mut child = child;
-    let _ = child.wait();
-    assert_eq!(stage.record(&r3)["outcome"], "interrupted");
+    assert!(stage.deploy_dir.join(".berth/lock/abandoned").exists());
     std::thread::sleep(Duration::from_secs(1));
 
-    // A broken deploy now (current is the unproven r3) restores r1, the newest proven.
+    // A broken deploy now (current is the interrupted r3k) restores r1, the newest proven.
     let broken = stage
         .berth(&App::new("v3b").mode("500"))
         .input("health-timeout", "3s")
+        .input("lock-timeout", "2s")
         .run();
+    assert!(
+        broken.stdout.contains("session ended without releasing it"),
+        "{}",
+        broken.stdout
+    );
     assert_eq!(
         broken.output("status").as_deref(),
         Some("rolled-back"),
@@ -157,6 +168,42 @@ fn rollback_goes_to_the_newest_proven_release_past_failed_and_interrupted_ones()
         "{}",
         run.stdout
     );
+}
+
+/// Starts a deploy of a broken `version` (health 500, a long health timeout) in the
+/// background and waits until it has switched `current` away from `previous`: the run,
+/// its log file and its release (and its workspace, which must outlive the run).
+fn switched_in(
+    stage: &Stage,
+    version: &str,
+    previous: &str,
+) -> (
+    std::process::Child,
+    std::path::PathBuf,
+    String,
+    crate::support::Berth,
+) {
+    let log = stage.deploy_dir.with_file_name(format!("{version}.log"));
+    let berth = stage
+        .berth(&App::new(version).mode("500"))
+        .input("health-timeout", "60s");
+    let child = berth
+        .command()
+        // Unread, a pipe would fill and stall berth mid-build.
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while stage.current().is_none_or(|c| c == previous) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{version} was never switched in:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, log, stage.current().unwrap(), berth)
 }
 
 /// The digest a pinned `repo@sha256:...` names.

@@ -578,10 +578,7 @@ fn a_dropped_ssh_connection_fails_clearly_and_leaves_no_lock_behind() {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while std::time::Instant::now() < deadline {
                 let ps = sh(Command::new("ps").args(["-eo", "args"]));
-                if ps
-                    .lines()
-                    .any(|l| l.contains("run --rm -T backend sleep 8"))
-                {
+                if ps.lines().any(|l| l.contains("backend sleep 8")) {
                     sh(Command::new("pkill").args(["-9", "-P", &sshd_pid.to_string()]));
                     return true;
                 }
@@ -624,7 +621,7 @@ fn a_cancelled_run_releases_its_lock() {
     // Cancel once berth holds the lock and runs the pre-deploy, as a cancelled workflow would.
     loop {
         let ps = sh(Command::new("ps").args(["-eo", "args"]));
-        if lock.exists() && ps.contains("run --rm -T backend sleep 30") {
+        if lock.exists() && ps.contains("backend sleep 30") {
             break;
         }
         assert!(
@@ -647,4 +644,93 @@ fn a_cancelled_run_releases_its_lock() {
         "the old release must still serve: {:?}",
         stage.health()
     );
+    // The migration does not outlive the run: its container is gone within 2 s, so the
+    // next deploy can never race it.
+    std::thread::sleep(Duration::from_secs(2));
+    let left = sh(Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("name={}-pre-deploy", stage.project),
+    ]));
+    assert!(
+        left.trim().is_empty(),
+        "a pre-deploy container survived: {left}"
+    );
+    let next = stage
+        .berth(&App::new("v3"))
+        .input("lock-timeout", "1s")
+        .run();
+    assert_eq!(next.code, 0, "{}", next.stdout);
+}
+
+#[test]
+fn a_pre_deploy_past_its_timeout_is_stopped_and_nothing_is_switched() {
+    let stage = Stage::new();
+    let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
+    let run = stage
+        .berth(&App::new("v2"))
+        .input("pre-deploy", "backend: sleep 60")
+        .input("pre-deploy-timeout", "2s")
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("title=berth%3A pre-deploy timed out::"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
+    let left = sh(Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("name={}-pre-deploy", stage.project),
+    ]));
+    assert!(
+        left.trim().is_empty(),
+        "the timed-out pre-deploy survived: {left}"
+    );
+}
+
+#[test]
+fn a_session_killed_during_health_rolls_back_as_a_lost_connection() {
+    let stage = Stage::new();
+    let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
+    let b = stage
+        .berth(&App::new("v2").mode("500"))
+        .input("health-timeout", "60s");
+    let sshd_pid = stage.sshd.pid();
+    let run = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            // Once v2 is switched in (health is being probed), cut berth's session.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::time::Instant::now() < deadline {
+                if stage.current().is_some_and(|c| c != r1) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    sh(Command::new("pkill").args(["-9", "-P", &sshd_pid.to_string()]));
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        });
+        let run = b.run();
+        assert!(killer.join().unwrap(), "v2 was never switched in");
+        run
+    });
+    assert_eq!(
+        run.output("status").as_deref(),
+        Some("rolled-back"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("title=berth%3A connection to the host lost::"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
+    assert!(!stage.deploy_dir.join(".berth/lock").exists());
 }

@@ -250,7 +250,7 @@ fn dry_run_creates_nothing_and_changes_nothing() {
     assert!(fake.deployment_requests().is_empty());
     assert!(
         run.stdout.contains("would run: [root@127.0.0.1:")
-            && run.stdout.contains("run --rm -T backend sh /migrate.sh"),
+            && run.stdout.contains("backend sh /migrate.sh"),
         "{}",
         run.stdout
     );

@@ -65,6 +65,7 @@ pub(super) fn parse_target(
         compose_file,
         env_file,
         pre_deploy: read_pre_deploy(p),
+        pre_deploy_timeout: p.duration("pre-deploy-timeout", "10m"),
         keep_releases: read_keep_releases(p),
         lock_timeout: p.duration("lock-timeout", "10m"),
     }

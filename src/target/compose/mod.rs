@@ -472,6 +472,25 @@ impl Target for ComposeHost {
         self.conn = conn;
         self.reclaim_lock()
     }
+    fn ensure_connected(&mut self) -> Result<(), ReleaseError> {
+        if self.conn.has_session() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        loop {
+            match Target::reconnect(self) {
+                Ok(()) => {
+                    self.runner.line(&format!(
+                        "{}: connected again after the connection was lost",
+                        self.conn.name
+                    ));
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() > RECONNECT_FOR => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
+    }
     fn preflight(&mut self) -> Result<Vec<String>, ReleaseError> {
         ComposeHost::preflight(self)
     }
@@ -540,6 +559,10 @@ impl Target for ComposeHost {
         ComposeHost::record_manual_rollback(self, restored)
     }
 }
+
+/// How long a host whose connection was lost is tried again before the run gives up on
+/// restoring it (and prints the command to do it by hand).
+const RECONNECT_FOR: Duration = Duration::from_secs(20);
 
 /// A container that takes this long to stop is named as a slow stop.
 const SLOW_STOP: Duration = Duration::from_secs(5);

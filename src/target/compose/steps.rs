@@ -128,16 +128,18 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
         ),
     ]);
     if let Some(pd) = &spec.pre_deploy {
-        let mut tail = vec!["run", "--rm", "-T", pd.service.as_str()];
+        // Named, so that it can be removed when stopped: a `compose run` container
+        // outlives its client (a cancelled run, a lost connection, the timeout).
+        let name = format!("{}-pre-deploy-{id}", layout.project);
+        let mut tail = vec!["run", "--rm", "-T", "--name", name.as_str()];
+        tail.push(pd.service.as_str());
         tail.extend(pd.argv.iter().map(String::as_str));
         let cmd = layout.compose(id, &tail);
-        steps.push(Step::run(
-            Phase::PreDeploy,
-            "pre-deploy",
-            cmd,
-            Output::Streamed,
-            LONG,
-        ));
+        let bound = spec.pre_deploy_timeout;
+        steps.push(
+            Step::run(Phase::PreDeploy, "pre-deploy", cmd, Output::Streamed, bound)
+                .undo(Undo::Cleanup(remote::remove_container(&name))),
+        );
     }
     steps.extend(activation_steps(layout, id, "docker compose up"));
     steps
@@ -172,6 +174,7 @@ mod tests {
                 service: "backend".into(),
                 argv: vec!["sh".into(), "/migrate.sh".into()],
             }),
+            pre_deploy_timeout: Duration::from_secs(600),
             registry: Some(RegistryLogin {
                 server: "reg:5000".into(),
                 username: "bot".into(),
@@ -233,9 +236,7 @@ mod tests {
         assert!(!text.contains("env-secret-77") && !text.contains("registry-secret-88"));
         assert!(text.contains("redacted"), "{text}");
         assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("run --rm -T backend sh /migrate.sh")),
+            lines.iter().any(|l| l.contains("backend sh /migrate.sh")),
             "{text}"
         );
         let login = lines.iter().find(|l| l.contains("docker login")).unwrap();
