@@ -571,24 +571,10 @@ fn a_dropped_ssh_connection_fails_clearly_and_leaves_no_lock_behind() {
     let b = stage
         .berth(&App::new("v2"))
         .input("pre-deploy", "backend: sleep 8");
-    let sshd_pid = stage.sshd.pid();
-    let run = std::thread::scope(|s| {
-        let killer = s.spawn(|| {
-            // Wait until the pre-deploy runs, then kill that session's sshd processes.
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while std::time::Instant::now() < deadline {
-                let ps = sh(Command::new("ps").args(["-eo", "args"]));
-                if ps.lines().any(|l| l.contains("backend sleep 8")) {
-                    sh(Command::new("pkill").args(["-9", "-P", &sshd_pid.to_string()]));
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            false
-        });
-        let run = b.run();
-        assert!(killer.join().unwrap(), "the pre-deploy never started");
-        run
+    // Once the pre-deploy runs, kill that session's sshd processes.
+    let run = run_cutting_the_session_when(&stage, b, || {
+        let ps = sh(Command::new("ps").args(["-eo", "args"]));
+        ps.lines().any(|l| l.contains("backend sleep 8"))
     });
     assert_eq!(run.code, 1, "{}", run.stdout);
     let err = run.errors()[0];
@@ -699,24 +685,13 @@ fn a_session_killed_during_health_rolls_back_as_a_lost_connection() {
     let b = stage
         .berth(&App::new("v2").mode("500"))
         .input("health-timeout", "60s");
-    let sshd_pid = stage.sshd.pid();
-    let run = std::thread::scope(|s| {
-        let killer = s.spawn(|| {
-            // Once v2 is switched in (health is being probed), cut berth's session.
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            while std::time::Instant::now() < deadline {
-                if stage.current().is_some_and(|c| c != r1) {
-                    std::thread::sleep(Duration::from_millis(500));
-                    sh(Command::new("pkill").args(["-9", "-P", &sshd_pid.to_string()]));
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            false
-        });
-        let run = b.run();
-        assert!(killer.join().unwrap(), "v2 was never switched in");
-        run
+    // Once v2 is switched in (health is being probed), cut berth's session.
+    let run = run_cutting_the_session_when(&stage, b, || {
+        let switched = stage.current().is_some_and(|c| c != r1);
+        if switched {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        switched
     });
     assert_eq!(
         run.output("status").as_deref(),
@@ -733,4 +708,33 @@ fn a_session_killed_during_health_rolls_back_as_a_lost_connection() {
     assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
     assert!(stage.health().1.contains("\"version\":\"v1\""));
     assert!(!stage.deploy_dir.join(".berth/lock").exists());
+}
+
+/// Runs `b`, and kills berth's SSH session (the sshd processes serving it) as soon as
+/// `ready` says so; fails the test if that moment never comes.
+fn run_cutting_the_session_when(
+    stage: &Stage,
+    b: crate::support::Berth,
+    ready: impl Fn() -> bool + Sync,
+) -> crate::support::Run {
+    let sshd_pid = stage.sshd.pid();
+    std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while std::time::Instant::now() < deadline {
+                if ready() {
+                    sh(Command::new("pkill").args(["-9", "-P", &sshd_pid.to_string()]));
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        });
+        let run = b.run();
+        assert!(
+            killer.join().unwrap(),
+            "the moment to cut the session never came"
+        );
+        run
+    })
 }

@@ -10,15 +10,13 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::remote::{self, Cmd, Layout, ReleaseRecord};
-use crate::report::Diagnostics;
 use crate::ssh::{ExecOutput, HostSession};
-use crate::target::{
-    Access, Action, Body, HostState, Output, ReleaseError, ReleaseSpec, Step, Target, Undo,
-};
+use crate::target::{Access, Action, Body, Output, ReleaseError, ReleaseSpec, Step, Undo};
 use crate::workflow::Runner;
 
 pub(crate) mod lock;
 mod records;
+mod seam;
 mod steps;
 mod watch;
 
@@ -452,114 +450,6 @@ impl ComposeHost {
     }
 }
 
-impl Target for ComposeHost {
-    fn state(&self) -> HostState {
-        HostState {
-            name: self.conn.name.clone(),
-            spec: self.access.spec.clone(),
-            fingerprint: self.conn.host_key.fingerprint.clone(),
-            previous: self.previous.clone(),
-            release: self.release.clone(),
-            touched: self.touched,
-            activated_at: self.up_done,
-            restore_target: self.restore_target(),
-            slow_stops: self.slow_stops.clone(),
-        }
-    }
-    fn reconnect(&mut self) -> Result<(), ReleaseError> {
-        let conn = self.access.connect()?;
-        conn.start_agent(&self.layout.lock_dir(), &self.token)?;
-        self.conn = conn;
-        self.reclaim_lock()
-    }
-    fn ensure_connected(&mut self) -> Result<(), ReleaseError> {
-        if self.conn.has_session() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        loop {
-            match Target::reconnect(self) {
-                Ok(()) => {
-                    self.runner.line(&format!(
-                        "{}: connected again after the connection was lost",
-                        self.conn.name
-                    ));
-                    return Ok(());
-                }
-                Err(e) if started.elapsed() > RECONNECT_FOR => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_secs(1)),
-            }
-        }
-    }
-    fn preflight(&mut self) -> Result<Vec<String>, ReleaseError> {
-        ComposeHost::preflight(self)
-    }
-    fn peek_lock(&mut self) -> Result<(), ReleaseError> {
-        ComposeHost::peek_lock(self)
-    }
-    fn lock(&mut self, spec: &ReleaseSpec) -> Result<Option<String>, ReleaseError> {
-        ComposeHost::lock(self, spec)
-    }
-    fn unlock(&mut self) -> Result<(), ReleaseError> {
-        ComposeHost::unlock(self)
-    }
-    fn snapshot(&mut self) -> Result<(), ReleaseError> {
-        ComposeHost::snapshot(self)
-    }
-    fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
-        release_steps(&self.layout, spec, &self.docker_config)
-    }
-    fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
-        let quoted = |c: Cmd| crate::ssh::quote_argv(&c.0);
-        let holder = serde_json::to_string(&spec.holder).expect("json");
-        let stale = lock::LOCK_STALE_AFTER.as_secs();
-        let mut lines = vec![
-            quoted(self.layout.lock_acquire(&spec.holder.token, &holder, stale)),
-            quoted(self.layout.snapshot()),
-        ];
-        lines.extend(
-            release_steps(&self.layout, spec, &self.docker_config)
-                .iter()
-                .map(Step::plan_line),
-        );
-        lines
-    }
-    fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
-        self.execute(spec, step)
-    }
-    fn verify(&mut self) -> Result<(), ReleaseError> {
-        ComposeHost::verify(self)
-    }
-    fn watch(&mut self) -> Result<Vec<String>, ReleaseError> {
-        self.crash_watch()
-    }
-    fn activate(&mut self, id: &str) -> Result<(), ReleaseError> {
-        self.reactivate(id)
-    }
-    fn recovery_command(&self, id: &str) -> String {
-        let up = self.layout.compose(id, &["up", "-d", "--remove-orphans"]);
-        crate::ssh::by_hand(&self.access.spec, &up)
-    }
-    fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError> {
-        self.write_record(spec, outcome)
-    }
-    fn prune(&mut self, spec: &ReleaseSpec) -> Result<Vec<String>, ReleaseError> {
-        ComposeHost::prune(self, spec)
-    }
-    fn diagnostics(&mut self, lines: usize) -> Diagnostics {
-        ComposeHost::diagnostics(self, lines)
-    }
-    fn choose_rollback(
-        &mut self,
-        wanted: Option<&str>,
-    ) -> Result<(String, Option<String>), ReleaseError> {
-        ComposeHost::choose_rollback(self, wanted)
-    }
-    fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {
-        ComposeHost::record_manual_rollback(self, restored)
-    }
-}
-
 /// How long a host whose connection was lost is tried again before the run gives up on
 /// restoring it (and prints the command to do it by hand).
 const RECONNECT_FOR: Duration = Duration::from_secs(20);
@@ -643,62 +533,4 @@ fn unset_variables(stderr: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::lock::parse_lock_inspect;
-    use super::*;
-    use crate::remote::LockHolder;
-
-    #[test]
-    fn unset_variables_are_read_from_compose_warnings_either_way_it_prints_them() {
-        // Without a terminal (over SSH), as compose v2.40 prints it, then with one.
-        let stderr = "time=\"2026-11-24T10:49:59Z\" level=warning msg=\"The \\\"JWT_SECRET\\\" variable is not set. Defaulting to a blank string.\"\n\
-                      WARN[0000] The \"SECRET_KEY\" variable is not set. Defaulting to a blank string.\n\
-                      WARN[0000] The \"JWT_SECRET\" variable is not set. Defaulting to a blank string.\n\
-                      WARN[0000] /x/compose.yml: the attribute `version` is obsolete\n";
-        assert_eq!(unset_variables(stderr), ["JWT_SECRET", "SECRET_KEY"]);
-        assert!(unset_variables("WARN[0000] the attribute `version` is obsolete").is_empty());
-        let err = ReleaseError::MissingVariables {
-            host: "deploy@staging:22".into(),
-            names: vec!["JWT_SECRET".into(), "SECRET_KEY".into()],
-        };
-        assert_eq!(
-            err.to_string(),
-            "the compose file uses ${JWT_SECRET}, ${SECRET_KEY} on deploy@staging:22, but they are \
-             set neither in `env-file` nor in the host's environment, so compose would use an empty \
-             string. Add `JWT_SECRET=...`, `SECRET_KEY=...` to `env-file`, or write `${NAME:-}` in \
-             the compose file where empty is intended. No container was changed."
-        );
-    }
-
-    #[test]
-    fn pins_prefer_the_image_repository_digest() {
-        let inspect = r#"sha256:aaa ["other/x@sha256:111","reg:5000/acme/db@sha256:222"]"#;
-        assert_eq!(
-            choose_pin("reg:5000/acme/db:16", inspect).as_deref(),
-            Some("reg:5000/acme/db@sha256:222")
-        );
-        assert_eq!(
-            choose_pin("local/db:1", "sha256:aaa []").as_deref(),
-            Some("sha256:aaa")
-        );
-    }
-
-    #[test]
-    fn lock_inspect_output_gives_holder_and_age() {
-        let h = LockHolder {
-            token: "t".into(),
-            run_url: "u".into(),
-            actor: "octocat".into(),
-            sha: "abcdef0".into(),
-            started_at: "now".into(),
-        };
-        let out = format!("{}\n\n1000\n1100\n", serde_json::to_string(&h).unwrap());
-        let (holder, age) = parse_lock_inspect(&out);
-        assert_eq!(holder, Some(h));
-        assert_eq!(age, Some(Duration::from_secs(100)));
-        assert_eq!(
-            parse_lock_inspect("\n1000\n1010\n").1,
-            Some(Duration::from_secs(10))
-        );
-    }
-}
+mod tests;

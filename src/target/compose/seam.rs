@@ -1,0 +1,116 @@
+//! The compose target behind the engine's seam: each `Target` method in compose terms.
+
+use std::time::{Duration, Instant};
+
+use super::{lock, release_steps, ComposeHost, RECONNECT_FOR};
+use crate::remote::Cmd;
+use crate::report::Diagnostics;
+use crate::target::{HostState, ReleaseError, ReleaseSpec, Step, Target};
+
+impl Target for ComposeHost {
+    fn state(&self) -> HostState {
+        HostState {
+            name: self.conn.name.clone(),
+            spec: self.access.spec.clone(),
+            fingerprint: self.conn.host_key.fingerprint.clone(),
+            previous: self.previous.clone(),
+            release: self.release.clone(),
+            touched: self.touched,
+            activated_at: self.up_done,
+            restore_target: self.restore_target(),
+            slow_stops: self.slow_stops.clone(),
+        }
+    }
+    fn reconnect(&mut self) -> Result<(), ReleaseError> {
+        let conn = self.access.connect()?;
+        conn.start_agent(&self.layout.lock_dir(), &self.token)?;
+        self.conn = conn;
+        self.reclaim_lock()
+    }
+    fn ensure_connected(&mut self) -> Result<(), ReleaseError> {
+        if self.conn.has_session() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        loop {
+            match Target::reconnect(self) {
+                Ok(()) => {
+                    self.runner.line(&format!(
+                        "{}: connected again after the connection was lost",
+                        self.conn.name
+                    ));
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() > RECONNECT_FOR => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
+    }
+    fn preflight(&mut self) -> Result<Vec<String>, ReleaseError> {
+        ComposeHost::preflight(self)
+    }
+    fn peek_lock(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::peek_lock(self)
+    }
+    fn lock(&mut self, spec: &ReleaseSpec) -> Result<Option<String>, ReleaseError> {
+        ComposeHost::lock(self, spec)
+    }
+    fn unlock(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::unlock(self)
+    }
+    fn snapshot(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::snapshot(self)
+    }
+    fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
+        release_steps(&self.layout, spec, &self.docker_config)
+    }
+    fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
+        let quoted = |c: Cmd| crate::ssh::quote_argv(&c.0);
+        let holder = serde_json::to_string(&spec.holder).expect("json");
+        let stale = lock::LOCK_STALE_AFTER.as_secs();
+        let mut lines = vec![
+            quoted(self.layout.lock_acquire(&spec.holder.token, &holder, stale)),
+            quoted(self.layout.snapshot()),
+        ];
+        lines.extend(
+            release_steps(&self.layout, spec, &self.docker_config)
+                .iter()
+                .map(Step::plan_line),
+        );
+        lines
+    }
+    fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
+        self.execute(spec, step)
+    }
+    fn verify(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::verify(self)
+    }
+    fn watch(&mut self) -> Result<Vec<String>, ReleaseError> {
+        self.crash_watch()
+    }
+    fn activate(&mut self, id: &str) -> Result<(), ReleaseError> {
+        self.reactivate(id)
+    }
+    fn recovery_command(&self, id: &str) -> String {
+        let up = self.layout.compose(id, &["up", "-d", "--remove-orphans"]);
+        crate::ssh::by_hand(&self.access.spec, &up)
+    }
+    fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError> {
+        self.write_record(spec, outcome)
+    }
+    fn prune(&mut self, spec: &ReleaseSpec) -> Result<Vec<String>, ReleaseError> {
+        ComposeHost::prune(self, spec)
+    }
+    fn diagnostics(&mut self, lines: usize) -> Diagnostics {
+        ComposeHost::diagnostics(self, lines)
+    }
+    fn choose_rollback(
+        &mut self,
+        wanted: Option<&str>,
+    ) -> Result<(String, Option<String>), ReleaseError> {
+        ComposeHost::choose_rollback(self, wanted)
+    }
+    fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {
+        ComposeHost::record_manual_rollback(self, restored)
+    }
+}
