@@ -94,11 +94,18 @@ fn rollback_goes_to_the_newest_proven_release_past_failed_and_interrupted_ones()
     // v3 is broken too, and its run is cancelled (SIGTERM) while its health is probed:
     // the release was never proven, so the newest proven one serves again before berth
     // exits.
-    let (child, log, r3, _v3) = switched_in(&stage, "v3", &r1);
+    let (child, log, r3, v3) = switched_in(&stage, "v3", &r1);
     sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-    let out = child.wait_with_output().unwrap();
+    let run = v3.finished(child.wait_with_output().unwrap());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(run.code, 1, "{text}");
+    assert_eq!(
+        run.output("status").as_deref(),
+        Some("rolled-back"),
+        "{text}"
+    );
+    assert_eq!(run.output("release").as_deref(), Some(r3.as_str()));
+    assert!(run.summary.contains("cancelled"), "{}", run.summary);
     assert!(text.contains("title=berth%3A cancelled::"), "{text}");
     assert_eq!(stage.current().as_deref(), Some(r1.as_str()), "{text}");
     assert!(stage.health().1.contains("\"version\":\"v1\""));

@@ -16,53 +16,65 @@ pub const LONG: Duration = Duration::from_secs(30 * 60);
 /// `docker_config` is the host's throwaway client config for the registry login, chosen
 /// by berth so every command that uses it is known before it runs.
 pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
+    let mut steps = upload_steps(layout, spec);
+    steps.extend(pull_steps(layout, spec, docker_config));
+    steps.extend(pre_deploy_step(layout, spec));
+    steps.extend(activation_steps(layout, &spec.id, "docker compose up"));
+    steps
+}
+
+/// A file of release `id`, written over SFTP.
+fn release_file(
+    layout: &Layout,
+    id: &str,
+    phase: Phase,
+    name: &'static str,
+    file: &str,
+    body: Body,
+    mode: i32,
+) -> Step {
+    let path = format!("{}/{file}", layout.release_dir(id));
+    Step::upload(phase, name, path, body, mode, QUICK)
+}
+
+/// The release dir and its files, then `compose config`, which fails on a variable
+/// nothing sets (field notes A.5, C) before anything is pulled.
+fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
     let id = spec.id.as_str();
-    let dir = layout.release_dir(id);
-    let file = |name: &str| format!("{dir}/{name}");
-    let upload = |phase, name, path, body, mode| Step::upload(phase, name, path, body, mode, QUICK);
-    let compose_file = Body::Text("compose file", spec.compose.clone());
-    let mut steps = vec![
+    let file =
+        |name, file, body, mode| release_file(layout, id, Phase::Upload, name, file, body, mode);
+    vec![
         // Exclusive, unlike `mkdir -p`: a deploy must never write into a release that
         // exists, which may be the one `current` points at.
         Step {
             phase: Phase::Upload,
             name: "release dir",
             action: Action::CreateDir {
-                path: dir.clone(),
+                path: layout.release_dir(id),
                 mode: 0o700,
             },
             bound: QUICK,
             undo: Undo::Nothing,
         },
-        upload(
-            Phase::Upload,
+        file(
             "compose file",
-            file(remote::COMPOSE_FILE),
-            compose_file,
+            remote::COMPOSE_FILE,
+            Body::Text("compose file", spec.compose.clone()),
             0o644,
         ),
-        upload(
-            Phase::Upload,
-            "digest pins",
-            file(remote::OVERRIDE_FILE),
-            Body::Pins,
-            0o644,
-        ),
-        upload(
-            Phase::Upload,
+        file("digest pins", remote::OVERRIDE_FILE, Body::Pins, 0o644),
+        file(
             "env file (0600)",
-            file(remote::ENV_FILE),
+            remote::ENV_FILE,
             Body::Secret(spec.env_file.clone()),
             0o600,
         ),
-        upload(
-            Phase::Upload,
+        file(
             "release record",
-            file(remote::RECORD_FILE),
+            remote::RECORD_FILE,
             Body::Record("pending"),
             0o644,
         ),
-        // Fails on a variable nothing sets (field notes A.5, C) before anything is pulled.
         Step::run(
             Phase::Upload,
             "docker compose config",
@@ -70,39 +82,47 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
             Output::ComposeModel,
             QUICK,
         ),
-    ];
+    ]
+}
+
+/// The registry login (when berth pushed), the pull, then the pins of what compose names
+/// by tag, so the release can be restored exactly later; the record names every pin
+/// before anything runs from them.
+fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
+    let id = spec.id.as_str();
+    let file = |name, file, body| release_file(layout, id, Phase::Pull, name, file, body, 0o644);
     let pull = layout.compose(id, &["pull", "--quiet", "--ignore-buildable"]);
-    let pull = match &spec.registry {
-        None => Step::run(
+    let mut steps = Vec::new();
+    match &spec.registry {
+        None => steps.push(Step::run(
             Phase::Pull,
             "docker compose pull",
             pull,
             Output::Streamed,
             LONG,
-        ),
+        )),
         Some(login) => {
-            let config = docker_config;
-            let cmd = remote::registry_login(&login.server, &login.username, config);
+            let cmd = remote::registry_login(&login.server, &login.username, docker_config);
             steps.push(
                 Step::run(Phase::Pull, "docker login", cmd, Output::Quiet, QUICK)
                     .stdin(login.password.clone()),
             );
             // The pull removes the login config when it ends; if it never ran to its end
             // (connection lost, timeout), the credential must not stay on the host.
-            let pull = remote::with_docker_config(pull, config);
-            Step::run(
-                Phase::Pull,
-                "docker compose pull",
-                pull,
-                Output::Streamed,
-                LONG,
-            )
-            .undo(Undo::Cleanup(remote::remove_docker_config(config)))
+            let pull = remote::with_docker_config(pull, docker_config);
+            let cleanup = Undo::Cleanup(remote::remove_docker_config(docker_config));
+            steps.push(
+                Step::run(
+                    Phase::Pull,
+                    "docker compose pull",
+                    pull,
+                    Output::Streamed,
+                    LONG,
+                )
+                .undo(cleanup),
+            );
         }
-    };
-    steps.push(pull);
-    // Services berth did not build are pinned to what was just pulled, so the release
-    // can be restored exactly later; the record names every pin before anything runs.
+    }
     let pin = remote::repo_digests(&[]);
     steps.extend([
         Step::run(
@@ -112,37 +132,31 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
             Output::PinByTag,
             QUICK,
         ),
-        upload(
-            Phase::Pull,
-            "digest pins",
-            file(remote::OVERRIDE_FILE),
-            Body::Pins,
-            0o644,
-        ),
-        upload(
-            Phase::Pull,
+        file("digest pins", remote::OVERRIDE_FILE, Body::Pins),
+        file(
             "release record",
-            file(remote::RECORD_FILE),
+            remote::RECORD_FILE,
             Body::Record("pending"),
-            0o644,
         ),
     ]);
-    if let Some(pd) = &spec.pre_deploy {
-        // Named, so that it can be removed when stopped: a `compose run` container
-        // outlives its client (a cancelled run, a lost connection, the timeout).
-        let name = format!("{}-pre-deploy-{id}", layout.project);
-        let mut tail = vec!["run", "--rm", "-T", "--name", name.as_str()];
-        tail.push(pd.service.as_str());
-        tail.extend(pd.argv.iter().map(String::as_str));
-        let cmd = layout.compose(id, &tail);
-        let bound = spec.pre_deploy_timeout;
-        steps.push(
-            Step::run(Phase::PreDeploy, "pre-deploy", cmd, Output::Streamed, bound)
-                .undo(Undo::Cleanup(remote::remove_container(&name))),
-        );
-    }
-    steps.extend(activation_steps(layout, id, "docker compose up"));
     steps
+}
+
+/// The one-shot, named so that it can be removed when stopped: a `compose run` container
+/// outlives its client (a cancelled run, a lost connection, `pre-deploy-timeout`).
+fn pre_deploy_step(layout: &Layout, spec: &ReleaseSpec) -> Option<Step> {
+    let pd = spec.pre_deploy.as_ref()?;
+    let id = spec.id.as_str();
+    let name = format!("{}-pre-deploy-{id}", layout.project);
+    let mut tail = vec!["run", "--rm", "-T", "--name", name.as_str()];
+    tail.push(pd.service.as_str());
+    tail.extend(pd.argv.iter().map(String::as_str));
+    let cmd = layout.compose(id, &tail);
+    let bound = spec.pre_deploy_timeout;
+    Some(
+        Step::run(Phase::PreDeploy, "pre-deploy", cmd, Output::Streamed, bound)
+            .undo(Undo::Cleanup(remote::remove_container(&name))),
+    )
 }
 
 /// `up` of release `id`, then `current` switched to it: a deploy's last steps, and a

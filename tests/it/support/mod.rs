@@ -163,7 +163,11 @@ impl Berth {
     }
 
     pub fn run(&self) -> Run {
-        let out = self.command().output().expect("run berth");
+        self.finished(self.command().output().expect("run berth"))
+    }
+
+    /// The run of a [`Berth::command`] that has ended, with its outputs and summary.
+    pub fn finished(&self, out: std::process::Output) -> Run {
         let read = |p: &str| std::fs::read_to_string(self.dir.path().join(p)).unwrap_or_default();
         Run {
             code: out.status.code().unwrap_or(-1),
