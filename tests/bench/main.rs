@@ -239,6 +239,54 @@ fn limit(stage: &Stage, dir: &std::path::Path) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// The limit for a fleet: on every host at once, one `ssh host 'pull && up'` of `compose`
+/// (berth's containers removed first: they hold the app port), then a 50 ms curl loop on
+/// that host until healthy. Seconds until every host is.
+fn fleet_limit(fleet: &Fleet, compose: &str) -> f64 {
+    for h in &fleet.hosts {
+        let dir = h.deploy_dir.join("limit");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("docker-compose.yml"), compose).unwrap();
+        std::fs::write(dir.join(".env"), "GREETING=hello\n").unwrap();
+        for project in [
+            format!("{}-{}", fleet.project, h.tag),
+            format!("limit-{}", h.tag),
+        ] {
+            reset(&project);
+        }
+    }
+    let inside = fleet.shared_deploy_dir.join("limit");
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for h in &fleet.hosts {
+            let script = format!(
+                "ssh -i {key} -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@{ip} \
+                 'cd {dir} && docker compose -p limit pull -q && docker compose -p limit up -d --remove-orphans' >/dev/null 2>&1; \
+                 i=0; until curl -s http://{ip}:{app}/cgi-bin/health | grep -q '\"status\":\"healthy\"'; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.05; done",
+                key = fleet.user_key.private.display(),
+                port = fleet.ssh_port,
+                ip = h.ip,
+                dir = inside.display(),
+                app = fleet.app_port,
+            );
+            s.spawn(move || {
+                let ok = Command::new("sh")
+                    .arg("-c")
+                    .arg(script)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "the fleet limit run never became healthy");
+            });
+        }
+    });
+    let took = started.elapsed().as_secs_f64();
+    for h in &fleet.hosts {
+        reset(&format!("limit-{}", h.tag));
+    }
+    took
+}
+
 /// What one deploy sends to its host, counted from berth's debug log: SSH connections
 /// made, remote commands (each one round trip on the open session) and SFTP writes.
 fn round_trips(b: Berth) -> String {
@@ -497,7 +545,7 @@ fn main() {
     drop(stage);
 
     // 5. Several hosts.
-    md.push_str("\n## 5. Several hosts\n\nWall time of one deploy (pre-pushed images, pull + up + health on every host) to N hosts, each an sshd in its own namespace on the shared engine.\n\n| hosts | median s | ratio to 1 host | samples |\n|---|---:|---:|---|\n");
+    md.push_str("\n## 5. Several hosts\n\nWall time of one deploy (pre-pushed images, pull + up + health on every host) to N hosts, each an sshd in its own namespace on the shared engine; and the limit for N hosts: one `ssh host 'compose pull && compose up -d'` per host, all in parallel, each followed by a 50 ms curl loop on that host, until every host is healthy. berth/limit(N) separates berth's own serialisation from the shared engine's.\n\n| hosts | berth median s | ratio to 1 host | limit(N) median s | berth/limit(N) | samples berth / limit |\n|---|---:|---:|---:|---:|---|\n");
     let counts: Vec<usize> = if o.full { vec![1, 2, 4] } else { vec![1, 2] };
     let mut one = f64::NAN;
     let mut worst_hosts: f64 = 0.0;
@@ -523,6 +571,7 @@ fn main() {
             refs
         };
         let mut s = Vec::new();
+        let mut limit_compose = String::new();
         for _ in 0..o.runs {
             let b = fleet.berth(&App::new("fleet")).input("images", "");
             let c =
@@ -536,21 +585,30 @@ fn main() {
                     "image: shop/frontend",
                     &format!("image: {}", reg_stage_refs[1]),
                 );
-            std::fs::write(b.workspace().join("docker-compose.staging.yml"), c).unwrap();
+            std::fs::write(b.workspace().join("docker-compose.staging.yml"), &c).unwrap();
             let t = timed(&b, || {});
             assert_eq!(t.code, 0, "{}", t.stdout);
             s.push(t.total);
             std::thread::sleep(Duration::from_secs(1));
+            if limit_compose.is_empty() {
+                limit_compose = c;
+            }
         }
-        let m = median(&s);
+        let mut l = Vec::new();
+        for _ in 0..o.runs {
+            l.push(fleet_limit(&fleet, &limit_compose));
+        }
+        let (m, ml) = (median(&s), median(&l));
         if n == 1 {
             one = m;
         }
         worst_hosts = worst_hosts.max(m / one);
         md.push_str(&format!(
-            "| {n} | {m:.2} | {:.2}x | {} |\n",
+            "| {n} | {m:.2} | {:.2}x | {ml:.2} | {:.2}x | {} / {} |\n",
             m / one,
-            fmt(&s)
+            m / ml,
+            fmt(&s),
+            fmt(&l)
         ));
     }
     goals.push((
