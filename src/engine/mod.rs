@@ -431,6 +431,15 @@ impl<'a> Engine<'a> {
             let mut timings: Vec<(Phase, Duration)> = Vec::new();
             let mut result = Ok(());
             for step in &steps {
+                // A cancelled run starts no further step (not even one that cannot be
+                // cancelled once sent).
+                if crate::cancel::is_cancelled() {
+                    let host = t.state().name;
+                    let command = step.name.to_string();
+                    let stopped = crate::ssh::SshError::Cancelled { host, command };
+                    result = Err((step.phase, stopped.into()));
+                    break;
+                }
                 let started = Instant::now();
                 let r = t.run_step(&spec, step);
                 match timings.last_mut() {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::exec::LineBuffer;
 use super::{quote_argv, ExecOutput, HostSession, SshError};
 
-const AGENT: &str = r#"lock=$1 token=$2 pid= cleanup= watcher=
+const AGENT: &str = r#"lock=$1 token=$2 agent=$$ pid= cleanup= watcher=
 exec 3<&0 </dev/null
 decode() { printf '%bx' "${1#:}"; }
 stop_command() {
@@ -50,6 +50,8 @@ trap stop_command USR1
 ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
   while :; do
     sleep 15 & s=$!; wait "$s"
+    # An agent killed outright (KILL, OOM) must not leave its lock alive.
+    kill -0 "$agent" 2>/dev/null || exit 0
     [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && touch "$lock/heartbeat"
   done ) >/dev/null 2>&1 &
 beat=$!

@@ -135,7 +135,7 @@ impl Step {
             Action::Upload { path, body, mode } => {
                 let what = match body {
                     Body::Text(what, text) => format!("{what}, {} bytes", text.len()),
-                    Body::Secret(s) => format!("{} bytes, redacted", s.expose().len()),
+                    Body::Secret(_) => "redacted".into(),
                     Body::Pins => "digest pins".into(),
                     Body::Record(outcome) => format!("release record, outcome `{outcome}`"),
                 };

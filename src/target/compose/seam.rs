@@ -41,6 +41,7 @@ impl Target for ComposeHost {
                     ));
                     return Ok(());
                 }
+                Err(e @ ReleaseError::LockLost { .. }) => return Err(e),
                 Err(e) if started.elapsed() > RECONNECT_FOR => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_secs(1)),
             }

@@ -105,7 +105,8 @@ fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<S
             let cmd = remote::registry_login(&login.server, &login.username, docker_config);
             steps.push(
                 Step::run(Phase::Pull, "docker login", cmd, Output::Quiet, QUICK)
-                    .stdin(login.password.clone()),
+                    .stdin(login.password.clone())
+                    .undo(Undo::Cleanup(remote::remove_docker_config(docker_config))),
             );
             // The pull removes the login config when it ends; if it never ran to its end
             // (connection lost, timeout), the credential must not stay on the host.
