@@ -404,14 +404,7 @@ impl<'a> Engine<'a> {
                 Ok(Outcome::Deployed)
             }
             Err(fault) => {
-                if fault.phase() == Phase::Health {
-                    report.record(
-                        Phase::Health,
-                        health_started.elapsed(),
-                        PhaseResult::Failed(fault.to_string()),
-                    );
-                }
-                report.health = fault.health_record();
+                verdict::record_unproven(report, &fault, health_started);
                 Err(self.fail_and_restore(hosts, report, fault).await)
             }
         }

@@ -244,14 +244,7 @@ impl Engine<'_> {
                 Ok(Outcome::RolledBack)
             }
             Err(fault) => {
-                if fault.phase() == Phase::Health {
-                    report.record(
-                        Phase::Health,
-                        health_started.elapsed(),
-                        PhaseResult::Failed(fault.to_string()),
-                    );
-                }
-                report.health = fault.health_record();
+                super::verdict::record_unproven(report, &fault, health_started);
                 report.diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
                 Err(fault)
             }

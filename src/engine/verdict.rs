@@ -139,6 +139,19 @@ impl Engine<'_> {
     }
 }
 
+/// A verdict that failed: a health failure gets its row in the phase table, and the
+/// health record (if a probe ran) goes into the report.
+pub(super) fn record_unproven(report: &mut Report, fault: &Fault, health_started: Instant) {
+    if fault.phase() == Phase::Health {
+        report.record(
+            Phase::Health,
+            health_started.elapsed(),
+            PhaseResult::Failed(fault.to_string()),
+        );
+    }
+    report.health = fault.health_record();
+}
+
 /// Looks at every host each [`CRASH_WATCH_EVERY`] until one has a failing workload (a
 /// crash loop) or cannot be asked; never returns otherwise.
 async fn crash_watch(hosts: &[Host], started: Instant) -> Fault {

@@ -633,12 +633,7 @@ fn a_cancelled_run_releases_its_lock() {
     // The migration does not outlive the run: its container is gone within 2 s, so the
     // next deploy can never race it.
     std::thread::sleep(Duration::from_secs(2));
-    let left = sh(Command::new("docker").args([
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("name={}-pre-deploy", stage.project),
-    ]));
+    let left = pre_deploy_containers(&stage);
     assert!(
         left.trim().is_empty(),
         "a pre-deploy container survived: {left}"
@@ -666,12 +661,7 @@ fn a_pre_deploy_past_its_timeout_is_stopped_and_nothing_is_switched() {
         run.stdout
     );
     assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
-    let left = sh(Command::new("docker").args([
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("name={}-pre-deploy", stage.project),
-    ]));
+    let left = pre_deploy_containers(&stage);
     assert!(
         left.trim().is_empty(),
         "the timed-out pre-deploy survived: {left}"
@@ -737,4 +727,14 @@ fn run_cutting_the_session_when(
         );
         run
     })
+}
+
+/// The ids of the project's pre-deploy containers, running or not.
+fn pre_deploy_containers(stage: &Stage) -> String {
+    sh(Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("name={}-pre-deploy", stage.project),
+    ]))
 }
