@@ -58,11 +58,11 @@ pub enum Fault {
     CrashLoop(String),
     /// Cancelled during `phase`: what ran on the hosts was stopped, and an unproven
     /// release restored. Without a phase, the time ran out: only the locks were released.
-    #[error("{}", cancelled_message(signal, phase, *released))]
+    #[error("{}", cancelled_message(signal, phase, released))]
     Cancelled {
         signal: &'static str,
         phase: Option<Phase>,
-        released: usize,
+        released: crate::target::LastResort,
     },
 }
 
@@ -85,7 +85,7 @@ impl Fault {
         Fault::Cancelled {
             signal: crate::cancel::signal().unwrap_or("a signal"),
             phase: Some(phase),
-            released: 0,
+            released: Default::default(),
         }
     }
 
@@ -147,15 +147,29 @@ impl Fault {
     }
 }
 
-fn cancelled_message(signal: &str, phase: &Option<Phase>, released: usize) -> String {
+fn cancelled_message(
+    signal: &str,
+    phase: &Option<Phase>,
+    released: &crate::target::LastResort,
+) -> String {
     match phase {
         Some(p) => format!(
             "berth received {signal} (the run was cancelled) during {}. What ran on the hosts was stopped, one-off containers included.",
             p.label()
         ),
-        None => format!(
-            "berth received {signal} (the run was cancelled) and released {released} deploy lock(s). A host may have been mid-deploy: check `docker compose ps` there, or re-run berth, which restores a consistent release."
-        ),
+        None => {
+            let mut m = format!(
+                "berth received {signal} (the run was cancelled) and released {} deploy lock(s). A host may have been mid-deploy: check `docker compose ps` there, or re-run berth, which restores a consistent release.",
+                released.released
+            );
+            if !released.restoring.is_empty() {
+                m.push_str(&format!(
+                    " A restore of the previous release was still running on {}: it runs to its end on the host, then the lock is marked abandoned, so the next deploy takes it at once.",
+                    released.restoring.join(", ")
+                ));
+            }
+            m
+        }
     }
 }
 

@@ -170,7 +170,7 @@ async fn shutdown_signal() -> &'static str {
 async fn cancelled(signal: &'static str) -> report::Report {
     let released = tokio::task::spawn_blocking(target::release_held_locks)
         .await
-        .unwrap_or(0);
+        .unwrap_or_default();
     let mut report = report::Report::default();
     pipeline::conclude(
         &mut report,

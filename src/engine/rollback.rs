@@ -10,8 +10,9 @@ use crate::target::{HostState, ReleaseError};
 use crate::workflow::{Annotation, Level};
 
 impl Engine<'_> {
-    /// The one rollback path: collect diagnostics, then restore the newest release proven
-    /// healthy on every host whose containers may have changed, and prove it healthy.
+    /// The one rollback path: collect diagnostics (after the restore when the run was
+    /// cancelled, as time is short), then restore the newest release proven healthy on
+    /// every host whose containers may have changed, and prove it healthy.
     /// What happened goes into the report; the fault is handed back as the root cause.
     pub(super) async fn fail_and_restore(
         &self,
@@ -25,26 +26,51 @@ impl Engine<'_> {
             t.ensure_connected().map_err(|e| format!("{name}: {e}"))
         })
         .await;
-        for e in reconnected.into_iter().filter_map(Result::err) {
-            report.warn("berth: host unreachable after a lost connection", e);
+        // A host whose lock another deploy took meanwhile is that deploy's now: nothing
+        // of this run's is recorded or restored there.
+        let all = states(hosts).await;
+        for (r, s) in reconnected.into_iter().zip(&all) {
+            if s.lock_lost {
+                report.warn(
+                    "berth: deploy lock taken while disconnected",
+                    format!("Another deploy took the deploy lock on {} while berth's connection was down, so berth left that host to it: no restore and no record there. Check what runs on it.", s.name),
+                );
+            } else if let Err(e) = r {
+                report.warn("berth: host unreachable after a lost connection", e);
+            }
         }
-        let diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
-        report.excerpt = telling_lines(&diagnostics, 5);
-        report.diagnostics = diagnostics;
+        let (ours, our_states): (Vec<Host>, Vec<HostState>) = hosts
+            .iter()
+            .cloned()
+            .zip(all)
+            .filter(|(_, s)| !s.lock_lost)
+            .unzip();
+        let hosts = ours.as_slice();
+        // A cancelled run has seconds left: the restore goes first, the logs after it.
+        let cancelled = crate::cancel::is_cancelled();
+        if !cancelled {
+            self.diagnose(hosts, report).await;
+        }
         // The failed release says so at once, whatever the restore does next.
         self.mark(hosts, "failed", report).await;
 
         let (touched, touched_states): (Vec<Host>, Vec<HostState>) = hosts
             .iter()
             .cloned()
-            .zip(states(hosts).await)
+            .zip(our_states)
             .filter(|(_, s)| s.touched)
             .unzip();
         if let Some(why) = self.nothing_to_restore(&touched_states) {
             report.record(Phase::Rollback, Duration::ZERO, PhaseResult::Skipped(why));
+            if cancelled {
+                self.diagnose(hosts, report).await;
+            }
             return fault;
         }
         let rb = self.restore(&touched, &touched_states, report).await;
+        if cancelled {
+            self.diagnose(hosts, report).await;
+        }
         if rb.healthy {
             self.mark(&touched, "rolled-back", report).await;
             report.record(
@@ -67,6 +93,13 @@ impl Engine<'_> {
         }
         report.rollback = Some(rb);
         fault
+    }
+
+    /// The failing containers' states and logs, for the report.
+    async fn diagnose(&self, hosts: &[Host], report: &mut Report) {
+        let diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
+        report.excerpt = telling_lines(&diagnostics, 5);
+        report.diagnostics = diagnostics;
     }
 
     /// Why nothing is restored, if so: no host was touched, `rollback: off`, or a touched

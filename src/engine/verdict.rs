@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::hosts::{on_all, states, Host};
+use super::hosts::{on_all, Host};
 use super::Engine;
 use crate::failure::{Fault, HostStep};
 use crate::health::{HealthProbe, HealthRecord};
@@ -58,7 +58,9 @@ impl Engine<'_> {
         started: Instant,
         restoring: bool,
     ) -> Result<HealthRecord, Fault> {
-        let specs: Vec<_> = states(hosts).await.into_iter().map(|h| h.spec).collect();
+        // From the engine, not the hosts: a host's thread may be busy verifying, and the
+        // probe must not wait for it.
+        let specs: Vec<_> = self.accesses.iter().map(|a| a.spec.clone()).collect();
         let urls = self.cfg.health.urls(&specs);
         if urls.is_empty() {
             return Ok(HealthRecord {

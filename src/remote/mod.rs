@@ -109,13 +109,16 @@ impl Layout {
         ])
     }
 
-    /// After a reconnect: the lock is this run's again (its session's `abandoned` mark is
-    /// withdrawn) if nobody took it meanwhile. Exits 0 if it is ours, 3 if it is not.
+    /// After a reconnect: the lock is this run's again if nobody took it meanwhile. Under
+    /// the takeover mutex: the new session becomes the lock's, its `abandoned` mark is
+    /// withdrawn, and the session that held it before, if it still runs (a connection
+    /// that died silently), is stopped, so it neither runs on beside this one nor marks
+    /// the lock abandoned later. Exits 0 if the lock is ours, 3 if it is not.
     pub fn lock_reclaim(&self, token: &str) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            r#"[ "$(cat "$1/token" 2>/dev/null)" = "$2" ] || exit 3; rm -f "$1/abandoned""#.into(),
+            format!("{LOCK_MUTEX}{RECLAIM_SCRIPT}"),
             "sh".into(),
             self.lock_dir(),
             token.into(),
@@ -135,13 +138,15 @@ impl Layout {
     }
 
     /// Before anything is pushed: is Compose there, can the deploy dir be written (or
-    /// made), how much room is there, and who holds the lock. One round trip, no change.
+    /// made), how much room is there, and who holds the lock. One round trip, no change;
+    /// the two docker CLI starts run side by side (each line is one write, so whole).
     pub fn preflight(&self) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            r#"if v=$(docker compose version --short 2>&1); then echo "compose $v"; else echo "compose-missing $(echo "$v" | head -n 1)"; fi
-if r=$(docker info --format '{{.DockerRootDir}}' 2>&1); then echo "docker-root $r"; echo "docker-free-kb $(df -Pk "$r" 2>/dev/null | awk 'NR==2 {print $4}')"; else echo "docker-missing $(echo "$r" | head -n 1)"; fi
+            r#"{ if r=$(docker info --format '{{.DockerRootDir}}' 2>&1); then echo "docker-root $r"; echo "docker-free-kb $(df -Pk "$r" 2>/dev/null | awk 'NR==2 {print $4}')"; else echo "docker-missing $(echo "$r" | head -n 1)"; fi; } &
+if v=$(docker compose version --short 2>&1); then echo "compose $v"; else echo "compose-missing $(echo "$v" | head -n 1)"; fi
+wait
 d="$1"; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
 if [ -d "$d" ] && [ -w "$d" ]; then echo "writable $d"; else echo "not-writable $d"; fi
 for x in "$1/.berth" "$1/.berth/releases"; do if [ -e "$x" ] && [ ! -w "$x" ]; then echo "not-writable $x"; fi; done
@@ -192,7 +197,9 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            r#"[ "$(cat "$1/token" 2>/dev/null)" = "$2" ] && rm -rf "$1"; true"#.into(),
+            format!(
+                r#"{LOCK_MUTEX}[ "$(cat "$l/token" 2>/dev/null)" = "$2" ] && rm -rf "$l"; true"#
+            ),
             "sh".into(),
             self.lock_dir(),
             token.into(),
@@ -353,11 +360,31 @@ const CONTAINERS_SCRIPT: &str = r#"ids=$(docker ps -aq --filter "label=com.docke
 /// `lock_acquire`'s exit status when another deploy holds the lock.
 pub const LOCK_HELD: i32 = 3;
 
+/// The takeover mutex for a lock dir `$1`, held until the script exits: who changes a
+/// held lock (reclaim, release, takeover) does so under it. A mark older than a minute
+/// was left by a killed script and no longer counts. Waits up to 5 s, then exits 4.
+const LOCK_MUTEX: &str = r#"l=$1 m="$1.takeover"
+find "$m" -maxdepth 0 -mmin +1 -exec rmdir {} \; 2>/dev/null
+i=0; until mkdir "$m" 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || { echo "the lock's takeover mutex $m stays taken" >&2; exit 4; }; sleep 0.05; done
+trap 'rmdir "$m"' EXIT
+"#;
+
+/// See [`Layout::lock_reclaim`], after [`LOCK_MUTEX`]: $1 lock dir, $2 token.
+const RECLAIM_SCRIPT: &str = r#"[ "$(cat "$l/token" 2>/dev/null)" = "$2" ] || exit 3
+old=$(cat "$l/session" 2>/dev/null)
+printf '%s %s\n' "${BERTH_SESSION:-}" "${BERTH_AGENT:-}" > "$l/session" && rm -f "$l/abandoned" || exit 2
+set -- $old
+if [ -n "$2" ] && [ "$1" != "${BERTH_SESSION:-}" ] && tr '\0' ' ' < "/proc/$2/cmdline" 2>/dev/null | grep -q "berth-agent.* $1"; then
+  kill -TERM "$2" 2>/dev/null
+  i=0; while kill -0 "$2" 2>/dev/null && ! grep -q '^[^)]*) Z' "/proc/$2/stat" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+fi
+exit 0"#;
+
 /// See [`Layout::lock_acquire`]: $1 releases dir, $2 lock dir, $3 token, $4 holder
 /// record, $5 stale after (seconds).
 const LOCK_SCRIPT: &str = r#"l=$2 token=$3 holder=$4 stale=$5
 mkdir -p -m 0700 "$1" || exit 2
-take() { e=$(mkdir "$l" 2>&1) && printf '%s\n' "$token" > "$l/token" && printf '%s\n' "$holder" > "$l/holder.json" && touch "$l/heartbeat"; }
+take() { e=$(mkdir "$l" 2>&1) && printf '%s\n' "$token" > "$l/token" && printf '%s\n' "$holder" > "$l/holder.json" && printf '%s %s\n' "${BERTH_SESSION:-}" "${BERTH_AGENT:-}" > "$l/session" && touch "$l/heartbeat"; }
 take && { echo taken; exit 0; }
 # Not a dir: gone between the two looks (a takeover under way), or in the way (an error).
 [ -d "$l" ] || { take && { echo taken; exit 0; }; [ -d "$l" ] || { echo "$e" >&2; exit 2; }; }

@@ -353,7 +353,6 @@ fn racing_takeovers_leave_exactly_one_holder() {
         project: "shop".into(),
     };
     let lock = std::path::PathBuf::from(layout.lock_dir());
-    let holder = |t: &str| format!("{{\"token\":\"{t}\"}}");
     let take_by = |tokens: &[String]| -> Vec<i32> {
         let children: Vec<_> = tokens
             .iter()
@@ -422,4 +421,92 @@ fn racing_takeovers_leave_exactly_one_holder() {
     assert!(lock.exists());
     run_here(&layout.lock_release("live"));
     assert!(!lock.exists());
+}
+
+#[test]
+fn a_reclaim_takes_the_session_over_and_stops_the_one_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        deploy_dir: tmp.path().display().to_string(),
+        project: "shop".into(),
+    };
+    let lock = tmp.path().join(".berth/lock");
+    let env = |cmd: &Cmd, session: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(quote_argv(&cmd.0))
+            .env("BERTH_SESSION", session)
+            .env("BERTH_AGENT", "4242")
+            .output()
+            .unwrap();
+        out.status.code().unwrap_or(-1)
+    };
+    assert_eq!(
+        env(&layout.lock_acquire("tok", &holder("tok"), 90), "s1"),
+        0
+    );
+    assert_eq!(
+        std::fs::read_to_string(lock.join("session")).unwrap(),
+        "s1 4242\n"
+    );
+    // The session before, still running (its connection died silently): stopped.
+    let mut old = std::process::Command::new("sh")
+        .args(["-c", "sleep 30", "berth-agent", "lock", "tok", "s1"])
+        .spawn()
+        .unwrap();
+    std::fs::write(lock.join("session"), format!("s1 {}\n", old.id())).unwrap();
+    std::fs::write(lock.join("abandoned"), "").unwrap();
+    assert_eq!(env(&layout.lock_reclaim("tok"), "s2"), 0);
+    assert!(!lock.join("abandoned").exists());
+    assert_eq!(
+        std::fs::read_to_string(lock.join("session")).unwrap(),
+        "s2 4242\n"
+    );
+    let stopped = old.try_wait().unwrap();
+    assert!(stopped.is_some(), "the old session still runs");
+    // A process that is not that session's agent is never signalled.
+    let mut other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::write(lock.join("session"), format!("s2 {}\n", other.id())).unwrap();
+    assert_eq!(env(&layout.lock_reclaim("tok"), "s3"), 0);
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "an unrelated process was killed"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+#[test]
+fn a_release_waits_for_a_takeover_under_way_and_never_removes_a_lock_not_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        deploy_dir: tmp.path().display().to_string(),
+        project: "shop".into(),
+    };
+    let lock = tmp.path().join(".berth/lock");
+    assert_eq!(run_here(&layout.lock_acquire("a", &holder("a"), 90)).0, 0);
+    // A takeover holds the mutex: the release waits; meanwhile the lock changes hands.
+    let mutex = tmp.path().join(".berth/lock.takeover");
+    std::fs::create_dir(&mutex).unwrap();
+    let release = std::thread::spawn({
+        let cmd = layout.lock_release("a");
+        move || run_here(&cmd)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !release.is_finished(),
+        "the release did not wait for the mutex"
+    );
+    std::fs::write(lock.join("token"), "b\n").unwrap();
+    std::fs::remove_dir(&mutex).unwrap();
+    assert_eq!(release.join().unwrap().0, 0);
+    assert!(lock.exists(), "the new holder's lock was removed");
+    assert!(!mutex.exists());
+}
+
+fn holder(token: &str) -> String {
+    format!("{{\"token\":\"{token}\"}}")
 }

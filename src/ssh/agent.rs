@@ -24,19 +24,26 @@ use std::time::{Duration, Instant};
 use super::exec::LineBuffer;
 use super::{quote_argv, ExecOutput, HostSession, SshError};
 
-const AGENT: &str = r#"lock=$1 token=$2 agent=$$ pid= cleanup= watcher=
+const AGENT: &str = r#"lock=$1 token=$2 sid=$3 agent=$$ pid= cleanup= keep= watcher=
+# What this session runs may take the lock: it records the session that holds it.
+export BERTH_SESSION="$sid" BERTH_AGENT=$$
 exec 3<&0 </dev/null
 decode() { printf '%bx' "${1#:}"; }
+# A child that exited is a zombie until waited for, and `kill -0` still finds it.
+alive() { kill -0 "$1" 2>/dev/null && ! grep -q '^[^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
 stop_command() {
   [ -n "$pid" ] || return 0
   kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
   [ -n "$cleanup" ] && sh -c "$cleanup" >/dev/null 2>&1
   # A command that ignores TERM gets 5 s.
-  i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  i=0; while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
   kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
 }
+# The lock is this session's: its token, and the session that took or reclaimed it last
+# (after a reconnect, an older session of the same run must not touch it).
+ours() { [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && read -r s _ < "$lock/session" 2>/dev/null && [ "$s" = "$sid" ]; }
 abandon() {
-  [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] || return 0
+  ours || return 0
   : > "$lock/abandoned"
   # What this run left pending was interrupted: the next run must not take it as proven.
   for f in "${lock%/lock}"/releases/*/release.json; do
@@ -44,7 +51,13 @@ abandon() {
   done
   return 0
 }
-finish() { stop_command; abandon; kill "$beat" 2>/dev/null; exit 0; }
+# A command that must not be cut half-way (a restore) runs to its end when berth is gone.
+finish() {
+  if [ -n "$keep" ] && [ -n "$pid" ]; then
+    while alive "$pid"; do wait "$pid" 2>/dev/null; done
+  else stop_command; fi
+  abandon; kill "$beat" 2>/dev/null; exit 0
+}
 trap finish TERM HUP INT
 trap stop_command USR1
 ( trap 'kill "$s" 2>/dev/null; exit 0' TERM
@@ -56,11 +69,12 @@ trap stop_command USR1
   done ) >/dev/null 2>&1 &
 beat=$!
 echo berth-agent-ready
-while IFS=' ' read -r id c in cl <&3; do
+while IFS=' ' read -r id c in cl k <&3; do
   [ -n "$c" ] || continue
   c=$(decode "$c"); c=${c%x}
   in=$(decode "$in"); in=${in%x}
   cleanup=$(decode "$cl"); cleanup=${cleanup%x}
+  keep=${k#:}
   if command -v setsid >/dev/null; then
     printf '%s' "$in" | setsid sh -c "$c" 3<&- &
   else
@@ -73,7 +87,7 @@ while IFS=' ' read -r id c in cl <&3; do
   while :; do wait "$pid"; s=$?; kill -0 "$pid" 2>/dev/null || break; done
   # KILL: a shell that inherited a TERM trap would go on reading (busybox does).
   kill -KILL "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
-  pid= cleanup=
+  pid= cleanup= keep=
   printf '\n%s %s\n' "$id" "$s"; printf '\n%s\n' "$id" >&2
 done
 finish
@@ -92,6 +106,8 @@ pub(super) struct Stop<'a> {
     pub cleanup: &'a str,
     pub timeout: Duration,
     pub cancel: Option<&'a AtomicBool>,
+    /// Runs to its end on the host even if the session ends (a restore).
+    pub keep: bool,
 }
 
 /// The agent's channel, once started.
@@ -115,9 +131,10 @@ pub(super) fn escape(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// One request line.
-pub(super) fn request(id: &str, command: &str, stdin: &[u8], cleanup: &str) -> Vec<u8> {
+pub(super) fn request(id: &str, command: &str, stdin: &[u8], cleanup: &str, keep: bool) -> Vec<u8> {
     let mut line = id.as_bytes().to_vec();
-    for field in [command.as_bytes(), stdin, cleanup.as_bytes()] {
+    let keep: &[u8] = if keep { b"1" } else { b"" };
+    for field in [command.as_bytes(), stdin, cleanup.as_bytes(), keep] {
         line.push(b' ');
         line.extend(escape(field));
     }
@@ -125,8 +142,8 @@ pub(super) fn request(id: &str, command: &str, stdin: &[u8], cleanup: &str) -> V
     line
 }
 
-/// The agent's argv: its script and the lock it keeps alive.
-pub(super) fn agent_command(lock_dir: &str, token: &str) -> String {
+/// The agent's argv: its script, the lock it keeps alive, and its session id.
+pub(super) fn agent_command(lock_dir: &str, token: &str, session: &str) -> String {
     quote_argv(&[
         "sh".into(),
         "-c".into(),
@@ -134,6 +151,7 @@ pub(super) fn agent_command(lock_dir: &str, token: &str) -> String {
         "berth-agent".into(),
         lock_dir.into(),
         token.into(),
+        session.into(),
     ])
 }
 
@@ -195,7 +213,11 @@ impl HostSession {
             .channel_session()
             .map_err(self.channel_error("starting the remote session"))?;
         channel
-            .exec(&agent_command(lock_dir, token))
+            .exec(&agent_command(
+                lock_dir,
+                token,
+                &format!("{:016x}", rand::random::<u64>()),
+            ))
             .map_err(self.channel_error("starting the remote session"))?;
         let mut seen = Vec::new();
         let mut buf = [0u8; 256];
@@ -233,9 +255,10 @@ impl HostSession {
             cleanup,
             timeout,
             cancel,
+            keep,
         } = *stop;
         let id = format!("berth-end-{:032x}", rand::random::<u128>());
-        let line = request(&id, command, stdin.unwrap_or_default(), cleanup);
+        let line = request(&id, command, stdin.unwrap_or_default(), cleanup, keep);
         agent
             .channel
             .write_all(&line)
@@ -347,11 +370,13 @@ mod tests {
         let lock = dir.path().join("lock");
         std::fs::create_dir(&lock).unwrap();
         std::fs::write(lock.join("token"), "tok\n").unwrap();
+        std::fs::write(lock.join("session"), "sid1 123\n").unwrap();
         let mut child = std::process::Command::new(shell[0])
             .args(&shell[1..])
             .args(["-c", AGENT, "berth-agent"])
             .arg(&lock)
             .arg("tok")
+            .arg("sid1")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -392,7 +417,7 @@ mod tests {
         ]);
         // One request per agent: a second line written while the first command runs
         // would stop it (berth writes the next request only after the end marker).
-        let input = request("id1", &cmd, b"in 1\n\\ \t2", "");
+        let input = request("id1", &cmd, b"in 1\n\\ \t2", "", false);
         for shell in [&["dash"][..], &["bash"], &["busybox", "sh"]] {
             let out = agent_here(shell, "id1", &input);
             let out = out.strip_prefix("berth-agent-ready\n").unwrap();
@@ -404,7 +429,7 @@ mod tests {
                 "a b|tab\there|new\nline|back\\slash \\0101|ünïcode|\nin 1\n\\ \t2no newline\n",
                 "{shell:?}"
             );
-            let out = agent_here(shell, "id2", &request("id2", "exit 7", b"", ""));
+            let out = agent_here(shell, "id2", &request("id2", "exit 7", b"", "", false));
             assert!(out.contains("\nid2 7\n"), "{shell:?}: {out}");
         }
     }
@@ -418,5 +443,83 @@ mod tests {
         });
         assert_eq!(m.end.as_deref(), Some("3"));
         assert_eq!(m.text(&mut |_| {}), "id1 0 forged\nline\n\n");
+    }
+
+    /// The agent under `shell`, started here as berth starts it (session `sid1`), with
+    /// its lock dir; the lock names `session` as its session.
+    fn spawn_agent(shell: &[&str], session: &str) -> (std::process::Child, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("lock");
+        std::fs::create_dir(&lock).unwrap();
+        std::fs::write(lock.join("token"), "tok\n").unwrap();
+        std::fs::write(lock.join("session"), format!("{session} 1\n")).unwrap();
+        let mut child = std::process::Command::new(shell[0])
+            .args(&shell[1..])
+            .args(["-c", AGENT, "berth-agent"])
+            .arg(&lock)
+            .args(["tok", "sid1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut ready = [0u8; 18];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
+        (child, dir)
+    }
+
+    fn exits_within(child: &mut std::process::Child, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    #[test]
+    fn a_superseded_session_ends_without_touching_the_lock_and_term_ends_an_idle_one() {
+        for shell in [&["dash"][..], &["bash"], &["busybox", "sh"]] {
+            // The lock names a newer session (a reconnect): this one's end leaves it be.
+            let (mut agent, dir) = spawn_agent(shell, "sid2");
+            drop(agent.stdin.take());
+            assert!(exits_within(&mut agent, 5), "{shell:?}");
+            assert!(!dir.path().join("lock/abandoned").exists(), "{shell:?}");
+            // TERM while idle (a reclaim stopping it): it ends, and abandons its own lock.
+            let (mut agent, dir) = spawn_agent(shell, "sid1");
+            std::thread::sleep(Duration::from_millis(200));
+            let pid = agent.id().to_string();
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+            assert!(
+                exits_within(&mut agent, 5),
+                "{shell:?}: TERM did not end it"
+            );
+            assert!(dir.path().join("lock/abandoned").exists(), "{shell:?}");
+        }
+    }
+
+    #[test]
+    fn at_the_end_of_the_session_a_kept_command_runs_to_its_end_and_others_stop() {
+        for shell in [&["dash"][..], &["bash"], &["busybox", "sh"]] {
+            for keep in [true, false] {
+                let (mut agent, dir) = spawn_agent(shell, "sid1");
+                let done = dir.path().join("done");
+                let cmd = format!("sleep 1; touch '{}'", done.display());
+                let mut stdin = agent.stdin.take().unwrap();
+                stdin
+                    .write_all(&request("id1", &cmd, b"", "", keep))
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                drop(stdin);
+                assert!(exits_within(&mut agent, 10), "{shell:?}");
+                assert_eq!(done.exists(), keep, "{shell:?} keep={keep}");
+                assert!(dir.path().join("lock/abandoned").exists(), "{shell:?}");
+            }
+        }
     }
 }

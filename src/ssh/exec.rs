@@ -6,6 +6,17 @@ use std::time::{Duration, Instant};
 
 use super::{quote_argv, ExecOutput, HostSession, SshError};
 
+/// How a command of the remote session is supervised, beyond its timeout.
+#[derive(Clone, Copy, Default)]
+pub struct Supervision<'a> {
+    /// Run on the host when the command is stopped or its session ends.
+    pub cleanup: Option<&'a crate::remote::Cmd>,
+    /// Stops the command when set (the run was cancelled).
+    pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
+    /// Runs to its end on the host even if the session ends (a restore).
+    pub keep: bool,
+}
+
 impl HostSession {
     /// Runs one argv; the only place berth turns an argv into a remote command line.
     pub fn run(
@@ -15,30 +26,30 @@ impl HostSession {
         timeout: Duration,
         on_line: impl FnMut(&str),
     ) -> Result<ExecOutput, SshError> {
-        self.run_supervised(cmd, stdin, None, timeout, None, on_line)
+        self.run_supervised(cmd, stdin, Supervision::default(), timeout, on_line)
     }
 
     /// Runs one argv, through the remote session when it is started (see `agent`):
-    /// stopped at `timeout` or when `cancel` is set, with `cleanup` run on the host then.
+    /// stopped at `timeout` or as `how` says.
     pub fn run_supervised(
         &self,
         cmd: &crate::remote::Cmd,
         stdin: Option<&[u8]>,
-        cleanup: Option<&crate::remote::Cmd>,
+        how: Supervision,
         timeout: Duration,
-        cancel: Option<&std::sync::atomic::AtomicBool>,
         on_line: impl FnMut(&str),
     ) -> Result<ExecOutput, SshError> {
         let started = Instant::now();
         let line = quote_argv(&cmd.0);
-        let cleanup = cleanup.map(|c| quote_argv(&c.0)).unwrap_or_default();
+        let cleanup = how.cleanup.map(|c| quote_argv(&c.0)).unwrap_or_default();
         let mut agent = self.agent.lock().unwrap_or_else(|e| e.into_inner());
         let out = match agent.as_mut() {
             Some(a) => {
                 let stop = super::agent::Stop {
                     cleanup: &cleanup,
                     timeout,
-                    cancel,
+                    cancel: how.cancel,
+                    keep: how.keep,
                 };
                 self.agent_exec(a, &line, stdin, &stop, on_line)
             }

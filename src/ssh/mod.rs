@@ -16,6 +16,7 @@ mod host_key;
 mod quote;
 mod upload;
 
+pub use exec::Supervision;
 use host_key::key_type_name;
 pub use host_key::{check_host_key, fingerprint, HostKeyInfo, HostTrust};
 pub use quote::{by_hand, quote_argv};

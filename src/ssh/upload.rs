@@ -179,10 +179,10 @@ impl HostSession {
             file.close().map_err(|e| self.upload_error(path, &e))?;
         }
         // SFTP v3 (OpenSSH) cannot rename over an existing file; rename(2) on the host can,
-        // atomically.
+        // atomically. Through the remote session, so it costs a `mv`, not a login shell.
         if sftp.rename(tmp_path, target, None).is_err() {
-            let mv = quote_argv(&["mv".into(), "-f".into(), tmp.clone(), path.into()]);
-            let out = self.exec(&mv, None, Duration::from_secs(30), |_| {})?;
+            let mv = crate::remote::Cmd::new(["mv", "-f", tmp.as_str(), path]);
+            let out = self.run(&mv, None, Duration::from_secs(30), |_| {})?;
             if out.status != 0 {
                 return Err(SshError::Io {
                     host: host.clone(),

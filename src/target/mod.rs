@@ -20,7 +20,7 @@ use crate::ssh::{Credentials, HostSession, HostTrust, SshError};
 pub mod compose;
 mod step;
 
-pub use compose::lock::{random_token, release_held_locks, LOCK_STALE_AFTER};
+pub use compose::lock::{random_token, release_held_locks, LastResort, LOCK_STALE_AFTER};
 pub use step::{phase_summaries, Action, Body, Output, Step, Undo};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -90,6 +90,9 @@ pub struct HostState {
     /// Where a rollback goes: the newest release proven healthy, as the records say.
     pub restore_target: Option<String>,
     pub slow_stops: Vec<String>,
+    /// Another deploy took the lock while this run was disconnected: berth leaves the
+    /// host to it (no record, no restore).
+    pub lock_lost: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

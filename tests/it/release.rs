@@ -394,7 +394,11 @@ fn a_stale_lock_is_taken_over_with_a_warning() {
 #[test]
 fn two_concurrent_deploys_run_one_after_the_other() {
     let stage = Stage::new();
-    let first = stage.berth(&App::new("v1"));
+    // The first holds the lock for a few seconds at least: its app is ready only 4 s
+    // after it starts.
+    let first = stage
+        .berth(&App::new("v1").start_delay(4))
+        .input("health-timeout", "60s");
     let second = stage.berth(&App::new("v2"));
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| (first.run(), std::time::Instant::now()));
@@ -737,4 +741,66 @@ fn pre_deploy_containers(stage: &Stage) -> String {
         "--filter",
         &format!("name={}-pre-deploy", stage.project),
     ]))
+}
+
+#[test]
+fn a_lock_taken_while_berth_was_disconnected_leaves_that_host_to_its_new_holder() {
+    let stage = Stage::new();
+    let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
+    let b = stage
+        .berth(&App::new("v2").mode("500"))
+        .input("health-timeout", "60s");
+    let lock = stage.deploy_dir.join(".berth/lock");
+    let sshd = stage.sshd.pid().to_string();
+    let taken = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while stage.current().is_none_or(|c| c == r1) {
+                assert!(std::time::Instant::now() < deadline, "v2 never switched in");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            // Cut berth's session, and hold its reconnect off (sshd stopped) until
+            // another deploy has taken the lock the session abandoned.
+            sh(Command::new("kill").args(["-STOP", &sshd]));
+            sh(Command::new("pkill").args(["-9", "-P", &sshd]));
+            while !lock.join("abandoned").exists() {
+                assert!(std::time::Instant::now() < deadline, "never abandoned");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let layout = berth::remote::Layout {
+                deploy_dir: stage.deploy_dir.display().to_string(),
+                project: stage.project.clone(),
+            };
+            let holder = r#"{"token":"other-deploy","actor":"someone-else"}"#;
+            let take = layout.lock_acquire("other-deploy", holder, 90);
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(berth::ssh::quote_argv(&take.0))
+                .output()
+                .unwrap();
+            sh(Command::new("kill").args(["-CONT", &sshd]));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        });
+        let run = b.run();
+        (run, other.join().unwrap())
+    });
+    let (run, took) = taken;
+    assert!(took.starts_with("took-over abandoned"), "{took}");
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("title=berth%3A deploy lock taken while disconnected::"),
+        "{}",
+        run.stdout
+    );
+    // The host is the other deploy's: its lock stands, and berth restored nothing there.
+    assert_eq!(
+        std::fs::read_to_string(lock.join("token")).unwrap().trim(),
+        "other-deploy"
+    );
+    assert!(!run.stdout.contains("(restore)"), "{}", run.stdout);
+    assert_ne!(stage.current().as_deref(), Some(r1.as_str()));
+    let v2 = stage.current().unwrap();
+    assert_eq!(stage.record(&v2)["outcome"], "interrupted");
 }

@@ -30,11 +30,12 @@ impl ComposeHost {
             match out.status {
                 0 => {
                     self.lock_token = Some(spec.holder.token.clone());
-                    held_locks().push((
-                        self.access.clone(),
-                        self.layout.clone(),
-                        spec.holder.token.clone(),
-                    ));
+                    held_locks().push(HeldLock {
+                        access: self.access.clone(),
+                        layout: self.layout.clone(),
+                        token: spec.holder.token.clone(),
+                        restoring: false,
+                    });
                     return Ok(self.took_over(&out.stdout));
                 }
                 remote::LOCK_HELD => {}
@@ -111,7 +112,7 @@ impl ComposeHost {
             self.quiet(&cmd, None, QUICK, false)?;
         }
         self.lock_token = None;
-        held_locks().retain(|(_, _, t)| t != &token);
+        forget(&self.access, &token);
         Ok(())
     }
 
@@ -124,7 +125,8 @@ impl ComposeHost {
         let out = self.quiet(&self.layout.lock_reclaim(&token), None, QUICK, false)?;
         if out.status != 0 {
             self.lock_token = None;
-            held_locks().retain(|(_, _, t)| t != &token);
+            self.lock_lost = true;
+            forget(&self.access, &token);
             return Err(ReleaseError::LockLost {
                 host: self.conn.name.clone(),
             });
@@ -149,7 +151,15 @@ impl ComposeHost {
     }
 }
 
-type HeldLock = (Access, Layout, String);
+/// A lock this process holds on a host, for the cancelled run's last resort.
+struct HeldLock {
+    access: Access,
+    layout: Layout,
+    token: String,
+    /// A restore runs on the host: it finishes there even if berth is gone, so its lock
+    /// must not be released under it.
+    restoring: bool,
+}
 
 static HELD_LOCKS: std::sync::Mutex<Vec<HeldLock>> = std::sync::Mutex::new(Vec::new());
 
@@ -157,29 +167,54 @@ fn held_locks() -> std::sync::MutexGuard<'static, Vec<HeldLock>> {
     HELD_LOCKS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Releases every lock this process holds, over fresh connections. For a cancelled run
-/// (SIGTERM/SIGINT), whose deploy threads cannot be interrupted.
-pub fn release_held_locks() -> usize {
+fn forget(access: &Access, token: &str) {
+    held_locks().retain(|h| !(h.token == token && h.access.spec == access.spec));
+}
+
+/// Marks whether a restore runs on the host of `access` under the lock `token`.
+pub(super) fn set_restoring(access: &Access, token: &str, restoring: bool) {
+    for h in held_locks().iter_mut() {
+        if h.token == token && h.access.spec == access.spec {
+            h.restoring = restoring;
+        }
+    }
+}
+
+/// What the cancelled run's last resort did: locks released, and hosts where a restore
+/// still runs (left to finish; its session then marks the lock abandoned).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LastResort {
+    pub released: usize,
+    pub restoring: Vec<String>,
+}
+
+/// Releases every lock this process holds, over fresh connections, except where a
+/// restore still runs. For a cancelled run (SIGTERM/SIGINT) whose grace ran out.
+pub fn release_held_locks() -> LastResort {
     let locks: Vec<HeldLock> = held_locks().drain(..).collect();
-    let mut released = 0;
-    for (access, layout, token) in locks {
-        if let Ok(conn) = access.connect() {
+    let mut done = LastResort::default();
+    for h in locks {
+        if h.restoring {
+            done.restoring.push(h.access.spec.to_string());
+            continue;
+        }
+        if let Ok(conn) = h.access.connect() {
             // Still under our lock: what this run left pending was interrupted.
             let _ = conn.run(
-                &layout.mark_interrupted(&token, &now_rfc3339()),
+                &h.layout.mark_interrupted(&h.token, &now_rfc3339()),
                 None,
                 QUICK,
                 |_| {},
             );
             if conn
-                .run(&layout.lock_release(&token), None, QUICK, |_| {})
+                .run(&h.layout.lock_release(&h.token), None, QUICK, |_| {})
                 .is_ok()
             {
-                released += 1;
+                done.released += 1;
             }
         }
     }
-    released
+    done
 }
 
 /// Holder record, heartbeat mtime and host clock, as printed by `Layout::lock_inspect`.

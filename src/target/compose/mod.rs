@@ -10,7 +10,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::remote::{self, Cmd, Layout, ReleaseRecord};
-use crate::ssh::{ExecOutput, HostSession};
+use crate::ssh::{ExecOutput, HostSession, Supervision};
 use crate::target::{Access, Action, Body, Output, ReleaseError, ReleaseSpec, Step, Undo};
 use crate::workflow::Runner;
 
@@ -30,6 +30,8 @@ pub struct ContainerState {
     pub service: String,
     pub name: String,
     pub image_id: String,
+    /// The reference the container was created from (`Config.Image`).
+    pub image_ref: String,
     pub status: String,
     pub exit_code: i64,
     pub restart_count: i64,
@@ -74,6 +76,10 @@ pub struct ComposeHost {
     /// The undo of the release step running now, if one is: it can be cancelled.
     running: Option<Undo>,
     lock_token: Option<String>,
+    /// A restore is running: its commands finish on the host even if berth is gone.
+    restoring: bool,
+    /// Another deploy took the lock while this run was disconnected: the host is its now.
+    pub lock_lost: bool,
 }
 
 impl ComposeHost {
@@ -111,6 +117,8 @@ impl ComposeHost {
             up_done: None,
             lock_token: None,
             running: None,
+            restoring: false,
+            lock_lost: false,
         })
     }
 
@@ -195,9 +203,14 @@ impl ComposeHost {
             Some(_) => (None, Some(crate::cancel::flag())),
             None => (None, None),
         };
+        let how = Supervision {
+            cleanup,
+            cancel,
+            keep: self.restoring,
+        };
         Ok(self
             .conn
-            .run_supervised(cmd, stdin, cleanup, timeout, cancel, on_line)?)
+            .run_supervised(cmd, stdin, how, timeout, on_line)?)
     }
 
     /// warnings (little space left).
@@ -441,12 +454,22 @@ impl ComposeHost {
             })?;
         self.pins = record.images;
         let steps = activation_steps(&self.layout, id, "docker compose up (restore)");
-        for step in &steps {
+        self.restoring = true;
+        lock::set_restoring(&self.access, &self.token, true);
+        let mut result = Ok(());
+        // `current` first: a restore that berth cannot see to its end (cancelled, killed)
+        // runs on to its end on the host, and `current` already names what it brings up.
+        for step in steps.iter().rev() {
             if let Action::Run { cmd, output, .. } = &step.action {
-                self.run_command(step, cmd, None, *output)?;
+                result = self.run_command(step, cmd, None, *output);
+                if result.is_err() {
+                    break;
+                }
             }
         }
-        Ok(())
+        self.restoring = false;
+        lock::set_restoring(&self.access, &self.token, false);
+        result
     }
 }
 

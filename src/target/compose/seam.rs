@@ -7,6 +7,18 @@ use crate::remote::Cmd;
 use crate::report::Diagnostics;
 use crate::target::{HostState, ReleaseError, ReleaseSpec, Step, Target};
 
+impl ComposeHost {
+    /// Nothing changes a host whose lock another deploy took while this run was away.
+    fn still_ours(&self) -> Result<(), ReleaseError> {
+        if self.lock_lost {
+            return Err(ReleaseError::LockLost {
+                host: self.conn.name.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Target for ComposeHost {
     fn state(&self) -> HostState {
         HostState {
@@ -19,6 +31,7 @@ impl Target for ComposeHost {
             activated_at: self.up_done,
             restore_target: self.restore_target(),
             slow_stops: self.slow_stops.clone(),
+            lock_lost: self.lock_lost,
         }
     }
     fn reconnect(&mut self) -> Result<(), ReleaseError> {
@@ -81,6 +94,7 @@ impl Target for ComposeHost {
         lines
     }
     fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
+        self.still_ours()?;
         self.execute(spec, step)
     }
     fn verify(&mut self) -> Result<(), ReleaseError> {
@@ -90,6 +104,7 @@ impl Target for ComposeHost {
         self.crash_watch()
     }
     fn activate(&mut self, id: &str) -> Result<(), ReleaseError> {
+        self.still_ours()?;
         self.reactivate(id)
     }
     fn recovery_command(&self, id: &str) -> String {
@@ -97,9 +112,11 @@ impl Target for ComposeHost {
         crate::ssh::by_hand(&self.access.spec, &up)
     }
     fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError> {
+        self.still_ours()?;
         self.write_record(spec, outcome)
     }
     fn prune(&mut self, spec: &ReleaseSpec) -> Result<Vec<String>, ReleaseError> {
+        self.still_ours()?;
         ComposeHost::prune(self, spec)
     }
     fn diagnostics(&mut self, lines: usize) -> Diagnostics {
@@ -112,6 +129,7 @@ impl Target for ComposeHost {
         ComposeHost::choose_rollback(self, wanted)
     }
     fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {
+        self.still_ours()?;
         ComposeHost::record_manual_rollback(self, restored)
     }
 }

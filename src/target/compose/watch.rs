@@ -22,21 +22,29 @@ impl ComposeHost {
         Ok(parse_containers(&out.stdout))
     }
 
-    /// Each running container must use exactly the pinned image (field notes A.4).
+    /// Each running container must use exactly the pinned image (field notes A.4). A
+    /// container created from the pin's own digest reference runs it (a digest names one
+    /// image); any other is checked by image id against the pin resolved on the host.
     pub fn verify(&mut self) -> Result<(), ReleaseError> {
-        let refs: Vec<String> = self.pins.values().cloned().collect();
-        let ids = self.step("resolve pins", &remote::image_ids(&refs), None, QUICK)?;
-        let expected: BTreeMap<String, String> = self
-            .pins
-            .keys()
-            .cloned()
-            .zip(ids.stdout.lines().map(|l| l.trim().to_string()))
+        let containers = self.containers()?;
+        let unproven: Vec<&ContainerState> = containers
+            .iter()
+            .filter(|c| !c.one_off)
+            .filter(|c| {
+                self.pins
+                    .get(&c.service)
+                    .is_some_and(|pin| pin != &c.image_ref && pin != &c.image_id)
+            })
             .collect();
         let mut mismatches = Vec::new();
-        let containers = self.containers()?;
-        for c in containers.iter().filter(|c| !c.one_off) {
-            if let Some(want) = expected.get(&c.service) {
-                if want != &c.image_id {
+        if !unproven.is_empty() {
+            let refs: Vec<String> = unproven
+                .iter()
+                .map(|c| self.pins[&c.service].clone())
+                .collect();
+            let ids = self.step("resolve pins", &remote::image_ids(&refs), None, QUICK)?;
+            for (c, want) in unproven.iter().zip(ids.stdout.lines().map(str::trim)) {
+                if want != c.image_id {
                     mismatches.push(format!(
                         "{} runs {} but {} is {}",
                         c.name,
@@ -196,6 +204,7 @@ pub fn container_state(v: &Value) -> ContainerState {
             .trim_start_matches('/')
             .into(),
         image_id: v["Image"].as_str().unwrap_or("").into(),
+        image_ref: v["Config"]["Image"].as_str().unwrap_or("").into(),
         status: v["State"]["Status"].as_str().unwrap_or("").into(),
         exit_code: v["State"]["ExitCode"].as_i64().unwrap_or(0),
         restart_count: v["RestartCount"].as_i64().unwrap_or(0),
