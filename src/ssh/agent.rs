@@ -34,7 +34,10 @@ alive() { kill -0 "$1" 2>/dev/null && ! grep -q '^[^)]*) Z' "/proc/$1/stat" 2>/d
 stop_command() {
   [ -n "$pid" ] || return 0
   kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-  [ -n "$cleanup" ] && sh -c "$cleanup" >/dev/null 2>&1
+  # The cleanup is bounded too (a docker daemon that hangs must not hang the session).
+  if [ -n "$cleanup" ]; then
+    if command -v timeout >/dev/null; then timeout 30 sh -c "$cleanup"; else sh -c "$cleanup"; fi >/dev/null 2>&1
+  fi
   # A command that ignores TERM gets 5 s.
   i=0; while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
   kill -KILL "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
@@ -94,6 +97,13 @@ finish
 "#;
 
 const READY: &str = "berth-agent-ready";
+
+/// A command that prints nothing for this long makes berth ask the host whether the
+/// connection is still alive; libssh2's keepalives cannot tell (it sends them, but a
+/// dead peer never says so, and TCP gives up only after many minutes).
+const SILENCE_PROBE_AFTER: Duration = Duration::from_secs(15);
+/// How long the host gets to answer that question.
+const SILENCE_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a cancelled command gets to stop, and its cleanup to run, before berth gives
 /// up on the session.
@@ -267,12 +277,21 @@ impl HostSession {
         let deadline = Instant::now() + timeout;
         let (mut out, mut err) = (Marked::default(), Marked::default());
         let mut stopping: Option<(Instant, bool)> = None;
+        let mut heard = Instant::now();
         self.session.set_blocking(false);
         let result = loop {
             match self.read_marked(agent, &id, &mut out, &mut err, &mut on_line) {
-                Ok(true) => {}
+                Ok(true) => heard = Instant::now(),
                 Ok(false) => self.wait_readable(Duration::from_millis(200)),
                 Err(e) => break Err(e),
+            }
+            // A quiet command (a pull, a migration) and a connection that died without a
+            // word (a NAT dropped it) look the same from here: ask the host something.
+            if heard.elapsed() > SILENCE_PROBE_AFTER {
+                if let Err(e) = self.answers() {
+                    break Err(e);
+                }
+                heard = Instant::now();
             }
             if out.end.is_some() && err.end.is_some() {
                 break Ok(());
@@ -348,6 +367,27 @@ impl HostSession {
             return Err(self.lost("running a command: the remote session ended".into()));
         }
         Ok(progressed)
+    }
+
+    /// Whether the host still answers on this connection: one SFTP `lstat` (or a channel
+    /// opened and closed, before SFTP started), bounded by [`SILENCE_PROBE_TIMEOUT`].
+    fn answers(&self) -> Result<(), SshError> {
+        self.session.set_blocking(true);
+        self.session
+            .set_timeout(SILENCE_PROBE_TIMEOUT.as_millis() as u32);
+        let asked = match self.sftp.get() {
+            Some(sftp) => sftp.lstat(std::path::Path::new("/")).map(drop),
+            None => self.session.channel_session().and_then(|mut c| c.close()),
+        };
+        self.session.set_timeout(self.timeout_ms);
+        self.session.set_blocking(false);
+        asked.map_err(|e| {
+            self.lost(format!(
+                "the connection went silent: nothing came for {} s and the host did not answer within {} s ({e})",
+                SILENCE_PROBE_AFTER.as_secs(),
+                SILENCE_PROBE_TIMEOUT.as_secs()
+            ))
+        })
     }
 
     fn lost(&self, doing: String) -> SshError {

@@ -139,6 +139,8 @@ pub struct HostSession {
     sftp: std::sync::OnceLock<ssh2::Sftp>,
     /// The supervised remote session, once started (see `agent`).
     agent: std::sync::Mutex<Option<agent::Agent>>,
+    /// The bound of every blocking call on the session, in ms.
+    timeout_ms: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +218,7 @@ impl HostSession {
             session,
             sftp: std::sync::OnceLock::new(),
             agent: std::sync::Mutex::new(None),
+            timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
         })
     }
 }

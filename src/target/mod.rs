@@ -19,6 +19,7 @@ use crate::ssh::{Credentials, HostSession, HostTrust, SshError};
 
 pub mod compose;
 mod step;
+pub mod swarm;
 
 pub use compose::lock::{random_token, release_held_locks, LastResort, LOCK_STALE_AFTER};
 pub use step::{phase_summaries, Action, Body, Output, Step, Undo};

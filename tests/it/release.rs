@@ -804,3 +804,75 @@ fn a_lock_taken_while_berth_was_disconnected_leaves_that_host_to_its_new_holder(
     let v2 = stage.current().unwrap();
     assert_eq!(stage.record(&v2)["outcome"], "interrupted");
 }
+
+/// The sshd processes serving the connections of the sshd whose master is `master`
+/// (not the master, not what the sessions run).
+fn sshd_connection_processes(master: u32) -> Vec<String> {
+    let ps = sh(Command::new("ps").args(["-eo", "pid=,ppid=,comm="]));
+    let procs: Vec<(String, String, String)> = ps
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.into(), w.next()?.into(), w.next()?.into()))
+        })
+        .collect();
+    let mut found: Vec<String> = vec![master.to_string()];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i].clone();
+        for (pid, ppid, comm) in &procs {
+            if *ppid == parent && comm == "sshd" && !found.contains(pid) {
+                found.push(pid.clone());
+            }
+        }
+        i += 1;
+    }
+    found.split_off(1)
+}
+
+#[test]
+fn a_connection_that_goes_silent_during_a_quiet_pre_deploy_is_found_and_its_session_stopped() {
+    let stage = Stage::new();
+    let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
+    let b = stage
+        .berth(&App::new("v2"))
+        .input("pre-deploy", "backend: sleep 120");
+    let mut frozen = Vec::new();
+    let run = std::thread::scope(|s| {
+        let freezer = s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while pre_deploy_containers(&stage).trim().is_empty() {
+                assert!(std::time::Instant::now() < deadline, "no pre-deploy ran");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            // The connection goes silent: its sshd processes stop, TCP stays open, and
+            // the host's side of berth's session (the agent, the pre-deploy) runs on.
+            let pids = sshd_connection_processes(stage.sshd.pid());
+            assert!(!pids.is_empty());
+            for p in &pids {
+                sh(Command::new("kill").args(["-STOP", p]));
+            }
+            pids
+        });
+        let run = b.run();
+        frozen = freezer.join().unwrap();
+        run
+    });
+    for p in &frozen {
+        let _ = Command::new("kill").args(["-CONT", p]).status();
+    }
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("title=berth%3A connection to the host lost::")
+            && run.stdout.contains("went silent"),
+        "{}",
+        run.stdout
+    );
+    // The session berth could no longer reach was stopped on the host, its pre-deploy
+    // container with it; nothing was switched, and the lock is free.
+    let left = pre_deploy_containers(&stage);
+    assert!(left.trim().is_empty(), "the pre-deploy survived: {left}");
+    assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
+    assert!(!stage.deploy_dir.join(".berth/lock").exists());
+}
