@@ -6,6 +6,7 @@ use std::sync::mpsc;
 
 use futures_util::StreamExt;
 
+use crate::inputs::HostSpec;
 use crate::target::{HostState, ReleaseError, Target};
 
 /// At most this many hosts are worked on at once.
@@ -17,12 +18,14 @@ type Job = Box<dyn FnOnce(&mut dyn Target) + Send>;
 #[derive(Clone)]
 pub struct Host {
     jobs: mpsc::Sender<Job>,
+    /// Which host: known without asking its thread, which may be busy.
+    pub spec: HostSpec,
 }
 
 impl Host {
     /// Starts the host's thread and makes its target there (`make` connects, which
     /// blocks); the thread ends when the last handle is dropped.
-    pub async fn start<F>(make: F) -> Result<Host, ReleaseError>
+    pub async fn start<F>(spec: HostSpec, make: F) -> Result<Host, ReleaseError>
     where
         F: FnOnce() -> Result<Box<dyn Target>, ReleaseError> + Send + 'static,
     {
@@ -46,7 +49,7 @@ impl Host {
         ready
             .await
             .unwrap_or_else(|_| panic!("a host thread panicked while connecting"))?;
-        Ok(Host { jobs })
+        Ok(Host { jobs, spec })
     }
 
     /// Runs `f` on the host's thread, after the work sent before it.

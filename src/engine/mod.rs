@@ -196,7 +196,7 @@ impl<'a> Engine<'a> {
         let connected = futures_util::future::join_all(self.accesses.iter().map(|a| {
             let (access, layout, runner) = (a.clone(), self.layout.clone(), self.runner.clone());
             let token = self.spec.holder.token.clone();
-            Host::start(move || {
+            Host::start(a.spec.clone(), move || {
                 ComposeHost::connect(access, layout, runner, token)
                     .map(|h| Box::new(h) as Box<dyn Target>)
             })

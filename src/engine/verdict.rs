@@ -58,9 +58,9 @@ impl Engine<'_> {
         started: Instant,
         restoring: bool,
     ) -> Result<HealthRecord, Fault> {
-        // From the engine, not the hosts: a host's thread may be busy verifying, and the
-        // probe must not wait for it.
-        let specs: Vec<_> = self.accesses.iter().map(|a| a.spec.clone()).collect();
+        // Not from the hosts' threads: one may be busy verifying, and the probe must not
+        // wait for it.
+        let specs: Vec<_> = hosts.iter().map(|h| h.spec.clone()).collect();
         let urls = self.cfg.health.urls(&specs);
         if urls.is_empty() {
             return Ok(HealthRecord {

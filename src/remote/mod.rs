@@ -218,6 +218,22 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
         ])
     }
 
+    /// `up` of release `id`, then `current` switched to it, as one command: a restore,
+    /// which must not stop half-way between the two.
+    pub fn activate_and_switch(&self, id: &str) -> Cmd {
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            r#"c=$1 r=$2; shift 2; "$@" && ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c""#
+                .into(),
+            "sh".into(),
+            self.current(),
+            format!(".berth/releases/{id}"),
+        ];
+        argv.extend(self.compose(id, &["up", "-d", "--remove-orphans"]).0);
+        Cmd(argv)
+    }
+
     pub fn list_releases(&self) -> Cmd {
         Cmd::new(["ls", "-1", &self.releases_dir()])
     }
@@ -367,6 +383,8 @@ const LOCK_MUTEX: &str = r#"l=$1 m="$1.takeover"
 find "$m" -maxdepth 0 -mmin +1 -exec rmdir {} \; 2>/dev/null
 i=0; until mkdir "$m" 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || { echo "the lock's takeover mutex $m stays taken" >&2; exit 4; }; sleep 0.05; done
 trap 'rmdir "$m"' EXIT
+# dash and busybox skip the EXIT trap when a signal ends them: exit, so it runs.
+trap 'exit 143' TERM INT HUP
 "#;
 
 /// See [`Layout::lock_reclaim`], after [`LOCK_MUTEX`]: $1 lock dir, $2 token.
@@ -394,6 +412,7 @@ m="$l.takeover"
 find "$m" -maxdepth 0 -mmin +1 -exec rmdir {} \; 2>/dev/null
 if mkdir "$m" 2>/dev/null; then
   trap 'rmdir "$m"' EXIT
+  trap 'exit 143' TERM INT HUP
   why=
   if [ -e "$l/abandoned" ]; then why=abandoned
   else a=$(age) && [ "$a" -gt "$stale" ] && why="stale $a"; fi

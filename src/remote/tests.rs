@@ -510,3 +510,69 @@ fn a_release_waits_for_a_takeover_under_way_and_never_removes_a_lock_not_its_own
 fn holder(token: &str) -> String {
     format!("{{\"token\":\"{token}\"}}")
 }
+
+#[test]
+fn a_script_stopped_while_it_holds_the_takeover_mutex_leaves_it_free() {
+    for shell in ["dash", "bash", "busybox"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = tmp.path().join("lock");
+        let mut args: Vec<&str> = if shell == "busybox" {
+            vec!["sh"]
+        } else {
+            vec![]
+        };
+        let script = format!("{LOCK_MUTEX}sleep 30 & wait $!");
+        args.extend(["-c", script.as_str(), "sh"]);
+        let mut child = std::process::Command::new(shell)
+            .args(&args)
+            .arg(&lock)
+            .spawn()
+            .unwrap();
+        let mutex = tmp.path().join("lock.takeover");
+        while !mutex.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap();
+        assert!(!mutex.exists(), "{shell}: the mutex outlived its holder");
+    }
+}
+
+#[test]
+fn a_restore_switches_current_only_once_its_up_succeeded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        deploy_dir: tmp.path().display().to_string(),
+        project: "shop".into(),
+    };
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("docker"), "#!/bin/sh\nexit $FAKE_UP\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("docker"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let current = tmp.path().join("current");
+    std::os::unix::fs::symlink(".berth/releases/r2-failed", &current).unwrap();
+    let run = |up: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(quote_argv(&layout.activate_and_switch("r1").0))
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("FAKE_UP", up)
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(run("1"), Some(1));
+    assert_eq!(
+        std::fs::read_link(&current).unwrap().display().to_string(),
+        ".berth/releases/r2-failed"
+    );
+    assert_eq!(run("0"), Some(0));
+    assert_eq!(
+        std::fs::read_link(&current).unwrap().display().to_string(),
+        ".berth/releases/r1"
+    );
+}

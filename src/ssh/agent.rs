@@ -24,13 +24,18 @@ use std::time::{Duration, Instant};
 use super::exec::LineBuffer;
 use super::{quote_argv, ExecOutput, HostSession, SshError};
 
-const AGENT: &str = r#"lock=$1 token=$2 sid=$3 agent=$$ pid= cleanup= keep= watcher=
+const AGENT: &str = r#"lock=$1 token=$2 sid=$3 agent=$$ pid= cleanup= keep= watcher= relay= fifo=
 # What this session runs may take the lock: it records the session that holds it.
 export BERTH_SESSION="$sid" BERTH_AGENT=$$
 exec 3<&0 </dev/null
 decode() { printf '%bx' "${1#:}"; }
-# A child that exited is a zombie until waited for, and `kill -0` still finds it.
-alive() { kill -0 "$1" 2>/dev/null && ! grep -q '^[^)]*) Z' "/proc/$1/stat" 2>/dev/null; }
+# A child that exited is a zombie until waited for, and `kill -0` still finds it. The
+# state is the field after the command name, which may itself hold ") ".
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  st=${st##*) }; [ "${st%% *}" != Z ]
+}
 stop_command() {
   [ -n "$pid" ] || return 0
   kill -TERM "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
@@ -44,22 +49,31 @@ stop_command() {
 }
 # The lock is this session's: its token, and the session that took or reclaimed it last
 # (after a reconnect, an older session of the same run must not touch it).
-ours() { [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && read -r s _ < "$lock/session" 2>/dev/null && [ "$s" = "$sid" ]; }
+ours() { [ "$(cat "$lock/token" 2>/dev/null)" = "$token" ] && read -r os _ < "$lock/session" 2>/dev/null && [ "$os" = "$sid" ]; }
 abandon() {
-  ours || return 0
-  : > "$lock/abandoned"
-  # What this run left pending was interrupted: the next run must not take it as proven.
-  for f in "${lock%/lock}"/releases/*/release.json; do
-    [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i 's/"outcome": "pending"/"outcome": "interrupted"/' "$f"
-  done
-  return 0
+  # Under the takeover mutex, as every change of a held lock (a reclaim may be under way).
+  m="$lock.takeover" i=0
+  until mkdir "$m" 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || return 0; sleep 0.05; done
+  if ours; then
+    : > "$lock/abandoned"
+    # What this run left pending was interrupted: the next run must not take it as proven.
+    for f in "${lock%/lock}"/releases/*/release.json; do
+      [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i 's/"outcome": "pending"/"outcome": "interrupted"/' "$f"
+    done
+  fi
+  rmdir "$m"
 }
-# A command that must not be cut half-way (a restore) runs to its end when berth is gone.
+# A command that must not be cut half-way (a restore) runs to its end when berth is gone,
+# for at most 10 minutes, and only while the lock is still this session's: a session that
+# a reconnect replaced stops it, as the new one does the work.
 finish() {
-  if [ -n "$keep" ] && [ -n "$pid" ]; then
-    while alive "$pid"; do wait "$pid" 2>/dev/null; done
-  else stop_command; fi
-  abandon; kill "$beat" 2>/dev/null; exit 0
+  if [ -n "$keep" ] && [ -n "$pid" ] && ours; then
+    i=0; while alive "$pid" && [ $i -lt 6000 ]; do sleep 0.1; i=$((i+1)); done
+  fi
+  stop_command
+  abandon; kill "$beat" 2>/dev/null; kill -KILL "$watcher" 2>/dev/null
+  [ -n "$fifo" ] && rm -f "$fifo"
+  exit 0
 }
 trap finish TERM HUP INT
 trap stop_command USR1
@@ -77,11 +91,19 @@ while IFS=' ' read -r id c in cl k <&3; do
   c=$(decode "$c"); c=${c%x}
   in=$(decode "$in"); in=${in%x}
   cleanup=$(decode "$cl"); cleanup=${cleanup%x}
-  keep=${k#:}
-  if command -v setsid >/dev/null; then
-    printf '%s' "$in" | setsid sh -c "$c" 3<&- &
+  keep=${k#:} ss=
+  command -v setsid >/dev/null && ss=setsid
+  fifo="${TMPDIR:-/tmp}/berth-keep.$sid.$$"
+  if [ -n "$keep" ] && rm -f "$fifo" && mkfifo -m 600 "$fifo"; then
+    # A kept command may outlive the channel: its output goes through a relay that
+    # ignores a closed channel, as a write to it would kill the command (Go programs
+    # die of SIGPIPE on stdout or stderr). Its stderr is merged into its stdout.
+    ( trap '' PIPE; while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l" 2>/dev/null; done < "$fifo" ) 3<&- &
+    relay=$!
+    printf '%s' "$in" | $ss sh -c "$c" 3<&- >"$fifo" 2>&1 &
   else
-    printf '%s' "$in" | sh -c "$c" 3<&- &
+    fifo=
+    printf '%s' "$in" | $ss sh -c "$c" 3<&- &
   fi
   pid=$!
   # Anything on stdin while the command runs: a line cancels it, the end stops everything.
@@ -90,7 +112,8 @@ while IFS=' ' read -r id c in cl k <&3; do
   while :; do wait "$pid"; s=$?; kill -0 "$pid" 2>/dev/null || break; done
   # KILL: a shell that inherited a TERM trap would go on reading (busybox does).
   kill -KILL "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
-  pid= cleanup= keep=
+  if [ -n "$relay" ]; then wait "$relay" 2>/dev/null; rm -f "$fifo"; fi
+  pid= cleanup= keep= relay= fifo=
   printf '\n%s %s\n' "$id" "$s"; printf '\n%s\n' "$id" >&2
 done
 finish
@@ -549,17 +572,77 @@ mod tests {
             for keep in [true, false] {
                 let (mut agent, dir) = spawn_agent(shell, "sid1");
                 let done = dir.path().join("done");
-                let cmd = format!("sleep 1; touch '{}'", done.display());
+                // It prints after berth is gone: a write to the closed channel must not
+                // kill it.
+                let cmd = format!(
+                    "sleep 1; echo progress; echo progress >&2; touch '{}'",
+                    done.display()
+                );
                 let mut stdin = agent.stdin.take().unwrap();
                 stdin
                     .write_all(&request("id1", &cmd, b"", "", keep))
                     .unwrap();
                 std::thread::sleep(Duration::from_millis(300));
                 drop(stdin);
+                drop(agent.stdout.take());
                 assert!(exits_within(&mut agent, 10), "{shell:?}");
                 assert_eq!(done.exists(), keep, "{shell:?} keep={keep}");
                 assert!(dir.path().join("lock/abandoned").exists(), "{shell:?}");
             }
+            // A session that a reconnect replaced stops even a kept command: the new
+            // session does the work.
+            let (mut agent, dir) = spawn_agent(shell, "sid1");
+            let done = dir.path().join("done");
+            let cmd = format!("sleep 3; touch '{}'", done.display());
+            let mut stdin = agent.stdin.take().unwrap();
+            stdin
+                .write_all(&request("id1", &cmd, b"", "", true))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(dir.path().join("lock/session"), "sid2 1\n").unwrap();
+            drop(stdin);
+            assert!(exits_within(&mut agent, 10), "{shell:?}");
+            std::thread::sleep(Duration::from_secs(4));
+            assert!(
+                !done.exists(),
+                "{shell:?}: a superseded session finished its command"
+            );
+            assert!(!dir.path().join("lock/abandoned").exists(), "{shell:?}");
+        }
+    }
+
+    #[test]
+    fn a_kept_command_reports_its_output_and_status_while_berth_is_there() {
+        for shell in [&["dash"][..], &["bash"], &["busybox", "sh"]] {
+            let (mut agent, _dir) = spawn_agent(shell, "sid1");
+            let mut stdin = agent.stdin.take().unwrap();
+            stdin
+                .write_all(&request(
+                    "id1",
+                    "echo out; echo err >&2; printf tail; exit 3",
+                    b"",
+                    "",
+                    true,
+                ))
+                .unwrap();
+            let mut out = String::new();
+            let mut reader = std::io::BufReader::new(agent.stdout.take().unwrap());
+            while !out.contains("\nid1 ") {
+                assert!(
+                    std::io::BufRead::read_line(&mut reader, &mut out).unwrap() > 0,
+                    "{out}"
+                );
+            }
+            drop(stdin);
+            let mut m = Marked::default();
+            m.push(out.as_bytes(), "id1", &mut |_| {});
+            assert_eq!(m.end.as_deref(), Some("3"), "{shell:?}: {out}");
+            let text = m.text(&mut |_| {});
+            assert!(
+                text.contains("out\n") && text.contains("err\n") && text.contains("tail"),
+                "{shell:?}: {text}"
+            );
+            agent.wait().unwrap();
         }
     }
 }

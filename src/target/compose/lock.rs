@@ -107,9 +107,13 @@ impl ComposeHost {
             return Ok(());
         };
         let cmd = self.layout.lock_release(&token);
-        if self.quiet(&cmd, None, QUICK, false).is_err() {
+        let step = "release the deploy lock";
+        if let Err(e) = self.step(step, &cmd, None, QUICK) {
+            if !matches!(e, ReleaseError::Ssh(_)) {
+                return Err(e);
+            }
             crate::target::Target::reconnect(self)?;
-            self.quiet(&cmd, None, QUICK, false)?;
+            self.step(step, &cmd, None, QUICK)?;
         }
         self.lock_token = None;
         forget(&self.access, &token);
@@ -123,15 +127,18 @@ impl ComposeHost {
             return Ok(());
         };
         let out = self.quiet(&self.layout.lock_reclaim(&token), None, QUICK, false)?;
-        if out.status != 0 {
-            self.lock_token = None;
-            self.lock_lost = true;
-            forget(&self.access, &token);
-            return Err(ReleaseError::LockLost {
-                host: self.conn.name.clone(),
-            });
+        // Only "not ours" means lost; any other failure (the mutex stays taken, a full
+        // disk) is an error of the reconnect, which is tried again.
+        if out.status != remote::LOCK_HELD {
+            self.exited_0("reclaim the deploy lock", out)?;
+            return Ok(());
         }
-        Ok(())
+        self.lock_token = None;
+        self.lock_lost = true;
+        forget(&self.access, &token);
+        Err(ReleaseError::LockLost {
+            host: self.conn.name.clone(),
+        })
     }
 
     /// Dry run: says whether the lock is free, without taking it.
@@ -171,13 +178,22 @@ fn forget(access: &Access, token: &str) {
     held_locks().retain(|h| !(h.token == token && h.access.spec == access.spec));
 }
 
-/// Marks whether a restore runs on the host of `access` under the lock `token`.
-pub(super) fn set_restoring(access: &Access, token: &str, restoring: bool) {
-    for h in held_locks().iter_mut() {
+/// Set once the cancelled run's last resort took the held locks: no restore starts after.
+static LAST_RESORT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks whether a restore runs on the host of `access` under the lock `token`. A restore
+/// may not start once the last resort released the locks (false).
+pub(super) fn set_restoring(access: &Access, token: &str, restoring: bool) -> bool {
+    let mut held = held_locks();
+    if restoring && LAST_RESORT.load(std::sync::atomic::Ordering::SeqCst) {
+        return false;
+    }
+    for h in held.iter_mut() {
         if h.token == token && h.access.spec == access.spec {
             h.restoring = restoring;
         }
     }
+    true
 }
 
 /// What the cancelled run's last resort did: locks released, and hosts where a restore
@@ -191,7 +207,11 @@ pub struct LastResort {
 /// Releases every lock this process holds, over fresh connections, except where a
 /// restore still runs. For a cancelled run (SIGTERM/SIGINT) whose grace ran out.
 pub fn release_held_locks() -> LastResort {
-    let locks: Vec<HeldLock> = held_locks().drain(..).collect();
+    let locks: Vec<HeldLock> = {
+        let mut held = held_locks();
+        LAST_RESORT.store(true, std::sync::atomic::Ordering::SeqCst);
+        held.drain(..).collect()
+    };
     let mut done = LastResort::default();
     for h in locks {
         if h.restoring {
@@ -208,7 +228,7 @@ pub fn release_held_locks() -> LastResort {
             );
             if conn
                 .run(&h.layout.lock_release(&h.token), None, QUICK, |_| {})
-                .is_ok()
+                .is_ok_and(|o| o.status == 0)
             {
                 done.released += 1;
             }

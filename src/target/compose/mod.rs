@@ -453,20 +453,20 @@ impl ComposeHost {
                 detail: e.to_string(),
             })?;
         self.pins = record.images;
-        let steps = activation_steps(&self.layout, id, "docker compose up (restore)");
-        self.restoring = true;
-        lock::set_restoring(&self.access, &self.token, true);
-        let mut result = Ok(());
-        // `current` first: a restore that berth cannot see to its end (cancelled, killed)
-        // runs on to its end on the host, and `current` already names what it brings up.
-        for step in steps.iter().rev() {
-            if let Action::Run { cmd, output, .. } = &step.action {
-                result = self.run_command(step, cmd, None, *output);
-                if result.is_err() {
-                    break;
-                }
+        // One command, `up` then the switch of `current`, sent with `keep`: if berth is
+        // gone before it ends (cancelled, killed), the host runs it to its end, and
+        // `current` names the restored release only once `up` succeeded.
+        let [up, _] = activation_steps(&self.layout, id, "docker compose up (restore)");
+        let cmd = self.layout.activate_and_switch(id);
+        if !lock::set_restoring(&self.access, &self.token, true) {
+            return Err(crate::ssh::SshError::Cancelled {
+                host: self.conn.name.clone(),
+                command: "the restore (the cancelled run's time ran out)".into(),
             }
+            .into());
         }
+        self.restoring = true;
+        let result = self.run_command(&up, &cmd, None, Output::Activate);
         self.restoring = false;
         lock::set_restoring(&self.access, &self.token, false);
         result
