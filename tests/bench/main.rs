@@ -18,36 +18,50 @@ use support::{Berth, SHA};
 
 /// What the measured figures mean, kept with the generator so every run carries it.
 const ANALYSIS: &str = r#"
-## Where the time goes (goals missed)
+## Where the time goes
 
-- **berth vs the limit.** berth adds a roughly constant overhead ({overhead} in this
-  run, berth minus limit in table 1), so the ratio meets 1.2x only when that overhead is
-  small against the deploy itself. Since the remote session (one `sh` per host on one SSH
-  channel), a remote command no longer costs a login shell: the {exec_cost} below is what
-  each command cost before, as a separate exec. The limit runs two remote commands (`pull`, `up`); before
-  its first probe berth also connects and checks the host key, runs preflight (one command
-  that itself runs `docker compose version`, `docker info` and `df`, so that a host that
-  cannot take the release is found before anything is pushed), takes the lock (one command,
-  then the holder record over SFTP), snapshots `current` and the running containers and
-  reads every release record (two commands), makes the release dir and uploads four files over one SFTP channel, asks compose
-  for its config and inspects the pulled images to pin them by digest (one command; this
-  benchmark deploys pre-pushed images with `images` empty, which is the case that needs the
-  pinning), and switches `current`. Each remote command costs what the host's login shell
-  and the program cost: {exec_cost} on this rig, whose root shell rc starts pyenv. That
-  cost times the seven or eight commands the limit does not run (preflight, lock, snapshot,
-  records, login, `compose config`, pin, switch) is most of the overhead; preflight (run
-  before any push, by design) and the records read were added with the records work; digest verification already runs
-  alongside the first probes. `RUNNER_DEBUG=1` logs each remote command with its time.
+- **berth vs the limit.** berth adds a roughly constant overhead ({overhead} in this run,
+  berth minus limit in table 1), so the ratio is worst when the deploy itself is shortest
+  (D=0). The limit runs one SSH command (`pull && up`); before its verdict berth also
+  connects and checks the host key, starts its remote session (one `sh` per host on one
+  channel, through which every command runs: no login shell per command; the {exec_cost}
+  below is what a separate exec costs on this rig, whose root shell rc starts pyenv), runs
+  preflight (`docker compose version` and `docker info` side by side, so a host that cannot
+  take the release is found before anything is pushed), takes the lock, snapshots `current`,
+  the containers and the records, makes the release dir and uploads four files over one SFTP
+  channel, asks compose for its config (it fails on a variable nothing sets before anything
+  is pulled), pins what compose names by tag, writes the pins and the record, switches
+  `current`, and verifies the running digests (beside the first probes, from the
+  containers' own image references, resolving a pin only when they differ). Each docker CLI
+  start costs some 30 to 80 ms here; `scripts/bench --profile` prints one deploy line by line
+  with every remote command's time.
+- **The verdict** here is the later of the first passing probe and the digest verification
+  (`verified ...`), which run side by side: a release is judged only when both are in.
 - **Ready to verdict.** The "berth minus limit" figure is that same fixed overhead: it is
   not probe latency (probes run every 100 ms here and stop at the first passing answer).
 - **Several hosts.** The "hosts" here are sshd instances in mount namespaces on one Docker
   engine with 2 CPU cores, so 4 concurrent `compose pull`/`up` runs share one daemon and two
   cores and mostly run one after another. berth connects to and deploys all hosts in parallel
-  (up to 8 at once); what this rig cannot show is separate machines. The 2-host ratio in
-  table 5 is what two deploys on one engine cost.
+  (up to 8 at once); what this rig cannot show is separate machines. Table 5's berth/limit(N)
+  compares berth with the same N-host limit run in parallel on the same engine.
 - **A release answering 500** gets its verdict only at `health-timeout` (30 s by default),
   because a 500 can turn healthy; berth then reports the status and body. Lower
   `health-timeout` for faster verdicts. A crash-looping service is caught in seconds.
+
+## Earlier runs (for comparison; figures from those runs, not this one)
+
+| when | remote commands per deploy (D=0) | berth/limit at D=0 | overhead (berth minus limit) |
+|---|---|---:|---:|
+| before the remote session: each command an exec with a login shell, plus a heartbeat connection | about 15 execs, 7 SFTP writes | 2.43x | 1.33 s |
+| remote session (one `sh` per host), 2026-11-25 05:34 UTC | 14 commands, 7 SFTP writes, 1 SFTP dir | 1.43x | 0.50 s (D=0), 0.58 s worst |
+| this run | see table 1 | see table 1 | {overhead} |
+
+The change from the second row to this run: a file uploaded over an existing one was renamed
+with a separate exec (a login shell, about 86 ms, three times per deploy) and now goes
+through the session; preflight's two docker CLI starts run side by side; the probe no longer
+waits for the digest verification (which asked the host's thread for the health URLs while it
+was busy verifying); and verification resolves a pin only when a container's image reference
+differs from it.
 "#;
 
 struct Opts {
