@@ -19,6 +19,9 @@ rig_install_packages() {
   command -v curl >/dev/null || missing+=(curl)
   command -v make >/dev/null || missing+=(make)
   command -v perl >/dev/null || missing+=(perl)
+  # The Swarm tests' own engine runs in a network namespace of its own.
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v nsenter >/dev/null || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
     rig_log "installing ${missing[*]}"
     apt-get update -q >/dev/null

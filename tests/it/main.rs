@@ -17,4 +17,5 @@ mod release;
 mod report;
 mod rig_smoke;
 mod secrets;
+mod swarm;
 mod trust;

@@ -139,18 +139,22 @@ fn service(
             }
         }
     }
+    let chosen = deploy
+        .get("update_config")
+        .is_some_and(|u| u.get("order").is_some());
+    if chosen {
+        return Ok(());
+    }
+    if host_mode {
+        stack.host_ports.push(name.into());
+        return Ok(());
+    }
     let update = deploy
         .entry("update_config")
         .or_insert_with(|| Value::Object(Map::new()));
     if let Some(update) = update.as_object_mut() {
-        if !update.contains_key("order") {
-            if host_mode {
-                stack.host_ports.push(name.into());
-            } else {
-                update.insert("order".into(), Value::String("start-first".into()));
-                stack.start_first.push(name.into());
-            }
-        }
+        update.insert("order".into(), Value::String("start-first".into()));
+        stack.start_first.push(name.into());
     }
     Ok(())
 }
@@ -260,8 +264,8 @@ mod tests {
             f["services"]["db"]["deploy"]["update_config"]["order"],
             "stop-first"
         );
-        assert!(f["services"]["worker"]["deploy"]["update_config"]
-            .get("order")
+        assert!(f["services"]["worker"]["deploy"]
+            .get("update_config")
             .is_none());
         assert_eq!(stack.start_first, ["web"]);
         assert_eq!(stack.host_ports, ["worker"]);

@@ -3,6 +3,7 @@ pub mod fleet;
 pub mod rig;
 pub mod runner_parser;
 pub mod stage;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::process::Command;
