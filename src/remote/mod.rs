@@ -139,14 +139,19 @@ impl Layout {
 
     /// Before anything is pushed: is Compose there, can the deploy dir be written (or
     /// made), how much room is there, and who holds the lock. One round trip, no change;
-    /// the two docker CLI starts run side by side (each line is one write, so whole).
+    /// one docker CLI start: `docker info` names the Compose plugin's version too (asked
+    /// directly only when it lists none, or the daemon did not answer).
     pub fn preflight(&self) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".to_string(),
-            r#"{ if r=$(docker info --format '{{.DockerRootDir}}' 2>&1); then echo "docker-root $r"; echo "docker-free-kb $(df -Pk "$r" 2>/dev/null | awk 'NR==2 {print $4}')"; else echo "docker-missing $(echo "$r" | head -n 1)"; fi; } &
-if v=$(docker compose version --short 2>&1); then echo "compose $v"; else echo "compose-missing $(echo "$v" | head -n 1)"; fi
-wait
+            r#"v=
+if out=$(docker info --format '{{.DockerRootDir}}|{{range .ClientInfo.Plugins}}{{if eq .Name "compose"}}{{.Version}}{{end}}{{end}}' 2>&1) || out=$(docker info --format '{{.DockerRootDir}}|' 2>&1); then
+  r=$(printf '%s\n' "$out" | grep '|' | tail -n 1); root=${r%%|*} v=${r#*|}
+  echo "docker-root $root"; echo "docker-free-kb $(df -Pk "$root" 2>/dev/null | awk 'NR==2 {print $4}')"
+else echo "docker-missing $(echo "$out" | head -n 1)"; fi
+if [ -n "$v" ]; then echo "compose ${v#v}"
+elif v=$(docker compose version --short 2>&1); then echo "compose $v"; else echo "compose-missing $(echo "$v" | head -n 1)"; fi
 d="$1"; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
 if [ -d "$d" ] && [ -w "$d" ]; then echo "writable $d"; else echo "not-writable $d"; fi
 for x in "$1/.berth" "$1/.berth/releases"; do if [ -e "$x" ] && [ ! -w "$x" ]; then echo "not-writable $x"; fi; done

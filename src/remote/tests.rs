@@ -91,7 +91,11 @@ fn run_with_docker_stdin(docker: &str, cmd: &Cmd, stdin: &[u8]) -> std::process:
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // A command that exits without reading its stdin closes the pipe first: not an error
+    // of the test (what it printed and its status are what is checked).
+    if let Err(e) = child.stdin.take().unwrap().write_all(stdin) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     child.wait_with_output().unwrap()
 }
 
@@ -575,4 +579,31 @@ fn a_restore_switches_current_only_once_its_up_succeeded() {
         std::fs::read_link(&current).unwrap().display().to_string(),
         ".berth/releases/r1"
     );
+}
+
+#[test]
+fn preflight_reads_compose_from_docker_info_and_asks_compose_only_when_it_must() {
+    let layout = layout();
+    let run = |docker: &str| parse_preflight(&run_with_docker(docker, &layout.preflight()));
+    // One `docker info` tells both (a warning on stderr changes nothing).
+    let p = run(
+        r#"case "$1 $3" in "info {{.DockerRootDir}}|{{range"*) echo 'WARNING: No swap limit support' >&2; echo '/var/lib/docker|v2.40.3';; *) echo "unexpected: $*" >&2; exit 9;; esac"#,
+    );
+    assert_eq!(p.compose, Ok("2.40.3".into()));
+    assert_eq!(p.docker_root, Ok("/var/lib/docker".into()));
+    // An old CLI without `.ClientInfo`: the plain format, then `docker compose version`.
+    let p = run(
+        r#"case "$1 $3" in "info {{.DockerRootDir}}|") echo '/data/docker|';; "info "*) echo 'template: cannot evaluate ClientInfo' >&2; exit 1;; "compose --short") echo 2.20.0;; *) exit 9;; esac"#,
+    );
+    assert_eq!(p.compose, Ok("2.20.0".into()));
+    assert_eq!(p.docker_root, Ok("/data/docker".into()));
+    // No daemon: said so, and compose is still asked.
+    let p = run(
+        r#"case "$1" in info) echo 'Cannot connect to the Docker daemon' >&2; exit 1;; compose) echo "docker: 'compose' is not a docker command." >&2; exit 1;; esac"#,
+    );
+    assert_eq!(
+        p.docker_root,
+        Err("Cannot connect to the Docker daemon".into())
+    );
+    assert!(p.compose.is_err(), "{:?}", p.compose);
 }

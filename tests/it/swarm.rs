@@ -93,7 +93,10 @@ volumes:
         "stop-first"
     );
     // A host-mode port cannot be shared by two tasks on one node: Swarm's stop-first.
-    assert_eq!(inspect("shop_agent", "{{.Spec.UpdateConfig.Order}}"), "stop-first");
+    assert_eq!(
+        inspect("shop_agent", "{{.Spec.UpdateConfig.Order}}"),
+        "stop-first"
+    );
     // Where the env file's values end up: the service spec, readable through the
     // manager's API (what the README says).
     assert!(

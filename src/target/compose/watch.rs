@@ -55,6 +55,7 @@ impl ComposeHost {
                 }
             }
         }
+        self.verified = containers.clone();
         if mismatches.is_empty() {
             self.runner.line(&format!(
                 "{}: verified {} container(s) run the pinned digests",
