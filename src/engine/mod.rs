@@ -374,19 +374,6 @@ impl<'a> Engine<'a> {
                     )),
                 );
                 report.health = Some(record);
-                for e in on_all(hosts, |t| {
-                    let name = t.state().name;
-                    t.pin_what_runs().map_err(|e| format!("{name}: {e}"))
-                })
-                .await
-                .into_iter()
-                .filter_map(Result::err)
-                {
-                    report.warn(
-                        "berth: images named by tag not pinned",
-                        format!("The release is deployed and healthy, but what it runs from images named by tag could not be pinned by digest ({e}); a later restore of this release pulls those tags again."),
-                    );
-                }
                 self.mark(hosts, "deployed", report).await;
                 if crate::cancel::is_cancelled() {
                     report.warn("berth: cancelled after the release was proven", "The run was cancelled after the release proved healthy: it stays, recorded `deployed`; old releases were not pruned and moving tags were not pushed.");

@@ -58,9 +58,6 @@ pub trait Target: Send {
     fn activate(&mut self, id: &str) -> Result<(), ReleaseError>;
     /// The command that re-activates release `id` by hand, when berth could not.
     fn recovery_command(&self, id: &str) -> String;
-    /// After a healthy verdict: pins by digest what the release runs from images it
-    /// named by tag, for its record, so a later restore brings back exactly this.
-    fn pin_what_runs(&mut self) -> Result<(), ReleaseError>;
     /// Writes this run's release record with `outcome`.
     fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError>;
     /// Removes releases and images past `keep-releases`; returns the releases removed.

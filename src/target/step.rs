@@ -51,9 +51,11 @@ pub enum Output {
     Quiet,
     /// Exit 0 or fail; every line streamed to the log.
     Streamed,
-    /// `compose pull`: streamed; a variable the compose file uses and nothing sets fails
-    /// it, whatever its exit status.
-    Pull,
+    /// `compose config --format json`: an unset variable fails; the model is kept.
+    ComposeModel,
+    /// Completed at run time with each image the compose model names by tag; the pins
+    /// of those images are read from its output.
+    PinByTag,
     /// `compose up`: streamed, slow stops noted; the health deadline counts from its end.
     Activate,
 }
@@ -139,8 +141,11 @@ impl Step {
                 };
                 format!("sftp put {path} (mode {mode:04o}, {what})")
             }
-            Action::Run { cmd, stdin, .. } => {
+            Action::Run { cmd, stdin, output } => {
                 let mut line = quote_argv(&cmd.0);
+                if *output == Output::PinByTag {
+                    line.push_str(" <each image the compose model names by tag>");
+                }
                 if stdin.is_some() {
                     line.push_str(" <<< (secret on stdin, redacted)");
                 }

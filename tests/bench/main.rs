@@ -26,15 +26,15 @@ const ANALYSIS: &str = r#"
   connects and checks the host key, starts its remote session (one `sh` per host on one
   channel, through which every command runs: no login shell per command; the {exec_cost}
   below is what a separate exec costs on this rig, whose root shell rc starts pyenv), runs
-  preflight (one `docker info`, which also names the Compose plugin's version, so a host
-  that cannot take the release is found before anything is pushed), takes the lock,
-  snapshots `current`, the containers and the records, makes the release dir and uploads
-  four files over one SFTP channel, switches `current`, and verifies the running digests
-  (beside the first probes, from the containers' own image references, resolving a pin only
-  when they differ). The pull itself fails on a variable nothing sets. Pinning what compose
-  names by tag, the record, pruning and the unlock come after the verdict. Each docker CLI
-  start costs some 30 to 80 ms here; `scripts/bench --profile` prints one deploy line by
-  line with every remote command's time.
+  preflight (one `docker info`, which also names the Compose plugin's version, so a host that cannot
+  take the release is found before anything is pushed), takes the lock, snapshots `current`,
+  the containers and the records, makes the release dir and uploads four files over one SFTP
+  channel, asks compose for its config (it fails on a variable nothing sets before anything
+  is pulled), pins what compose names by tag, writes the pins and the record, switches
+  `current`, and verifies the running digests (beside the first probes, from the
+  containers' own image references, resolving a pin only when they differ). Each docker CLI
+  start costs some 30 to 80 ms here; `scripts/bench --profile` prints one deploy line by line
+  with every remote command's time.
 - **The verdict** here is the later of the first passing probe and the digest verification
   (`verified ...`), which run side by side: a release is judged only when both are in.
 - **Ready to verdict.** The "berth minus limit" figure is that same fixed overhead: it is
@@ -54,17 +54,14 @@ const ANALYSIS: &str = r#"
 |---|---|---:|---:|
 | before the remote session: each command an exec with a login shell, plus a heartbeat connection | about 15 execs, 7 SFTP writes | 2.43x | 1.33 s |
 | remote session (one `sh` per host), 2026-11-25 05:34 UTC | 14 commands, 7 SFTP writes, 1 SFTP dir | 1.43x | 0.50 s (D=0), 0.58 s worst |
-| renames through the session, probe beside verification, 2026-11-25 07:55 UTC | 16 commands (3 of them renames), 7 SFTP writes, 1 SFTP dir | 1.31x | 0.23 s |
 | this run | see table 1 | see table 1 | {overhead} |
 
 The change from the second row to this run: a file uploaded over an existing one was renamed
 with a separate exec (a login shell, about 86 ms, three times per deploy) and now goes
-through the session; the probe no longer waits for the digest verification (it asked the
-host's thread for the health URLs while that thread was busy verifying); verification
-resolves a pin only when a container's image reference differs from it; `compose config`
-is gone (the pull resolves the project the same way and fails on an unset variable) and
-images named by tag are pinned after the verdict, from what runs; preflight is one
-`docker info` instead of it and `docker compose version`.
+through the session; preflight's docker CLI starts ran side by side (one `docker info` since); the probe no longer
+waits for the digest verification (which asked the host's thread for the health URLs while it
+was busy verifying); and verification resolves a pin only when a container's image reference
+differs from it.
 "#;
 
 struct Opts {

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use regex::Regex;
+use serde_json::Value;
 
 use crate::remote::{self, Cmd, Layout, ReleaseRecord};
 use crate::ssh::{ExecOutput, HostSession, Supervision};
@@ -61,8 +62,8 @@ pub struct ComposeHost {
     /// Restart counts by container id before this run changed anything: containers that
     /// `up` recreates get new ids, so any restart of theirs counts.
     pub restarts_before: BTreeMap<String, i64>,
-    /// The containers the last verification saw (what runs, for pinning after it).
-    pub verified: Vec<ContainerState>,
+    /// The release's compose model as compose resolved it on the host.
+    model: Option<Value>,
     /// This host's throwaway Docker client config for the registry login: random, so
     /// nobody prepares it in advance, and per host, as hosts may share a filesystem.
     docker_config: String,
@@ -110,7 +111,7 @@ impl ComposeHost {
             releases: Vec::new(),
             replaced: BTreeMap::new(),
             restarts_before: BTreeMap::new(),
-            verified: Vec::new(),
+            model: None,
             docker_config: remote::docker_config_dir(&lock::random_token()),
             slow_stops: Vec::new(),
             up_done: None,
@@ -368,17 +369,12 @@ impl ComposeHost {
         match output {
             Output::Quiet => self.step(step.name, cmd, stdin, step.bound).map(drop),
             Output::Streamed => self.streamed(step.name, cmd, stdin, step.bound).map(drop),
-            Output::Pull => {
-                let out = self.quiet(cmd, stdin, step.bound, true)?;
-                let names = unset_variables(&out.stderr);
-                if !names.is_empty() {
-                    return Err(ReleaseError::MissingVariables {
-                        host: self.conn.name.clone(),
-                        names,
-                    });
-                }
-                self.exited_0(step.name, out).map(drop)
+            Output::ComposeModel => {
+                let out = self.step(step.name, cmd, stdin, step.bound)?;
+                self.model = Some(self.read_model(&out)?);
+                Ok(())
             }
+            Output::PinByTag => self.pin_by_tag(step, cmd),
             Output::Activate => {
                 let what = if step.name == "docker compose up" {
                     "up"
@@ -392,40 +388,53 @@ impl ComposeHost {
         }
     }
 
-    /// After the verdict: pins what the release's containers run from an image that
-    /// compose names by tag, by digest, so that the release can be restored exactly
-    /// later (its record and its override name them). From the containers verified.
-    pub fn pin_what_runs(&mut self) -> Result<(), ReleaseError> {
-        let mut by_tag: Vec<(String, String, String)> = Vec::new();
-        for c in self.verified.iter().filter(|c| !c.one_off) {
-            if !self.pins.contains_key(&c.service)
-                && !by_tag.iter().any(|(s, _, _)| s == &c.service)
-            {
-                by_tag.push((c.service.clone(), c.image_ref.clone(), c.image_id.clone()));
-            }
+    /// The compose model as compose resolved it on the host (its files, its env file, the
+    /// host's environment). A variable the compose file uses that nothing sets fails the
+    /// deploy here (field notes A.5, C).
+    fn read_model(&self, out: &ExecOutput) -> Result<Value, ReleaseError> {
+        let names = unset_variables(&out.stderr);
+        if !names.is_empty() {
+            return Err(ReleaseError::MissingVariables {
+                host: self.conn.name.clone(),
+                names,
+            });
         }
-        if by_tag.is_empty() {
+        serde_json::from_str(&out.stdout).map_err(|e| ReleaseError::Unexpected {
+            host: self.conn.name.clone(),
+            doing: "reading `compose config`",
+            detail: e.to_string(),
+        })
+    }
+
+    /// Pins services that berth did not build to what was just pulled, by digest, so the
+    /// release can be restored exactly later. `cmd` is completed with their images.
+    fn pin_by_tag(&mut self, step: &Step, cmd: &Cmd) -> Result<(), ReleaseError> {
+        let unpinned: Vec<(String, String)> = self
+            .model
+            .as_ref()
+            .and_then(|m| m["services"].as_object())
+            .into_iter()
+            .flatten()
+            .filter_map(|(service, def)| {
+                Some((service.clone(), def["image"].as_str()?.to_string()))
+            })
+            .filter(|(service, image)| {
+                !self.pins.contains_key(service) && !image.contains("@sha256:")
+            })
+            .collect();
+        if unpinned.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = by_tag.iter().map(|(_, _, id)| id.clone()).collect();
-        let out = self.step(
-            "pin images named by tag",
-            &remote::repo_digests(&ids),
-            None,
-            QUICK,
-        )?;
-        for ((service, image, _), line) in by_tag.iter().zip(out.stdout.lines()) {
+        let mut cmd = cmd.clone();
+        cmd.0.extend(unpinned.iter().map(|(_, i)| i.clone()));
+        let out = self.step(step.name, &cmd, None, step.bound)?;
+        for ((service, image), line) in unpinned.iter().zip(out.stdout.lines()) {
+            // `-`: a buildable service without an image on the host; compose builds it.
             if let Some(pin) = choose_pin(image, line.trim()) {
-                self.pins.insert(service.clone(), pin.clone());
-                self.own_pins.insert(service.clone(), pin);
+                self.pins.insert(service.clone(), pin);
             }
         }
-        let Some(id) = self.release.clone() else {
-            return Ok(());
-        };
-        let path = format!("{}/{}", self.layout.release_dir(&id), remote::OVERRIDE_FILE);
-        let pins = remote::override_file(&self.own_pins);
-        Ok(self.conn.upload(&path, pins.as_bytes(), 0o644)?)
+        Ok(())
     }
 
     /// Re-activates a release: its compose file, its pins and its env file.

@@ -111,10 +111,6 @@ impl Target for ComposeHost {
         let up = self.layout.compose(id, &["up", "-d", "--remove-orphans"]);
         crate::ssh::by_hand(&self.access.spec, &up)
     }
-    fn pin_what_runs(&mut self) -> Result<(), ReleaseError> {
-        self.still_ours()?;
-        ComposeHost::pin_what_runs(self)
-    }
     fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError> {
         self.still_ours()?;
         self.write_record(spec, outcome)

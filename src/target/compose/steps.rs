@@ -37,7 +37,8 @@ fn release_file(
     Step::upload(phase, name, path, body, mode, QUICK)
 }
 
-/// The release dir and its files.
+/// The release dir and its files, then `compose config`, which fails on a variable
+/// nothing sets (field notes A.5, C) before anything is pulled.
 fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
     let id = spec.id.as_str();
     let file =
@@ -74,40 +75,72 @@ fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
             Body::Record("pending"),
             0o644,
         ),
+        Step::run(
+            Phase::Upload,
+            "docker compose config",
+            layout.compose(id, &["config", "--format", "json"]),
+            Output::ComposeModel,
+            QUICK,
+        ),
     ]
 }
 
-/// The registry login (when berth pushed), then the pull, which fails on a variable the
-/// compose file uses and nothing sets (field notes A.5, C), before anything starts. What
-/// compose names by tag is pinned by digest after the verdict, from what runs.
+/// The registry login (when berth pushed), the pull, then the pins of what compose names
+/// by tag, so the release can be restored exactly later; the record names every pin
+/// before anything runs from them.
 fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
-    let pull = layout.compose(spec.id.as_str(), &["pull", "--quiet", "--ignore-buildable"]);
-    let Some(login) = &spec.registry else {
-        return vec![Step::run(
+    let id = spec.id.as_str();
+    let file = |name, file, body| release_file(layout, id, Phase::Pull, name, file, body, 0o644);
+    let pull = layout.compose(id, &["pull", "--quiet", "--ignore-buildable"]);
+    let mut steps = Vec::new();
+    match &spec.registry {
+        None => steps.push(Step::run(
             Phase::Pull,
             "docker compose pull",
             pull,
-            Output::Pull,
+            Output::Streamed,
             LONG,
-        )];
-    };
-    let cmd = remote::registry_login(&login.server, &login.username, docker_config);
-    // The pull removes the login config when it ends; if it never ran to its end
-    // (connection lost, timeout), the credential must not stay on the host.
-    let cleanup = || Undo::Cleanup(remote::remove_docker_config(docker_config));
-    vec![
-        Step::run(Phase::Pull, "docker login", cmd, Output::Quiet, QUICK)
-            .stdin(login.password.clone())
-            .undo(cleanup()),
+        )),
+        Some(login) => {
+            let cmd = remote::registry_login(&login.server, &login.username, docker_config);
+            steps.push(
+                Step::run(Phase::Pull, "docker login", cmd, Output::Quiet, QUICK)
+                    .stdin(login.password.clone())
+                    .undo(Undo::Cleanup(remote::remove_docker_config(docker_config))),
+            );
+            // The pull removes the login config when it ends; if it never ran to its end
+            // (connection lost, timeout), the credential must not stay on the host.
+            let pull = remote::with_docker_config(pull, docker_config);
+            let cleanup = Undo::Cleanup(remote::remove_docker_config(docker_config));
+            steps.push(
+                Step::run(
+                    Phase::Pull,
+                    "docker compose pull",
+                    pull,
+                    Output::Streamed,
+                    LONG,
+                )
+                .undo(cleanup),
+            );
+        }
+    }
+    let pin = remote::repo_digests(&[]);
+    steps.extend([
         Step::run(
             Phase::Pull,
-            "docker compose pull",
-            remote::with_docker_config(pull, docker_config),
-            Output::Pull,
-            LONG,
-        )
-        .undo(cleanup()),
-    ]
+            "pin images named by tag",
+            pin,
+            Output::PinByTag,
+            QUICK,
+        ),
+        file("digest pins", remote::OVERRIDE_FILE, Body::Pins),
+        file(
+            "release record",
+            remote::RECORD_FILE,
+            Body::Record("pending"),
+        ),
+    ]);
+    steps
 }
 
 /// The one-shot, named so that it can be removed when stopped: a `compose run` container
@@ -186,7 +219,7 @@ mod tests {
         );
         assert_eq!(
             phases[0].1,
-            "release dir, compose file, digest pins, env file (0600), release record"
+            "release dir, compose file, digest pins, env file (0600), release record, docker compose config"
         );
         let first_restore = steps.iter().position(|s| s.undo == Undo::Restore).unwrap();
         assert_eq!(steps[first_restore].name, "docker compose up");

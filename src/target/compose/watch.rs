@@ -55,7 +55,6 @@ impl ComposeHost {
                 }
             }
         }
-        self.verified = containers.clone();
         if mismatches.is_empty() {
             self.runner.line(&format!(
                 "{}: verified {} container(s) run the pinned digests",
