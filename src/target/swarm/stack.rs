@@ -15,7 +15,8 @@
 //! - keys `compose config` writes as `null` go, as do keys with no meaning in a stack
 //!   (`build`, `pull_policy`, `profiles`, `container_name`, `develop`);
 //! - a service that does not choose `deploy.update_config.order` gets `start-first`,
-//!   unless it publishes a port in `mode: host`, which two tasks on one node cannot share.
+//!   unless it publishes a port in `mode: host` (two tasks on one node cannot share it),
+//!   writes to a volume (two tasks would write the same data) or allows one task per node.
 //!
 //! The env files' values end up in each service's `environment`, so the stack file holds
 //! secrets: it is written 0600 and never printed.
@@ -42,6 +43,9 @@ pub struct StackFile {
     /// Services that publish a port in `mode: host` and did not choose an order: they
     /// update stop-first, with a moment without a task on that node.
     pub host_ports: Vec<String>,
+    /// Services left stop-first for another reason, and why: a writable volume (two tasks
+    /// would share its data) or one task per node at most (the new one could not start).
+    pub stop_first: Vec<(String, &'static str)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +77,8 @@ pub fn stack_file(
     for section in ["networks", "volumes"] {
         if let Some(Value::Object(items)) = top.get_mut(section) {
             for (key, def) in items.iter_mut() {
-                if let Some(def) = def.as_object_mut() {
+                // An external one is looked up by its name: it stays.
+                if let Some(def) = def.as_object_mut().filter(|d| !is_true(d.get("external"))) {
                     if def.get("name").and_then(Value::as_str) == Some(&format!("{project}_{key}"))
                     {
                         def.remove("name");
@@ -90,6 +95,7 @@ pub fn stack_file(
         file: Value::Null,
         start_first: Vec::new(),
         host_ports: Vec::new(),
+        stop_first: Vec::new(),
     };
     for (name, def) in services.iter_mut() {
         let Some(def) = def.as_object_mut() else {
@@ -120,6 +126,7 @@ fn service(
         None => {}
     }
     let host_mode = ports(name, def)?;
+    let def_volumes_writable = writable_volumes(def);
     if let Some(Value::Object(deps)) = def.get("depends_on") {
         let list = deps.keys().cloned().map(Value::String).collect();
         def.insert("depends_on".into(), Value::Array(list));
@@ -149,6 +156,10 @@ fn service(
         stack.host_ports.push(name.into());
         return Ok(());
     }
+    if let Some(why) = start_first_unsafe(def_volumes_writable, deploy) {
+        stack.stop_first.push((name.into(), why));
+        return Ok(());
+    }
     let update = deploy
         .entry("update_config")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -157,6 +168,38 @@ fn service(
         stack.start_first.push(name.into());
     }
     Ok(())
+}
+
+fn is_true(v: Option<&Value>) -> bool {
+    v.is_some_and(|v| v.as_bool() == Some(true) || v.is_object())
+}
+
+/// Whether the service mounts a volume or bind it can write: two tasks of it at once would
+/// write the same data (a database's files).
+fn writable_volumes(def: &Map<String, Value>) -> bool {
+    def.get("volumes")
+        .and_then(Value::as_array)
+        .is_some_and(|vs| {
+            vs.iter().any(|v| {
+                matches!(v["type"].as_str(), Some("volume" | "bind"))
+                    && !is_true(v.get("read_only"))
+            })
+        })
+}
+
+/// Why start-first would be wrong for a service, if it would.
+fn start_first_unsafe(writable: bool, deploy: &Map<String, Value>) -> Option<&'static str> {
+    if writable {
+        return Some("it writes to a volume, which two tasks would share during the update");
+    }
+    let per_node = deploy
+        .get("placement")
+        .and_then(|p| p.get("max_replicas_per_node"))
+        .and_then(Value::as_u64);
+    if per_node.is_some_and(|n| n <= 1) {
+        return Some("`max_replicas_per_node: 1` leaves no room on a node for the new task");
+    }
+    None
 }
 
 /// Makes the service's ports v3 ones; whether one is published in `mode: host`.
@@ -227,12 +270,21 @@ mod tests {
           "networks": {"default": null},
           "ports": [{"mode": "ingress", "target": 80, "published": "8080", "protocol": "tcp"}]
         },
+        "cache": {
+          "image": "reg.example:5000/shop/cache:1",
+          "volumes": [{"type": "volume", "source": "data", "target": "/data", "volume": {}}]
+        },
+        "static": {
+          "image": "reg.example:5000/shop/static:1",
+          "volumes": [{"type": "bind", "source": "/srv/www", "target": "/www", "read_only": true}]
+        },
         "worker": {
           "image": "reg.example:5000/shop/worker:1",
           "ports": [{"mode": "host", "target": 9000, "published": "9000", "protocol": "tcp"}]
         }
       },
-      "volumes": {"data": {"name": "shop_data"}, "shared": {"name": "elsewhere"}}
+      "volumes": {"data": {"name": "shop_data"}, "shared": {"name": "elsewhere"},
+                  "outside": {"name": "shop_outside", "external": true}}
     }"#;
 
     fn pins() -> BTreeMap<String, String> {
@@ -267,8 +319,16 @@ mod tests {
         assert!(f["services"]["worker"]["deploy"]
             .get("update_config")
             .is_none());
-        assert_eq!(stack.start_first, ["web"]);
+        assert_eq!(stack.start_first, ["static", "web"]);
         assert_eq!(stack.host_ports, ["worker"]);
+        // A service that writes to a volume keeps stop-first: two tasks, one database.
+        assert_eq!(stack.stop_first.len(), 1);
+        assert_eq!(stack.stop_first[0].0, "cache");
+        assert!(f["services"]["cache"]["deploy"]
+            .get("update_config")
+            .is_none());
+        // An external volume is looked up by its own name.
+        assert_eq!(f["volumes"]["outside"]["name"], "shop_outside");
         // Images not pinned by berth stay as compose resolved them.
         assert_eq!(f["services"]["db"]["image"], "postgres:16");
     }
@@ -305,5 +365,16 @@ mod tests {
         );
         let e = stack_file(&serde_json::json!({"services": {}}), "shop", &pins()).unwrap_err();
         assert_eq!(e, StackError::NoServices);
+    }
+
+    #[test]
+    fn one_task_per_node_keeps_stop_first() {
+        let model = serde_json::json!({"services": {"api": {
+            "image": "r/api:1",
+            "deploy": {"placement": {"max_replicas_per_node": 1}}
+        }}});
+        let stack = stack_file(&model, "shop", &BTreeMap::new()).unwrap();
+        assert!(stack.start_first.is_empty());
+        assert_eq!(stack.stop_first[0].0, "api");
     }
 }

@@ -27,13 +27,32 @@ pub struct SwarmEngine {
 impl SwarmEngine {
     /// Starts the engine and makes it a single-node swarm's manager.
     pub fn start() -> SwarmEngine {
-        let n = free_port() % 250 + 1;
+        // The exec root's dir claims the number: what a parallel test (or a run killed
+        // before its teardown) holds is never taken, nor torn down by this one.
+        let n = loop {
+            let n = free_port() % 250 + 1;
+            if std::fs::create_dir(format!("/tmp/bsw{n}x")).is_ok() {
+                break n;
+            }
+        };
         let netns = format!("berth-sw{n}");
         let veth = format!("bsw{n}h");
         let (host_ip, addr) = (format!("10.233.{n}.1"), format!("10.233.{n}.2"));
         let dir = tempfile::tempdir().unwrap();
         // Short: unix socket paths under the exec root must stay within 108 bytes.
         let exec_root = PathBuf::from(format!("/tmp/bsw{n}x"));
+        let sock = dir.path().join("docker.sock");
+        // Made first, so that a failure below still tears down what was made.
+        let mut engine = SwarmEngine {
+            host: format!("unix://{}", sock.display()),
+            addr: addr.clone(),
+            netns: netns.clone(),
+            veth: veth.clone(),
+            exec_root: exec_root.clone(),
+            daemon: None,
+            dir,
+        };
+        let dir = engine.dir.path().to_path_buf();
         for cmd in [
             format!("ip netns add {netns}"),
             format!("ip link add {veth} type veth peer name bsw{n}n"),
@@ -46,21 +65,20 @@ impl SwarmEngine {
         ] {
             sh(Command::new("sh").arg("-c").arg(&cmd));
         }
-        std::fs::write(dir.path().join("daemon.json"), "{}").unwrap();
-        let sock = dir.path().join("docker.sock");
-        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        std::fs::write(dir.join("daemon.json"), "{}").unwrap();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         // nsenter, not `ip netns exec`, which remounts /sys and hides the cgroup mount.
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{netns}"))
             .arg("dockerd")
             .arg("--config-file")
-            .arg(dir.path().join("daemon.json"))
+            .arg(dir.join("daemon.json"))
             .arg("--data-root")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .arg("--exec-root")
             .arg(&exec_root)
             .arg("--pidfile")
-            .arg(dir.path().join("docker.pid"))
+            .arg(dir.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
             .args(["--storage-driver", "vfs"])
@@ -68,15 +86,7 @@ impl SwarmEngine {
             .stderr(log)
             .spawn()
             .expect("nsenter dockerd");
-        let engine = SwarmEngine {
-            host: format!("unix://{}", sock.display()),
-            addr,
-            netns,
-            veth,
-            exec_root,
-            daemon: Some(child),
-            dir,
-        };
+        engine.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !engine.docker(&["info"]).status.success() {
             assert!(
