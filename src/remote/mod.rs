@@ -146,7 +146,9 @@ impl Layout {
             "sh".to_string(),
             "-c".to_string(),
             r#"v=
-if out=$(docker info --format '{{.DockerRootDir}}|{{range .ClientInfo.Plugins}}{{if eq .Name "compose"}}{{.Version}}{{end}}{{end}}' 2>&1) || out=$(docker info --format '{{.DockerRootDir}}|' 2>&1); then
+# A CLI too old for `.ClientInfo` says so in a template error: then the plain format (a
+# daemon that does not answer is asked once, not twice).
+if out=$(docker info --format '{{.DockerRootDir}}|{{range .ClientInfo.Plugins}}{{if eq .Name "compose"}}{{.Version}}{{end}}{{end}}' 2>&1) || { case "$out" in *emplate*) out=$(docker info --format '{{.DockerRootDir}}|' 2>&1) ;; *) false ;; esac; }; then
   r=$(printf '%s\n' "$out" | grep '|' | tail -n 1); root=${r%%|*} v=${r#*|}
   echo "docker-root $root"; echo "docker-free-kb $(df -Pk "$root" 2>/dev/null | awk 'NR==2 {print $4}')"
 else echo "docker-missing $(echo "$out" | head -n 1)"; fi

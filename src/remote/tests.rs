@@ -597,9 +597,9 @@ fn preflight_reads_compose_from_docker_info_and_asks_compose_only_when_it_must()
     );
     assert_eq!(p.compose, Ok("2.20.0".into()));
     assert_eq!(p.docker_root, Ok("/data/docker".into()));
-    // No daemon: said so, and compose is still asked.
+    // No daemon: said so (asked once), and compose is still asked.
     let p = run(
-        r#"case "$1" in info) echo 'Cannot connect to the Docker daemon' >&2; exit 1;; compose) echo "docker: 'compose' is not a docker command." >&2; exit 1;; esac"#,
+        r#"case "$1" in info) [ -e "$0.asked" ] && exit 7; : > "$0.asked"; echo 'Cannot connect to the Docker daemon' >&2; exit 1;; compose) echo "docker: 'compose' is not a docker command." >&2; exit 1;; esac"#,
     );
     assert_eq!(
         p.docker_root,
