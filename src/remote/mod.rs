@@ -401,7 +401,9 @@ printf '%s %s\n' "${BERTH_SESSION:-}" "${BERTH_AGENT:-}" > "$l/session" && rm -f
 set -- $old
 if [ -n "$2" ] && [ "$1" != "${BERTH_SESSION:-}" ] && tr '\0' ' ' < "/proc/$2/cmdline" 2>/dev/null | grep -q "berth-agent.* $1"; then
   kill -TERM "$2" 2>/dev/null
-  i=0; while kill -0 "$2" 2>/dev/null && ! grep -q '^[^)]*) Z' "/proc/$2/stat" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  # Gone, or a zombie (the state after the last ") " of its stat, as the agent reads it).
+  gone() { kill -0 "$1" 2>/dev/null || return 0; st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; st=${st##*) }; [ "${st%% *}" = Z ]; }
+  i=0; while ! gone "$2" && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 fi
 exit 0"#;
 

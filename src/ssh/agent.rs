@@ -429,25 +429,10 @@ mod tests {
     /// stays open until the end marker came. The agent's stdout.
     fn agent_here(shell: &[&str], id: &str, input: &[u8]) -> String {
         use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        let lock = dir.path().join("lock");
-        std::fs::create_dir(&lock).unwrap();
-        std::fs::write(lock.join("token"), "tok\n").unwrap();
-        std::fs::write(lock.join("session"), "sid1 123\n").unwrap();
-        let mut child = std::process::Command::new(shell[0])
-            .args(&shell[1..])
-            .args(["-c", AGENT, "berth-agent"])
-            .arg(&lock)
-            .arg("tok")
-            .arg("sid1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let (mut child, dir) = spawn_agent(shell, "sid1");
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(input).unwrap();
-        let mut out = String::new();
+        let mut out = format!("{READY}\n");
         let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
         while !out.lines().any(|l| l.starts_with(&format!("{id} "))) {
             assert!(
@@ -458,7 +443,7 @@ mod tests {
         drop(stdin);
         child.wait().unwrap();
         assert!(
-            lock.join("abandoned").exists(),
+            dir.path().join("lock/abandoned").exists(),
             "the end of stdin abandons the lock"
         );
         out
@@ -526,7 +511,8 @@ mod tests {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let mut ready = [0u8; 18];
+        // The ready line, which berth waits for too.
+        let mut ready = [0u8; READY.len() + 1];
         std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut ready).unwrap();
         (child, dir)
     }
