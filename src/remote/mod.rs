@@ -22,6 +22,8 @@ mod records;
 
 pub use preflight::{parse_preflight, Preflight};
 use records::records_script;
+
+use crate::ssh::quote_argv;
 pub use records::{
     is_release_id, newest_proven, parse_release_records, release_id, releases_to_prune, LockHolder,
     Outcome, ReleaseEntry, ReleaseRecord, RECORD_MARK, UNPROVEN_KEPT,
@@ -213,20 +215,8 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
         ])
     }
 
-    /// Points `current` at a release with an atomic rename of a fresh symlink.
-    pub fn switch_current(&self, id: &str) -> Cmd {
-        Cmd::new([
-            "sh".to_string(),
-            "-c".to_string(),
-            r#"ln -sfn "$2" "$1.berth-tmp" && mv -T "$1.berth-tmp" "$1""#.into(),
-            "sh".into(),
-            self.current(),
-            format!(".berth/releases/{id}"),
-        ])
-    }
-
-    /// `up` of release `id`, then `current` switched to it, as one command: a restore,
-    /// which must not stop half-way between the two.
+    /// `up` of release `id`, then `current` switched to it (atomically: a new link renamed
+    /// over the old one) once `up` succeeded, as one command.
     pub fn activate_and_switch(&self, id: &str) -> Cmd {
         let mut argv = vec![
             "sh".to_string(),
@@ -274,6 +264,22 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
             CONTAINERS_SCRIPT.into(),
             "sh".into(),
             self.project.clone(),
+        ])
+    }
+
+    /// `<service>\t<one-off>\t<image>\t<name>` of every container of the project, from
+    /// one `docker ps`. `<image>` is what the container was created from, or its image id
+    /// when that reference no longer names the image it runs (Docker's own rule).
+    pub fn container_images(&self) -> Cmd {
+        Cmd::new([
+            "docker".to_string(),
+            "ps".into(),
+            "-a".into(),
+            "--no-trunc".into(),
+            "--filter".into(),
+            format!("label=com.docker.compose.project={}", self.project),
+            "--format".into(),
+            r#"{{.Label "com.docker.compose.service"}}	{{.Label "com.docker.compose.oneoff"}}	{{.Image}}	{{.Names}}"#.into(),
         ])
     }
 
@@ -448,12 +454,15 @@ pub fn repo_digests(images: &[String]) -> Cmd {
 }
 
 /// `docker image inspect --format <format>` of each image in one exec, a line each (`-`
-/// when absent). The format is the script's first argument, never part of its text.
+/// when absent). The format is the script's first argument, never part of its text. One
+/// `docker` for all of them when all are there (a line each); one per image otherwise.
 fn inspect_each(format: &str, images: &[String]) -> Cmd {
     let mut argv = vec![
         "sh".to_string(),
         "-c".into(),
-        r#"f="$1"; shift; for r in "$@"; do docker image inspect --format "$f" "$r" 2>/dev/null || echo -; done"#.into(),
+        r#"f="$1"; shift
+if [ $# -gt 0 ] && out=$(docker image inspect --format "$f" "$@" 2>/dev/null) && [ "$(printf '%s\n' "$out" | wc -l)" -eq $# ]; then printf '%s\n' "$out"; exit 0; fi
+for r in "$@"; do docker image inspect --format "$f" "$r" 2>/dev/null || echo -; done"#.into(),
         "sh".into(),
         format.into(),
     ];
@@ -488,19 +497,62 @@ pub fn remove_docker_config(config_dir: &str) -> Cmd {
     Cmd::new(["rm", "-rf", config_dir])
 }
 
-/// A compose command run with the throwaway registry config, which is removed as soon as
-/// the command ends, however it ends.
-pub fn with_docker_config(cmd: Cmd, dir: &str) -> Cmd {
-    let mut argv = vec![
+/// What compose prints for a variable nothing sets (and then uses an empty string).
+pub const UNSET_VARIABLE: &str = "variable is not set. Defaulting to a blank string";
+
+/// `compose config` (the model) beside `compose pull`, in one command: the config's own
+/// CLI start and parse take no time of their own. The config still decides: when it
+/// fails or names a variable nothing sets ([`UNSET_VARIABLE`]), the pull is stopped.
+/// With `docker_config`, the pull uses that throwaway registry login, removed when the
+/// command ends, however it ends.
+///
+/// Everything goes to stdout, in order: the pull's output, then a line `<end> <config
+/// status> <pull status>`, then the model (config exited 0 and warned of no unset
+/// variable) or what the config printed on stderr. After a model and a pull that
+/// succeeded, a line `<end>-images` and `<image> <id> <repo digests>` of each image the
+/// model names, when they are all there (what `repo_digests` would tell). `<end>` is the
+/// last argument, added at run time: a random word that no output can forge. Exits 0
+/// once that line is out.
+pub fn config_beside_pull(config: &Cmd, pull: &Cmd, docker_config: Option<&str>) -> Cmd {
+    Cmd::new([
         "sh".to_string(),
         "-c".into(),
-        r#"export DOCKER_CONFIG="$1"; shift; "$@"; s=$?; rm -rf "$DOCKER_CONFIG"; exit $s"#.into(),
+        CONFIG_BESIDE_PULL.into(),
         "sh".into(),
-        dir.into(),
-    ];
-    argv.extend(cmd.0);
-    Cmd(argv)
+        quote_argv(&config.0),
+        quote_argv(&pull.0),
+        docker_config.unwrap_or_default().into(),
+        UNSET_VARIABLE.into(),
+    ])
 }
+
+const CONFIG_BESIDE_PULL: &str = r#"cfg=$1 pull=$2 dc=$3 pat=$4 end=$5
+t=$(mktemp -d) || exit 125
+trap 'rm -rf "$t"; [ -z "$dc" ] || rm -rf "$dc"' EXIT
+# dash and busybox skip the EXIT trap when a signal ends them: exit, so it runs.
+trap 'exit 143' TERM INT HUP
+eval "$cfg" >"$t/model" 2>"$t/err" </dev/null &
+c=$!
+[ -z "$dc" ] || export DOCKER_CONFIG="$dc"
+# exec: the pull's pid is the client's own, so that stopping it stops the pull.
+( exec 2>&1 </dev/null; eval "exec $pull" ) &
+p=$!
+wait "$c"; cs=$?
+ok=1; { [ "$cs" -eq 0 ] && ! grep -qF "$pat" "$t/err"; } || { ok=; kill "$p" 2>/dev/null; }
+wait "$p"; ps=$?
+printf '\n%s %s %s\n' "$end" "$cs" "$ps"
+[ -n "$ok" ] || { cat "$t/err"; exit 0; }
+cat "$t/model"
+[ "$ps" -eq 0 ] || exit 0
+# What each image the model names is, by one `docker` when all are there: berth pins by
+# it. Compose writes a service's image at this indentation; if not, berth asks again.
+set -f
+set -- $(sed -n 's/^      "image": "\([^"]*\)",\{0,1\}$/\1/p' "$t/model")
+[ $# -gt 0 ] && out=$(docker image inspect --format '{{.Id}} {{json .RepoDigests}}' "$@" 2>/dev/null) || exit 0
+[ "$(printf '%s\n' "$out" | wc -l)" -eq $# ] || exit 0
+# (compose ends its JSON without a newline)
+printf '\n%s-images\n' "$end"
+printf '%s\n' "$out" | while IFS= read -r l; do printf '%s %s\n' "$1" "$l"; shift; done"#;
 
 /// Removes a container, running or not (a one-off whose client was stopped).
 pub fn remove_container(name: &str) -> Cmd {

@@ -49,26 +49,6 @@ fn the_lock_is_taken_once_held_after_and_an_unwritable_dir_is_an_error() {
     assert!(err.contains("lock"), "{err}");
 }
 
-#[test]
-fn the_login_config_is_removed_when_the_command_ends_either_way() {
-    let tmp = tempfile::tempdir().unwrap();
-    for (tail, want) in [("exit 0", 0), ("exit 7", 7)] {
-        let dir = tmp.path().join(format!("cfg-{want}"));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("config.json"), "{}").unwrap();
-        let cmd = with_docker_config(
-            Cmd::new([
-                "sh",
-                "-c",
-                &format!("test -f \"$DOCKER_CONFIG/config.json\" && {tail}"),
-            ]),
-            &dir.display().to_string(),
-        );
-        assert_eq!(run_here(&cmd).0, want);
-        assert!(!dir.exists(), "{} left behind", dir.display());
-    }
-}
-
 /// Runs a command here with a stand-in `docker` (a shell script) first on PATH.
 fn run_with_docker_stdin(docker: &str, cmd: &Cmd, stdin: &[u8]) -> std::process::Output {
     use std::io::Write;
@@ -147,17 +127,125 @@ fn a_login_gets_the_password_on_stdin_and_a_failed_one_leaves_no_config() {
 
 #[test]
 fn each_image_gets_a_line_and_a_missing_one_a_dash() {
-    // Knows one image and prints the format it was given.
-    let docker = r#"[ "$5" = known ] || { echo 'No such image' >&2; exit 1; }; echo "$4 of $5""#;
+    let tmp = tempfile::tempdir().unwrap();
+    let calls = tmp.path().join("calls");
+    // `docker image inspect --format F R...`: knows `known`, prints the format it was
+    // given for each, fails (after the others) on any other; counts its runs.
+    let docker = format!(
+        r#"echo run >> {c}; f=$4; shift 4; s=0
+for r; do if [ "$r" = known ]; then echo "$f of $r"; else echo "No such image: $r" >&2; s=1; fi; done
+exit $s"#,
+        c = calls.display()
+    );
+    let runs = || std::fs::read_to_string(&calls).unwrap().lines().count();
     let images = ["known", "gone", "known"].map(String::from);
     assert_eq!(
-        run_with_docker(docker, &image_ids(&images)),
+        run_with_docker(&docker, &image_ids(&images)),
         "{{.Id}} of known\n-\n{{.Id}} of known\n"
     );
+    // One that fails, then one per image.
+    assert_eq!(runs(), 4);
+    std::fs::remove_file(&calls).unwrap();
+    // All there: one `docker` for all of them.
+    let known = ["known", "known"].map(String::from);
     assert_eq!(
-        run_with_docker(docker, &repo_digests(&images[..1])),
-        "{{.Id}} {{json .RepoDigests}} of known\n"
+        run_with_docker(&docker, &repo_digests(&known)),
+        "{{.Id}} {{json .RepoDigests}} of known\n{{.Id}} {{json .RepoDigests}} of known\n"
     );
+    assert_eq!(runs(), 1);
+    assert_eq!(run_with_docker(&docker, &repo_digests(&[])), "");
+}
+
+/// A stand-in `docker` for `config_beside_pull`: the config prints `$CONFIG_OUT` on
+/// stdout (without a newline at the end, as compose does), `$CONFIG_ERR` on stderr and exits `$CONFIG_STATUS`, after `$CONFIG_SLEEP`;
+/// the pull records its `DOCKER_CONFIG`, prints two lines, sleeps `$PULL_SLEEP` and exits
+/// `$PULL_STATUS`; TERM ends it, as it ends the real client.
+fn beside(dir: &std::path::Path, env: &str) -> (std::process::Output, std::time::Duration) {
+    let record = dir.join("pull-config");
+    let docker = format!(
+        r#"{env}
+case " $* " in
+*" config "*) sleep "${{CONFIG_SLEEP:-0}}"; [ -n "$CONFIG_OUT" ] || CONFIG_OUT='{{}}'; printf '%s' "$CONFIG_OUT"; [ -z "$CONFIG_ERR" ] || printf '%s\n' "$CONFIG_ERR" >&2; exit "${{CONFIG_STATUS:-0}}" ;;
+*" image inspect "*) shift 4; for r; do case $r in gone*) exit 1;; esac; echo "sha256:1 [\"$r@sha256:9\"]"; done; exit 0 ;;
+*" pull "*) echo "${{DOCKER_CONFIG:-none}}" > {r}; echo ' web Pulling'; trap 'kill $!; exit 143' TERM; sleep "${{PULL_SLEEP:-0}}" & wait $!; echo ' web Pulled'; exit "${{PULL_STATUS:-0}}" ;;
+esac
+exit 99"#,
+        r = record.display()
+    );
+    let login = dir.join("login");
+    std::fs::create_dir_all(&login).unwrap();
+    let l = layout();
+    let mut cmd = config_beside_pull(
+        &l.compose("r1", &["config", "--format", "json"]),
+        &l.compose("r1", &["pull", "--quiet"]),
+        Some(&login.display().to_string()),
+    );
+    cmd.0.push("END-x".into());
+    let started = std::time::Instant::now();
+    let out = run_with_docker_stdin(&docker, &cmd, b"");
+    (out, started.elapsed())
+}
+
+#[test]
+fn the_config_runs_beside_the_pull_and_its_failure_stops_the_pull() {
+    let tmp = tempfile::tempdir().unwrap();
+    let login = tmp.path().join("login");
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    // Both succeed: the pull's lines, the marker, the model; the pull had the login,
+    // which is gone afterwards.
+    let (out, _) = beside(tmp.path(), r#"CONFIG_OUT='{"services": {}}'"#);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out),
+        " web Pulling\n web Pulled\n\nEND-x 0 0\n{\"services\": {}}"
+    );
+    let used = std::fs::read_to_string(tmp.path().join("pull-config")).unwrap();
+    assert_eq!(used.trim(), login.display().to_string());
+    assert!(!login.exists(), "the registry login outlived the pull");
+    // A model naming images (as compose indents them): what each image is, in one
+    // `docker`; none when one is missing (berth asks again).
+    let model = |a: &str| {
+        format!(
+            "{{\n  \"services\": {{\n    \"a\": {{\n      \"image\": \"{a}\",\n      \"x\": 1\n    }},\n    \"b\": {{\n      \"image\": \"reg/b@sha256:5\"\n    }}\n  }}\n}}"
+        )
+    };
+    let (out, _) = beside(tmp.path(), &format!("CONFIG_OUT='{}'", model("reg/a:1")));
+    let images = "\nEND-x-images\nreg/a:1 sha256:1 [\"reg/a:1@sha256:9\"]\nreg/b@sha256:5 sha256:1 [\"reg/b@sha256:5@sha256:9\"]\n";
+    assert!(
+        text(&out).ends_with(&format!("{}{images}", model("reg/a:1"))),
+        "{}",
+        text(&out)
+    );
+    let (out, _) = beside(tmp.path(), &format!("CONFIG_OUT='{}'", model("gone/a:1")));
+    assert!(text(&out).ends_with(&model("gone/a:1")), "{}", text(&out));
+    // The pull fails: its status, and still the model.
+    let (out, _) = beside(tmp.path(), "PULL_STATUS=18");
+    assert!(text(&out).ends_with("\nEND-x 0 18\n{}"), "{}", text(&out));
+    // An unset variable (with exit 0) and a failed config both stop a long pull at once,
+    // and what follows the marker is the config's stderr.
+    for env in [
+        r#"CONFIG_SLEEP=0.3 PULL_SLEEP=30 CONFIG_ERR='WARN[0000] The "JWT" variable is not set. Defaulting to a blank string.'"#,
+        "CONFIG_SLEEP=0.3 PULL_SLEEP=30 CONFIG_STATUS=15 CONFIG_ERR='yaml: line 3: bad'",
+    ] {
+        let (out, took) = beside(tmp.path(), env);
+        let t = text(&out);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "the pull ran on: {took:?}"
+        );
+        assert!(!t.contains("web Pulled"), "{t}");
+        let (_, after) = t.split_once("\nEND-x ").unwrap();
+        assert!(
+            after.starts_with("0 143\nWARN[0000] The \"JWT\"")
+                || after.starts_with("15 143\nyaml: line 3"),
+            "{after}"
+        );
+        assert!(
+            !login.exists(),
+            "the registry login outlived the stopped pull"
+        );
+    }
 }
 
 #[test]
@@ -343,7 +431,7 @@ fn pure_builders_quote_hostile_values_safely() {
         deploy_dir: "/opt/a b".into(),
         project: "p".into(),
     };
-    let q = quote_argv(&l.switch_current("r1").0);
+    let q = quote_argv(&l.activate_and_switch("r1").0);
     assert!(q.contains("'/opt/a b/current'"), "{q}");
 }
 

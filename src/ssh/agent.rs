@@ -241,6 +241,7 @@ impl Marked {
 impl HostSession {
     /// Starts the host's agent (see the module doc); every later command runs through it.
     pub fn start_agent(&self, lock_dir: &str, token: &str) -> Result<(), SshError> {
+        let started = Instant::now();
         let mut channel = self
             .session
             .channel_session()
@@ -271,6 +272,7 @@ impl HostSession {
             seen.extend_from_slice(&buf[..n]);
         }
         *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(Agent { channel });
+        tracing::debug!(host = %self.name, ms = started.elapsed().as_millis(), "remote session started");
         Ok(())
     }
 

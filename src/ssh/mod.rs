@@ -173,7 +173,9 @@ impl HostSession {
                     "the name resolved to no address",
                 ))
             })?;
+        let started = std::time::Instant::now();
         let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(connect_err)?;
+        let tcp_ms = started.elapsed().as_millis();
         // Every command is a few small packets (channel open, exec, EOF) each waiting on the
         // last; with Nagle's algorithm each waits out the peer's delayed ACK (~40 ms), as
         // OpenSSH avoids by setting TCP_NODELAY for sessions.
@@ -193,6 +195,7 @@ impl HostSession {
             host: name.clone(),
             source,
         })?;
+        let handshake_ms = started.elapsed().as_millis();
         let (blob, kind) = session.host_key().ok_or_else(|| SshError::Handshake {
             host: name.clone(),
             source: ssh2::Error::unknown(),
@@ -212,6 +215,13 @@ impl HostSession {
                 source,
             })?;
         session.set_keepalive(true, 15);
+        tracing::debug!(
+            host = %name,
+            tcp_ms,
+            handshake_ms,
+            auth_ms = started.elapsed().as_millis(),
+            "connected"
+        );
         Ok(HostSession {
             name,
             host_key,

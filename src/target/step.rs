@@ -51,8 +51,9 @@ pub enum Output {
     Quiet,
     /// Exit 0 or fail; every line streamed to the log.
     Streamed,
-    /// `compose config --format json`: an unset variable fails; the model is kept.
-    ComposeModel,
+    /// [`crate::remote::config_beside_pull`]: the pull streamed, the model kept; completed
+    /// at run time with its random end marker.
+    ConfigBesidePull,
     /// Completed at run time with each image the compose model names by tag; the pins
     /// of those images are read from its output.
     PinByTag,
@@ -143,8 +144,12 @@ impl Step {
             }
             Action::Run { cmd, stdin, output } => {
                 let mut line = quote_argv(&cmd.0);
-                if *output == Output::PinByTag {
-                    line.push_str(" <each image the compose model names by tag>");
+                match output {
+                    Output::PinByTag => {
+                        line.push_str(" <each image the compose model names by tag>")
+                    }
+                    Output::ConfigBesidePull => line.push_str(" <random end marker>"),
+                    _ => {}
                 }
                 if stdin.is_some() {
                     line.push_str(" <<< (secret on stdin, redacted)");

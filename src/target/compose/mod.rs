@@ -15,12 +15,14 @@ use crate::target::{Access, Action, Body, Output, ReleaseError, ReleaseSpec, Ste
 use crate::workflow::Runner;
 
 pub(crate) mod lock;
+mod pull;
 mod records;
 mod seam;
 mod steps;
 mod watch;
 
-pub use steps::{activation_steps, release_steps, LONG, QUICK};
+pub use steps::{activation_step, release_steps, LONG, QUICK};
+use steps::{DEPLOY_UP, RESTORE_UP};
 pub use watch::{container_state, describe_failing, failing_containers};
 
 /// The state of a container of the project, from `docker inspect`.
@@ -369,14 +371,10 @@ impl ComposeHost {
         match output {
             Output::Quiet => self.step(step.name, cmd, stdin, step.bound).map(drop),
             Output::Streamed => self.streamed(step.name, cmd, stdin, step.bound).map(drop),
-            Output::ComposeModel => {
-                let out = self.step(step.name, cmd, stdin, step.bound)?;
-                self.model = Some(self.read_model(&out)?);
-                Ok(())
-            }
+            Output::ConfigBesidePull => self.config_beside_pull(step, cmd, stdin),
             Output::PinByTag => self.pin_by_tag(step, cmd),
             Output::Activate => {
-                let what = if step.name == "docker compose up" {
+                let what = if step.name == DEPLOY_UP {
                     "up"
                 } else {
                     "the restore"
@@ -388,40 +386,10 @@ impl ComposeHost {
         }
     }
 
-    /// The compose model as compose resolved it on the host (its files, its env file, the
-    /// host's environment). A variable the compose file uses that nothing sets fails the
-    /// deploy here (field notes A.5, C).
-    fn read_model(&self, out: &ExecOutput) -> Result<Value, ReleaseError> {
-        let names = unset_variables(&out.stderr);
-        if !names.is_empty() {
-            return Err(ReleaseError::MissingVariables {
-                host: self.conn.name.clone(),
-                names,
-            });
-        }
-        serde_json::from_str(&out.stdout).map_err(|e| ReleaseError::Unexpected {
-            host: self.conn.name.clone(),
-            doing: "reading `compose config`",
-            detail: e.to_string(),
-        })
-    }
-
     /// Pins services that berth did not build to what was just pulled, by digest, so the
     /// release can be restored exactly later. `cmd` is completed with their images.
     fn pin_by_tag(&mut self, step: &Step, cmd: &Cmd) -> Result<(), ReleaseError> {
-        let unpinned: Vec<(String, String)> = self
-            .model
-            .as_ref()
-            .and_then(|m| m["services"].as_object())
-            .into_iter()
-            .flatten()
-            .filter_map(|(service, def)| {
-                Some((service.clone(), def["image"].as_str()?.to_string()))
-            })
-            .filter(|(service, image)| {
-                !self.pins.contains_key(service) && !image.contains("@sha256:")
-            })
-            .collect();
+        let unpinned = self.unpinned();
         if unpinned.is_empty() {
             return Ok(());
         }
@@ -435,6 +403,23 @@ impl ComposeHost {
             }
         }
         Ok(())
+    }
+
+    /// The services of the model, with their image, that are not pinned yet: neither
+    /// built by berth nor named by digest.
+    fn unpinned(&self) -> Vec<(String, String)> {
+        self.model
+            .as_ref()
+            .and_then(|m| m["services"].as_object())
+            .into_iter()
+            .flatten()
+            .filter_map(|(service, def)| {
+                Some((service.clone(), def["image"].as_str()?.to_string()))
+            })
+            .filter(|(service, image)| {
+                !self.pins.contains_key(service) && !image.contains("@sha256:")
+            })
+            .collect()
     }
 
     /// Re-activates a release: its compose file, its pins and its env file.
@@ -456,8 +441,7 @@ impl ComposeHost {
         // One command, `up` then the switch of `current`, sent with `keep`: if berth is
         // gone before it ends (cancelled, killed), the host runs it to its end, and
         // `current` names the restored release only once `up` succeeded.
-        let [up, _] = activation_steps(&self.layout, id, "docker compose up (restore)");
-        let cmd = self.layout.activate_and_switch(id);
+        let up = activation_step(&self.layout, id, RESTORE_UP);
         if !lock::set_restoring(&self.access, &self.token, true) {
             return Err(crate::ssh::SshError::Cancelled {
                 host: self.conn.name.clone(),
@@ -466,6 +450,7 @@ impl ComposeHost {
             .into());
         }
         self.restoring = true;
+        let cmd = up.command().expect("the activation runs a command").clone();
         let result = self.run_command(&up, &cmd, None, Output::Activate);
         self.restoring = false;
         lock::set_restoring(&self.access, &self.token, false);

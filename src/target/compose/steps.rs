@@ -7,6 +7,9 @@ use crate::remote::{self, Layout};
 use crate::report::Phase;
 use crate::target::{Action, Body, Output, ReleaseSpec, Step, Undo};
 
+/// The step that resolves the compose model beside the pull.
+pub const CONFIG_AND_PULL: &str = "docker compose config + pull";
+
 /// Bookkeeping commands: a host that takes longer is not answering.
 pub const QUICK: Duration = Duration::from_secs(60);
 /// Pull, pre-deploy and `up`: bounded, but by what a slow registry or migration may need.
@@ -19,7 +22,7 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
     let mut steps = upload_steps(layout, spec);
     steps.extend(pull_steps(layout, spec, docker_config));
     steps.extend(pre_deploy_step(layout, spec));
-    steps.extend(activation_steps(layout, &spec.id, "docker compose up"));
+    steps.push(activation_step(layout, &spec.id, DEPLOY_UP));
     steps
 }
 
@@ -75,53 +78,43 @@ fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
             Body::Record("pending"),
             0o644,
         ),
-        Step::run(
-            Phase::Upload,
-            "docker compose config",
-            layout.compose(id, &["config", "--format", "json"]),
-            Output::ComposeModel,
-            QUICK,
-        ),
     ]
 }
 
-/// The registry login (when berth pushed), the pull, then the pins of what compose names
-/// by tag, so the release can be restored exactly later; the record names every pin
-/// before anything runs from them.
+/// The registry login (when berth pushed), then `compose config` beside the pull: the
+/// config fails on a variable nothing sets (field notes A.5, C), which stops the pull,
+/// and no container has changed. Then the pins of what compose names by tag, so the
+/// release can be restored exactly later; the record names every pin before anything
+/// runs from them.
 fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
     let id = spec.id.as_str();
     let file = |name, file, body| release_file(layout, id, Phase::Pull, name, file, body, 0o644);
+    let config = layout.compose(id, &["config", "--format", "json"]);
     let pull = layout.compose(id, &["pull", "--quiet", "--ignore-buildable"]);
     let mut steps = Vec::new();
-    match &spec.registry {
-        None => steps.push(Step::run(
+    let both = |login| {
+        let cmd = remote::config_beside_pull(&config, &pull, login);
+        Step::run(
             Phase::Pull,
-            "docker compose pull",
-            pull,
-            Output::Streamed,
+            CONFIG_AND_PULL,
+            cmd,
+            Output::ConfigBesidePull,
             LONG,
-        )),
+        )
+    };
+    match &spec.registry {
+        None => steps.push(both(None)),
         Some(login) => {
             let cmd = remote::registry_login(&login.server, &login.username, docker_config);
+            // The pull removes the login config when it ends; if it never ran to its end
+            // (connection lost, timeout), the credential must not stay on the host.
+            let cleanup = Undo::Cleanup(remote::remove_docker_config(docker_config));
             steps.push(
                 Step::run(Phase::Pull, "docker login", cmd, Output::Quiet, QUICK)
                     .stdin(login.password.clone())
-                    .undo(Undo::Cleanup(remote::remove_docker_config(docker_config))),
+                    .undo(cleanup.clone()),
             );
-            // The pull removes the login config when it ends; if it never ran to its end
-            // (connection lost, timeout), the credential must not stay on the host.
-            let pull = remote::with_docker_config(pull, docker_config);
-            let cleanup = Undo::Cleanup(remote::remove_docker_config(docker_config));
-            steps.push(
-                Step::run(
-                    Phase::Pull,
-                    "docker compose pull",
-                    pull,
-                    Output::Streamed,
-                    LONG,
-                )
-                .undo(cleanup),
-            );
+            steps.push(both(Some(docker_config)).undo(cleanup));
         }
     }
     let pin = remote::repo_digests(&[]);
@@ -160,16 +153,17 @@ fn pre_deploy_step(layout: &Layout, spec: &ReleaseSpec) -> Option<Step> {
     )
 }
 
-/// `up` of release `id`, then `current` switched to it: a deploy's last steps, and a
-/// restore's. The running containers may change from the first of them on.
-pub fn activation_steps(layout: &Layout, id: &str, name: &'static str) -> [Step; 2] {
-    let up = layout.compose(id, &["up", "-d", "--remove-orphans"]);
-    let switch = layout.switch_current(id);
-    [
-        Step::run(Phase::Up, name, up, Output::Activate, LONG).undo(Undo::Restore),
-        Step::run(Phase::Up, "switch current", switch, Output::Quiet, QUICK).undo(Undo::Restore),
-    ]
+/// `up` of release `id`, then `current` switched to it once `up` succeeded, as one
+/// command: a deploy's last step, and a restore's. The running containers may change from
+/// here on.
+pub fn activation_step(layout: &Layout, id: &str, name: &'static str) -> Step {
+    let cmd = layout.activate_and_switch(id);
+    Step::run(Phase::Up, name, cmd, Output::Activate, LONG).undo(Undo::Restore)
 }
+
+/// The deploy's activation step; a restore's is named [`RESTORE_UP`].
+pub const DEPLOY_UP: &str = "docker compose up, switch current";
+pub const RESTORE_UP: &str = "docker compose up (restore), switch current";
 
 #[cfg(test)]
 mod tests {
@@ -219,18 +213,18 @@ mod tests {
         );
         assert_eq!(
             phases[0].1,
-            "release dir, compose file, digest pins, env file (0600), release record, docker compose config"
+            "release dir, compose file, digest pins, env file (0600), release record"
         );
+        assert!(phases[1]
+            .1
+            .starts_with("docker login, docker compose config + pull, "));
         let first_restore = steps.iter().position(|s| s.undo == Undo::Restore).unwrap();
-        assert_eq!(steps[first_restore].name, "docker compose up");
+        assert_eq!(steps[first_restore].name, DEPLOY_UP);
         assert!(steps[first_restore..]
             .iter()
             .all(|s| s.undo == Undo::Restore));
         // The pull's cleanup removes exactly the login's config dir.
-        let pull = steps
-            .iter()
-            .find(|s| s.name == "docker compose pull")
-            .unwrap();
+        let pull = steps.iter().find(|s| s.name == CONFIG_AND_PULL).unwrap();
         assert_eq!(
             pull.undo,
             Undo::Cleanup(remote::remove_docker_config("/tmp/berth-docker-config.abc"))

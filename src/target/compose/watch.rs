@@ -26,6 +26,21 @@ impl ComposeHost {
     /// container created from the pin's own digest reference runs it (a digest names one
     /// image); any other is checked by image id against the pin resolved on the host.
     pub fn verify(&mut self) -> Result<(), ReleaseError> {
+        // First from `docker ps`, which names the image reference each container was
+        // created from only while that reference still names the image it runs.
+        let listed = self.step(
+            "list containers",
+            &self.layout.container_images(),
+            None,
+            QUICK,
+        )?;
+        if let Some(n) = runs_the_pins(&listed.stdout, &self.pins) {
+            self.runner.line(&format!(
+                "{}: verified {n} container(s) run the pinned digests",
+                self.conn.name
+            ));
+            return Ok(());
+        }
         let containers = self.containers()?;
         let unproven: Vec<&ContainerState> = containers
             .iter()
@@ -215,5 +230,46 @@ pub fn container_state(v: &Value) -> ContainerState {
             .unwrap_or("")
             .into(),
         one_off: labels["com.docker.compose.oneoff"].as_str() == Some("True"),
+    }
+}
+
+/// The number of containers `docker ps` listed (see [`remote::Layout::container_images`])
+/// when every one of a pinned service, one-offs aside, was created from its pin and runs
+/// it.
+fn runs_the_pins(listed: &str, pins: &BTreeMap<String, String>) -> Option<usize> {
+    let mut n = 0;
+    for line in listed.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = line.split('\t');
+        let (service, one_off, image) = (f.next()?, f.next()?, f.next()?);
+        if one_off != "True" && pins.get(service).is_some_and(|pin| pin != image) {
+            return None;
+        }
+        n += 1;
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_ps_proves_containers_made_from_their_pins_and_nothing_else() {
+        let pins: BTreeMap<String, String> = [
+            ("web".to_string(), "reg/web@sha256:aa".to_string()),
+            ("db".to_string(), "postgres@sha256:bb".to_string()),
+        ]
+        .into();
+        let ok = "web\t\treg/web@sha256:aa\tp-web-1\nweb\t\treg/web@sha256:aa\tp-web-2\n\
+                  db\t\tpostgres@sha256:bb\tp-db-1\nweb\tTrue\treg/web:old\tp-web-run-1\n\
+                  extra\t\tbusybox:1\tp-extra-1\n";
+        assert_eq!(runs_the_pins(ok, &pins), Some(5));
+        assert_eq!(runs_the_pins("", &pins), Some(0));
+        // Made from the tag, or the image id (the pin names another image now): unproven.
+        for other in ["reg/web:1", "sha256:0123"] {
+            let listed = format!("web\t\t{other}\tp-web-1\n");
+            assert_eq!(runs_the_pins(&listed, &pins), None, "{other}");
+        }
+        assert_eq!(runs_the_pins("web only\n", &pins), None);
     }
 }
