@@ -19,6 +19,7 @@ use std::time::Duration;
 
 mod preflight;
 mod records;
+pub mod swarm;
 
 pub use preflight::{parse_preflight, Preflight};
 use records::records_script;
@@ -526,20 +527,26 @@ pub fn config_beside_pull(config: &Cmd, pull: &Cmd, docker_config: Option<&str>)
     ])
 }
 
-const CONFIG_BESIDE_PULL: &str = r#"cfg=$1 pull=$2 dc=$3 pat=$4 end=$5
-t=$(mktemp -d) || exit 125
-trap 'rm -rf "$t"; [ -z "$dc" ] || rm -rf "$dc"' EXIT
+const CONFIG_BESIDE_PULL: &str = r#"cfg=$1 pull=$2 dc=$3 pat=$4 end=$5 t= p=
+# The pull runs in a process group of its own (when setsid is there), which is stopped as
+# a whole: `docker` runs compose as a child, and before Docker 25 the client neither
+# stops on the first TERM nor passes it on.
+stop_pull() { [ -z "$p" ] || kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; }
+trap '[ -z "$t" ] || rm -rf "$t"; [ -z "$dc" ] || rm -rf "$dc"' EXIT
 # dash and busybox skip the EXIT trap when a signal ends them: exit, so it runs.
-trap 'exit 143' TERM INT HUP
+trap 'stop_pull; exit 143' TERM INT HUP
+t=$(mktemp -d) || exit 125
 eval "$cfg" >"$t/model" 2>"$t/err" </dev/null &
 c=$!
 [ -z "$dc" ] || export DOCKER_CONFIG="$dc"
-# exec: the pull's pid is the client's own, so that stopping it stops the pull.
-( exec 2>&1 </dev/null; eval "exec $pull" ) &
+ss=; command -v setsid >/dev/null && ss=setsid
+# exec: the pull's pid is the one started here, the leader of its group (a non-interactive
+# shell's background job is no group leader, so setsid does not fork).
+( exec 2>&1 </dev/null; eval "exec $ss $pull" ) &
 p=$!
 wait "$c"; cs=$?
-ok=1; { [ "$cs" -eq 0 ] && ! grep -qF "$pat" "$t/err"; } || { ok=; kill "$p" 2>/dev/null; }
-wait "$p"; ps=$?
+ok=1; { [ "$cs" -eq 0 ] && ! grep -qF "$pat" "$t/err"; } || { ok=; stop_pull; }
+wait "$p"; ps=$?; p=
 printf '\n%s %s %s\n' "$end" "$cs" "$ps"
 [ -n "$ok" ] || { cat "$t/err"; exit 0; }
 cat "$t/model"

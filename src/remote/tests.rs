@@ -52,16 +52,7 @@ fn the_lock_is_taken_once_held_after_and_an_unwritable_dir_is_an_error() {
 /// Runs a command here with a stand-in `docker` (a shell script) first on PATH.
 fn run_with_docker_stdin(docker: &str, cmd: &Cmd, stdin: &[u8]) -> std::process::Output {
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let fake = tmp.path().join("docker");
-    std::fs::write(&fake, format!("#!/bin/sh\n{docker}\n")).unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        tmp.path().display(),
-        std::env::var("PATH").unwrap()
-    );
+    let (_fake, path) = fake_docker(docker);
     let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(quote_argv(&cmd.0))
@@ -77,6 +68,21 @@ fn run_with_docker_stdin(docker: &str, cmd: &Cmd, stdin: &[u8]) -> std::process:
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
     }
     child.wait_with_output().unwrap()
+}
+
+/// A dir holding `docker`, a shell script, and a PATH with it first.
+fn fake_docker(docker: &str) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("docker");
+    std::fs::write(&fake, format!("#!/bin/sh\n{docker}\n")).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        tmp.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    (tmp, path)
 }
 
 fn run_with_docker(docker: &str, cmd: &Cmd) -> String {
@@ -156,18 +162,26 @@ exit $s"#,
     assert_eq!(run_with_docker(&docker, &repo_digests(&[])), "");
 }
 
-/// A stand-in `docker` for `config_beside_pull`: the config prints `$CONFIG_OUT` on
-/// stdout (without a newline at the end, as compose does), `$CONFIG_ERR` on stderr and exits `$CONFIG_STATUS`, after `$CONFIG_SLEEP`;
-/// the pull records its `DOCKER_CONFIG`, prints two lines, sleeps `$PULL_SLEEP` and exits
-/// `$PULL_STATUS`; TERM ends it, as it ends the real client.
-fn beside(dir: &std::path::Path, env: &str) -> (std::process::Output, std::time::Duration) {
+/// A stand-in `docker` for `config_beside_pull`, and the command: the config prints
+/// `$CONFIG_OUT` on stdout (without a newline at the end, as compose does), `$CONFIG_ERR`
+/// on stderr and exits `$CONFIG_STATUS`, after `$CONFIG_SLEEP`; the pull records its
+/// `DOCKER_CONFIG`, prints two lines, sleeps `$PULL_SLEEP` and exits `$PULL_STATUS`, from
+/// a child that only a TERM to the child stops (see below).
+fn beside_cmd(dir: &std::path::Path, env: &str) -> (String, Cmd) {
     let record = dir.join("pull-config");
     let docker = format!(
-        r#"{env}
+        r#"set -a
+{env}
+set +a
 case " $* " in
 *" config "*) sleep "${{CONFIG_SLEEP:-0}}"; [ -n "$CONFIG_OUT" ] || CONFIG_OUT='{{}}'; printf '%s' "$CONFIG_OUT"; [ -z "$CONFIG_ERR" ] || printf '%s\n' "$CONFIG_ERR" >&2; exit "${{CONFIG_STATUS:-0}}" ;;
 *" image inspect "*) shift 4; for r; do case $r in gone*) exit 1;; esac; echo "sha256:1 [\"$r@sha256:9\"]"; done; exit 0 ;;
-*" pull "*) echo "${{DOCKER_CONFIG:-none}}" > {r}; echo ' web Pulling'; trap 'kill $!; exit 143' TERM; sleep "${{PULL_SLEEP:-0}}" & wait $!; echo ' web Pulled'; exit "${{PULL_STATUS:-0}}" ;;
+*" pull "*) echo "${{DOCKER_CONFIG:-none}}" > {r}
+  # As `docker` before 25: compose is a child (the plugin), and the client takes no notice
+  # of TERM; only a TERM to the child stops the pull.
+  sh -c 'echo " web Pulling"; sleep "${{PULL_SLEEP:-0}}"; echo " web Pulled"; exit "${{PULL_STATUS:-0}}"' &
+  c=$!; trap : TERM
+  while :; do wait $c; s=$?; kill -0 $c 2>/dev/null || exit $s; done ;;
 esac
 exit 99"#,
         r = record.display()
@@ -181,9 +195,48 @@ exit 99"#,
         Some(&login.display().to_string()),
     );
     cmd.0.push("END-x".into());
+    (docker, cmd)
+}
+
+fn beside(dir: &std::path::Path, env: &str) -> (std::process::Output, std::time::Duration) {
+    let (docker, cmd) = beside_cmd(dir, env);
     let started = std::time::Instant::now();
     let out = run_with_docker_stdin(&docker, &cmd, b"");
     (out, started.elapsed())
+}
+
+#[test]
+fn a_cancelled_config_and_pull_stops_the_pull_and_removes_the_login() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (docker, cmd) = beside_cmd(tmp.path(), "PULL_SLEEP=30");
+    let (_fake, path) = fake_docker(&docker);
+    // As the agent runs a command: in a process group of its own, which a cancel TERMs.
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(quote_argv(&cmd.0))
+        .env("PATH", path)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: a signal to the process group this test just started.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    // The output ends only once nothing holds it open: the pull's child included.
+    let out = child.wait_with_output().unwrap();
+    // (TERM ends the `sh -c` around the script; the script itself exits 143.)
+    assert!(!out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("web Pulled"), "{out:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the pull outlived the command"
+    );
+    assert!(
+        !tmp.path().join("login").exists(),
+        "the registry login outlived the command"
+    );
 }
 
 #[test]

@@ -54,14 +54,22 @@ const ANALYSIS: &str = r#"
 |---|---|---:|---:|
 | before the remote session: each command an exec with a login shell, plus a heartbeat connection | about 15 execs, 7 SFTP writes | 2.43x | 1.33 s |
 | remote session (one `sh` per host), 2026-11-25 05:34 UTC | 14 commands, 7 SFTP writes, 1 SFTP dir | 1.43x | 0.50 s (D=0), 0.58 s worst |
+| renames through the session, one `docker info`, the probe beside verification, 2026-11-25 09:15 UTC | 16 commands, 7 SFTP writes, 1 SFTP dir | 1.27x | 0.24 s (D=0) |
 | this run | see table 1 | see table 1 | {overhead} |
 
-The change from the second row to this run: a file uploaded over an existing one was renamed
+The change from the second row to the third: a file uploaded over an existing one was renamed
 with a separate exec (a login shell, about 86 ms, three times per deploy) and now goes
 through the session; preflight's docker CLI starts ran side by side (one `docker info` since); the probe no longer
 waits for the digest verification (which asked the host's thread for the health URLs while it
 was busy verifying); and verification resolves a pin only when a container's image reference
 differs from it.
+
+The change from the third row to this run: `compose config` runs beside the pull in one
+command (its CLI start and parse, about 70 ms, hide behind the pull), and the same command
+tells what each image the model names is (no separate pin command); `up` and the switch of
+`current` are one command; verification is one `docker ps` when every container was made
+from its pin (two CLI starts before); and `docker image inspect` of several images is one
+CLI start.
 "#;
 
 struct Opts {

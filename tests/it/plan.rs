@@ -171,5 +171,8 @@ fn the_dry_run_plan_is_exactly_what_the_host_then_receives() {
     }
     // The plan ends where the verdict begins: what comes next verifies what runs.
     let next = sent.next().map(String::as_str).unwrap_or_default();
-    assert!(next.starts_with("docker ps -a --no-trunc --filter"), "{next}");
+    assert!(
+        next.starts_with("docker ps -a --no-trunc --filter"),
+        "{next}"
+    );
 }

@@ -1,10 +1,15 @@
 //! The Swarm target (issue 17), as far as it is built: the stack file berth makes from
 //! `docker compose config` is one that a real `docker stack deploy` takes, with the
-//! images pinned, start-first where it can work, and the env file's values in the spec.
+//! images pinned, start-first where it can work, and the env file's values in the spec;
+//! and berth's look at a stack (one command) judges a real update: converged, or failed
+//! at the first failed task of the new image while the old tasks still serve.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use berth::target::swarm::state::{judge_stack, parse_stack_state, stack_verdict, StackVerdict};
+
+use crate::support::rig::{busybox_image, sh};
 use crate::support::swarm::SwarmEngine;
 
 #[test]
@@ -110,4 +115,156 @@ volumes:
         inspect(web, "{{(index .Endpoint.Ports 0).PublishedPort}}"),
         "8080"
     );
+}
+
+/// `compose.yml` resolved by `docker compose config`, made a stack file by berth, and
+/// deployed as berth deploys it (the images are on the engine: `--resolve-image never`).
+fn deploy(engine: &SwarmEngine, project: &str, compose: &str) {
+    let dir = engine.dir.path();
+    std::fs::write(dir.join("compose.yml"), compose).unwrap();
+    let config = sh(Command::new("docker")
+        .args(["compose", "-p", project, "-f"])
+        .arg(dir.join("compose.yml"))
+        .args(["config", "--format", "json"]));
+    let model: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let stack = berth::target::swarm::stack::stack_file(&model, project, &BTreeMap::new()).unwrap();
+    let file = dir.join("stack.json");
+    std::fs::write(&file, serde_json::to_string(&stack.file).unwrap()).unwrap();
+    let file = file.display().to_string();
+    engine.ok(&[
+        "stack",
+        "deploy",
+        "-c",
+        &file,
+        "--resolve-image",
+        "never",
+        "--prune",
+        project,
+    ]);
+}
+
+/// Looks at the stack as berth does, through the same command, until the verdict is not
+/// `Updating` (at most 2 minutes).
+fn settle(engine: &SwarmEngine, project: &str, images: &BTreeMap<String, String>) -> StackVerdict {
+    let cmd = berth::remote::swarm::stack_state(project);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(berth::ssh::quote_argv(&cmd.0))
+            .env("DOCKER_HOST", &engine.host)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let state = parse_stack_state(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let verdict = stack_verdict(&judge_stack(&state, project, images));
+        match verdict {
+            StackVerdict::Updating(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(250))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Builds an image on the rig's engine and loads it into the swarm's (which cannot reach
+/// the rig's registry from its namespace).
+fn image_on(engine: &SwarmEngine, tag: &str, extra: &str) -> String {
+    busybox_image(tag, extra, &[]);
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "docker save {tag} | docker -H {} load",
+        engine.host
+    )));
+    tag.to_string()
+}
+
+#[test]
+fn a_stack_update_converges_and_a_crash_looping_task_fails_it_while_the_old_tasks_serve() {
+    let engine = SwarmEngine::start();
+    let web = |v: &str| {
+        image_on(
+            &engine,
+            &format!("berth-swarm-web:{v}"),
+            &format!("ENV V={v}\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/\"]"),
+        )
+    };
+    let (v1, v2) = (web("1"), web("2"));
+    let crash = image_on(
+        &engine,
+        "berth-swarm-crash:1",
+        "CMD [\"sh\", \"-c\", \"echo starting; exit 3\"]",
+    );
+    let compose = |image: &str| {
+        format!("services:\n  web:\n    image: {image}\n    deploy:\n      replicas: 2\n")
+    };
+    let images = |image: &str| BTreeMap::from([("web".to_string(), image.to_string())]);
+    for image in [&v1, &v2] {
+        deploy(&engine, "shop", &compose(image));
+        assert_eq!(
+            settle(&engine, "shop", &images(image)),
+            StackVerdict::Converged
+        );
+    }
+    // The pre-deploy one-shot as a replicated job from the new image, on the stack's
+    // network (it resolves `web`), with the env file's values: its output and exit code,
+    // and the job gone afterwards, either way.
+    let env = engine.dir.path().join("job.env");
+    std::fs::write(&env, "GREETING=hi-from-env\n").unwrap();
+    let job = |release: &str, script: &str| {
+        let cmd = berth::remote::swarm::pre_deploy_job(
+            &berth::remote::swarm::job_name("shop", release),
+            &v2,
+            &["shop_default".to_string()],
+            &env.display().to_string(),
+            &["sh".to_string(), "-c".to_string(), script.to_string()],
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(berth::ssh::quote_argv(&cmd.0))
+            .env("DOCKER_HOST", &engine.host)
+            .output()
+            .unwrap()
+    };
+    let ok = job("r1", "nslookup web >/dev/null && echo migrated $GREETING");
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("migrated hi-from-env"),
+        "{ok:?}"
+    );
+    let failed = job("r2", "echo broken; exit 4");
+    assert_eq!(failed.status.code(), Some(4), "{failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stdout).contains("broken"),
+        "{failed:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("task ended failed"),
+        "{failed:?}"
+    );
+    let services = engine.ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(services.trim(), "shop_web", "a job outlived its command");
+    // The crash-looping release: failed at its first failed task, with its exit code.
+    deploy(&engine, "shop", &compose(&crash));
+    match settle(&engine, "shop", &images(&crash)) {
+        StackVerdict::Failed(f) => {
+            assert!(f.len() == 1 && f[0].starts_with("web: "), "{f:?}");
+            assert!(f[0].contains("non-zero exit (3)"), "{f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Start-first: the release that was proven still runs on both replicas.
+    let running = engine.ok(&[
+        "service",
+        "ps",
+        "shop_web",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Image}} {{.CurrentState}}",
+    ]);
+    let serving = running
+        .lines()
+        .filter(|l| l.starts_with(&format!("{v2} Running")))
+        .count();
+    assert_eq!(serving, 2, "{running}");
 }

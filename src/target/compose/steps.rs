@@ -40,8 +40,7 @@ fn release_file(
     Step::upload(phase, name, path, body, mode, QUICK)
 }
 
-/// The release dir and its files, then `compose config`, which fails on a variable
-/// nothing sets (field notes A.5, C) before anything is pulled.
+/// The release dir and its files.
 fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
     let id = spec.id.as_str();
     let file =
