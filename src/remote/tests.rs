@@ -228,7 +228,10 @@ fn a_cancelled_config_and_pull_stops_the_pull_and_removes_the_login() {
     let out = child.wait_with_output().unwrap();
     // (TERM ends the `sh -c` around the script; the script itself exits 143.)
     assert!(!out.status.success(), "{out:?}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("web Pulled"), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("web Pulled"),
+        "{out:?}"
+    );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(10),
         "the pull outlived the command"
