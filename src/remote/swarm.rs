@@ -33,7 +33,8 @@ pub fn job_name(project: &str, release: &str) -> String {
 
 /// The pre-deploy one-shot as a Swarm replicated job, in one command: created from
 /// `image` on `networks`, with the environment in `env_file` (a file on the manager,
-/// never the command line), restart `none`; then waited for; then its output, and the
+/// never the command line), restart `none`, without the image's health check (a one-shot
+/// serves nothing); then waited for; then its output, and the
 /// job removed. Exits with the job's exit code (1 when its task failed without one, e.g.
 /// rejected, with Swarm's error). The command's bound and its cleanup ([`remove_service`])
 /// stop it (`pre-deploy-timeout`, a cancelled run).
@@ -63,7 +64,7 @@ pub fn pre_deploy_job(
 
 const PRE_DEPLOY_JOB: &str = r#"name=$1; shift
 docker service create --detach --quiet --name "$name" --mode replicated-job \
-  --restart-condition none --with-registry-auth "$@" >/dev/null || exit
+  --restart-condition none --no-healthcheck --with-registry-auth "$@" >/dev/null || exit
 trap 'docker service rm "$name" >/dev/null 2>&1' EXIT
 trap 'exit 143' TERM INT HUP
 while :; do

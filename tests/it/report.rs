@@ -29,6 +29,7 @@ fn normalise(text: &str) -> String {
         // What the attempts before the first answer met depends on how fast the app's
         // container started listening (a refused connection or two on a busy machine).
         (r"attempt\(s\) \([^)]*\)", "attempt(s) (REASONS)"),
+        (r"(healthy after N s); last failure at N s: [^\n]*", "$1."),
         (
             r"attempt\(s\) in N\.\d+s: N [A-Za-z ]+(, N [A-Za-z ]+)*",
             "attempt(s) in N.Ns: REASONS",

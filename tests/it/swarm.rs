@@ -181,30 +181,41 @@ fn image_on(engine: &SwarmEngine, tag: &str, extra: &str) -> String {
 #[test]
 fn a_stack_update_converges_and_a_crash_looping_task_fails_it_while_the_old_tasks_serve() {
     let engine = SwarmEngine::start();
+    // A web server that reports healthy once it answers, and, stopped, keeps answering
+    // for 2 s. The crash image has a health check too: without one, Swarm counts a task
+    // as running the moment its container starts, and start-first then stops an old task
+    // for a new one that exits a moment later (seen on this rig: one replica lost).
     let web = |v: &str| {
         image_on(
             &engine,
             &format!("berth-swarm-web:{v}"),
-            &format!("ENV V={v}\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/\"]"),
+            &format!(
+                "RUN mkdir /www && echo v{v} > /www/index.html\n\
+                 HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD wget -qO- http://127.0.0.1/ || exit 1\n\
+                 CMD [\"sh\", \"-c\", \"trap 'sleep 2; exit 0' TERM; httpd -f -p 80 -h /www & wait\"]"
+            ),
         )
     };
     let (v1, v2) = (web("1"), web("2"));
     let crash = image_on(
         &engine,
         "berth-swarm-crash:1",
-        "CMD [\"sh\", \"-c\", \"echo starting; exit 3\"]",
+        "HEALTHCHECK --interval=1s --timeout=1s CMD exit 1\nCMD [\"sh\", \"-c\", \"echo starting; exit 3\"]",
     );
     let compose = |image: &str| {
         format!("services:\n  web:\n    image: {image}\n    deploy:\n      replicas: 2\n")
     };
     let images = |image: &str| BTreeMap::from([("web".to_string(), image.to_string())]);
-    for image in [&v1, &v2] {
-        deploy(&engine, "shop", &compose(image));
-        assert_eq!(
-            settle(&engine, "shop", &images(image)),
-            StackVerdict::Converged
-        );
-    }
+    deploy(&engine, "shop", &compose(&v1));
+    assert_eq!(
+        settle(&engine, "shop", &images(&v1)),
+        StackVerdict::Converged
+    );
+    deploy(&engine, "shop", &compose(&v2));
+    assert_eq!(
+        settle(&engine, "shop", &images(&v2)),
+        StackVerdict::Converged
+    );
     // The pre-deploy one-shot as a replicated job from the new image, on the stack's
     // network (it resolves `web`), with the env file's values: its output and exit code,
     // and the job gone afterwards, either way.
@@ -252,7 +263,8 @@ fn a_stack_update_converges_and_a_crash_looping_task_fails_it_while_the_old_task
         }
         other => panic!("{other:?}"),
     }
-    // Start-first: the release that was proven still runs on both replicas.
+    // Start-first: the release that was proven still runs on both replicas. The whole
+    // stack goes back to it by deploying its stack file again, and converges.
     let running = engine.ok(&[
         "service",
         "ps",
@@ -267,4 +279,9 @@ fn a_stack_update_converges_and_a_crash_looping_task_fails_it_while_the_old_task
         .filter(|l| l.starts_with(&format!("{v2} Running")))
         .count();
     assert_eq!(serving, 2, "{running}");
+    deploy(&engine, "shop", &compose(&v2));
+    assert_eq!(
+        settle(&engine, "shop", &images(&v2)),
+        StackVerdict::Converged
+    );
 }
