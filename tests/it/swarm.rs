@@ -67,6 +67,7 @@ volumes:
     let pins = BTreeMap::from([("web".to_string(), pin.clone())]);
     let stack = berth::target::swarm::stack::stack_file(&model, "shop", &pins).unwrap();
     assert_eq!(stack.start_first, ["web"]);
+    assert_eq!(stack.no_healthcheck, ["web"]);
     assert_eq!(stack.host_ports, ["agent"]);
     let file = dir.join("stack.json");
     std::fs::write(&file, serde_json::to_string(&stack.file).unwrap()).unwrap();

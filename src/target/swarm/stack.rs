@@ -46,6 +46,11 @@ pub struct StackFile {
     /// Services left stop-first for another reason, and why: a writable volume (two tasks
     /// would share its data) or one task per node at most (the new one could not start).
     pub stop_first: Vec<(String, &'static str)>,
+    /// Start-first services whose compose file sets no health check. Unless their image
+    /// has one, Swarm counts a new task running the moment its container starts, and
+    /// start-first stops the old task for a new one that may exit a moment later
+    /// (docs/swarm-research.md §5a): the target checks their images and warns.
+    pub no_healthcheck: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +101,7 @@ pub fn stack_file(
         start_first: Vec::new(),
         host_ports: Vec::new(),
         stop_first: Vec::new(),
+        no_healthcheck: Vec::new(),
     };
     for (name, def) in services.iter_mut() {
         let Some(def) = def.as_object_mut() else {
@@ -166,8 +172,25 @@ fn service(
     if let Some(update) = update.as_object_mut() {
         update.insert("order".into(), Value::String("start-first".into()));
         stack.start_first.push(name.into());
+        if !has_healthcheck(def) {
+            stack.no_healthcheck.push(name.into());
+        }
     }
     Ok(())
+}
+
+/// Whether the compose file gives the service a health check of its own (not disabled).
+fn has_healthcheck(def: &Map<String, Value>) -> bool {
+    let Some(hc) = def.get("healthcheck").and_then(Value::as_object) else {
+        return false;
+    };
+    let none = hc
+        .get("test")
+        .and_then(Value::as_array)
+        .and_then(|t| t.first())
+        .and_then(Value::as_str)
+        == Some("NONE");
+    !is_true(hc.get("disable")) && !none && hc.get("test").is_some()
 }
 
 fn is_true(v: Option<&Value>) -> bool {
@@ -320,6 +343,7 @@ mod tests {
             .get("update_config")
             .is_none());
         assert_eq!(stack.start_first, ["static", "web"]);
+        assert_eq!(stack.no_healthcheck, ["static", "web"]);
         assert_eq!(stack.host_ports, ["worker"]);
         // A service that writes to a volume keeps stop-first: two tasks, one database.
         assert_eq!(stack.stop_first.len(), 1);
@@ -365,6 +389,19 @@ mod tests {
         );
         let e = stack_file(&serde_json::json!({"services": {}}), "shop", &pins()).unwrap_err();
         assert_eq!(e, StackError::NoServices);
+    }
+
+    #[test]
+    fn start_first_services_without_a_health_check_of_their_own_are_named() {
+        let model = serde_json::json!({"services": {
+            "checked": {"image": "r/a:1", "healthcheck": {"test": ["CMD", "true"]}},
+            "disabled": {"image": "r/b:1", "healthcheck": {"disable": true}},
+            "none": {"image": "r/c:1", "healthcheck": {"test": ["NONE"]}},
+            "plain": {"image": "r/d:1"},
+        }});
+        let stack = stack_file(&model, "shop", &BTreeMap::new()).unwrap();
+        assert_eq!(stack.start_first, ["checked", "disabled", "none", "plain"]);
+        assert_eq!(stack.no_healthcheck, ["disabled", "none", "plain"]);
     }
 
     #[test]
