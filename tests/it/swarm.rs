@@ -69,19 +69,7 @@ volumes:
     assert_eq!(stack.start_first, ["web"]);
     assert_eq!(stack.no_healthcheck, ["web"]);
     assert_eq!(stack.host_ports, ["agent"]);
-    let file = dir.join("stack.json");
-    std::fs::write(&file, serde_json::to_string(&stack.file).unwrap()).unwrap();
-
-    let file = file.display().to_string();
-    engine.ok(&[
-        "stack",
-        "deploy",
-        "-c",
-        &file,
-        "--resolve-image",
-        "never",
-        "shop",
-    ]);
+    deploy_stack_file(&engine, "shop", &stack.file);
     let inspect = |svc: &str, what: &str| {
         engine
             .ok(&["service", "inspect", svc, "--format", what])
@@ -119,7 +107,7 @@ volumes:
 }
 
 /// `compose.yml` resolved by `docker compose config`, made a stack file by berth, and
-/// deployed as berth deploys it (the images are on the engine: `--resolve-image never`).
+/// deployed as berth deploys it.
 fn deploy(engine: &SwarmEngine, project: &str, compose: &str) {
     let dir = engine.dir.path();
     std::fs::write(dir.join("compose.yml"), compose).unwrap();
@@ -129,14 +117,19 @@ fn deploy(engine: &SwarmEngine, project: &str, compose: &str) {
         .args(["config", "--format", "json"]));
     let model: serde_json::Value = serde_json::from_str(&config).unwrap();
     let stack = berth::target::swarm::stack::stack_file(&model, project, &BTreeMap::new()).unwrap();
-    let file = dir.join("stack.json");
-    std::fs::write(&file, serde_json::to_string(&stack.file).unwrap()).unwrap();
-    let file = file.display().to_string();
+    deploy_stack_file(engine, project, &stack.file);
+}
+
+/// `docker stack deploy` of a stack file as berth runs it (the images are on the engine).
+fn deploy_stack_file(engine: &SwarmEngine, project: &str, file: &serde_json::Value) {
+    let path = engine.dir.path().join("stack.json");
+    std::fs::write(&path, serde_json::to_string(file).unwrap()).unwrap();
+    let path = path.display().to_string();
     engine.ok(&[
         "stack",
         "deploy",
         "-c",
-        &file,
+        &path,
         "--resolve-image",
         "never",
         "--prune",

@@ -5,6 +5,8 @@ use crate::remote::Cmd;
 use crate::ssh::ExecOutput;
 use crate::target::{ReleaseError, Step};
 
+use serde_json::Value;
+
 use super::{choose_pin, tail, unset_variables, ComposeHost};
 
 /// What the command printed, read at its end marker.
@@ -44,9 +46,56 @@ pub(super) fn read_beside<'a>(stdout: &'a str, end: &str) -> Option<Beside<'a>> 
     })
 }
 
+/// Why a config beside a pull did not give a model to deploy.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BesideFailure<'a> {
+    /// The config named variables nothing sets (field notes A.5, C).
+    MissingVariables(Vec<String>),
+    /// The config or the pull exited non-zero: which, its status and what it printed.
+    Step {
+        step: &'static str,
+        status: i32,
+        text: &'a str,
+    },
+    /// The config exited 0 but printed no model berth can read.
+    Unreadable(String),
+}
+
+/// The model, or why there is none: a variable nothing sets first, then a config that
+/// failed, then a pull that failed. The model comes only from a config that exited 0
+/// and warned of no unset variable; otherwise what follows the marker is its stderr.
+pub(super) fn judge_beside<'a>(b: &Beside<'a>) -> Result<Value, BesideFailure<'a>> {
+    let model = match serde_json::from_str(b.after) {
+        Ok(model) if b.config_status == 0 => model,
+        parsed => {
+            let names = unset_variables(b.after);
+            if !names.is_empty() {
+                return Err(BesideFailure::MissingVariables(names));
+            }
+            if b.config_status != 0 {
+                return Err(BesideFailure::Step {
+                    step: "docker compose config",
+                    status: b.config_status,
+                    text: b.after,
+                });
+            }
+            return Err(BesideFailure::Unreadable(
+                parsed.err().map(|e| e.to_string()).unwrap_or_default(),
+            ));
+        }
+    };
+    if b.pull_status != 0 {
+        return Err(BesideFailure::Step {
+            step: "docker compose pull",
+            status: b.pull_status,
+            text: b.pulled,
+        });
+    }
+    Ok(model)
+}
+
 impl ComposeHost {
-    /// Runs the config beside the pull; keeps the model. A variable nothing sets fails
-    /// first (field notes A.5, C), then a config that failed, then a pull that failed.
+    /// Runs the config beside the pull; keeps the model (see [`judge_beside`]).
     pub(super) fn config_beside_pull(
         &mut self,
         step: &Step,
@@ -73,44 +122,36 @@ impl ComposeHost {
                 detail: tail(&out, 10),
             });
         };
-        let failed = |step, status, text: &str| ReleaseError::Step {
-            host: self.conn.name.clone(),
-            step,
-            status,
-            tail: tail(
-                &ExecOutput {
+        let host = &self.conn.name;
+        let model = match judge_beside(&b) {
+            Ok(model) => model,
+            Err(BesideFailure::MissingVariables(names)) => {
+                return Err(ReleaseError::MissingVariables {
+                    host: host.clone(),
+                    names,
+                })
+            }
+            Err(BesideFailure::Step { step, status, text }) => {
+                let out = ExecOutput {
                     status,
                     stdout: text.into(),
                     stderr: String::new(),
-                },
-                30,
-            ),
-        };
-        // The model comes only from a config that exited 0 and warned of no unset
-        // variable; otherwise what follows the marker is the config's stderr.
-        let model = match serde_json::from_str(b.after) {
-            Ok(model) if b.config_status == 0 => model,
-            parsed => {
-                let names = unset_variables(b.after);
-                if !names.is_empty() {
-                    return Err(ReleaseError::MissingVariables {
-                        host: self.conn.name.clone(),
-                        names,
-                    });
-                }
-                if b.config_status != 0 {
-                    return Err(failed("docker compose config", b.config_status, b.after));
-                }
-                return Err(ReleaseError::Unexpected {
-                    host: self.conn.name.clone(),
-                    doing: "reading `compose config`",
-                    detail: parsed.err().map(|e| e.to_string()).unwrap_or_default(),
+                };
+                return Err(ReleaseError::Step {
+                    host: host.clone(),
+                    step,
+                    status,
+                    tail: tail(&out, 30),
                 });
             }
+            Err(BesideFailure::Unreadable(detail)) => {
+                return Err(ReleaseError::Unexpected {
+                    host: host.clone(),
+                    doing: "reading `compose config`",
+                    detail,
+                })
+            }
         };
-        if b.pull_status != 0 {
-            return Err(failed("docker compose pull", b.pull_status, b.pulled));
-        }
         self.model = Some(model);
         // Pins of what the model names by tag, from what the command told of the pulled
         // images; the pin step asks for any it could not tell.
@@ -147,5 +188,53 @@ mod tests {
         assert_eq!(b.images, [("reg/a:1", "sha256:1 [\"reg/a@sha256:9\"]")]);
         // No marker: the command was cut off before it printed one.
         assert_eq!(read_beside("a Pulling\n", "berth-model-x"), None);
+    }
+
+    fn beside<'a>(config_status: i32, pull_status: i32, after: &'a str) -> Beside<'a> {
+        Beside {
+            pulled: " web Pulling\n web error: manifest unknown",
+            config_status,
+            pull_status,
+            after,
+            images: vec![],
+        }
+    }
+
+    #[test]
+    fn an_unset_variable_then_a_failed_config_then_a_failed_pull() {
+        let warned = "WARN[0000] The \"JWT\" variable is not set. Defaulting to a blank string.";
+        assert_eq!(
+            judge_beside(&beside(0, 143, warned)),
+            Err(BesideFailure::MissingVariables(vec!["JWT".into()]))
+        );
+        // A config that failed: its status and what it printed.
+        assert_eq!(
+            judge_beside(&beside(15, 143, "yaml: line 3: bad")),
+            Err(BesideFailure::Step {
+                step: "docker compose config",
+                status: 15,
+                text: "yaml: line 3: bad"
+            })
+        );
+        assert_eq!(
+            judge_beside(&beside(0, 18, "{\"services\": {}}")),
+            Err(BesideFailure::Step {
+                step: "docker compose pull",
+                status: 18,
+                text: " web Pulling\n web error: manifest unknown"
+            })
+        );
+        assert!(matches!(
+            judge_beside(&beside(0, 0, "not json")),
+            Err(BesideFailure::Unreadable(_))
+        ));
+        // A model wins over text in it that looks like the warning (an env value).
+        let model = r#"{"services": {"web": {"environment": {"X": "The \"A\" variable is not set. Defaulting to a blank string"}}}}"#;
+        assert_eq!(
+            judge_beside(&beside(0, 0, model)).unwrap()["services"]["web"]["environment"]["X"]
+                .as_str()
+                .map(|v| v.starts_with("The")),
+            Some(true)
+        );
     }
 }
