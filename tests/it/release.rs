@@ -764,7 +764,10 @@ fn a_lock_taken_while_berth_was_disconnected_leaves_that_host_to_its_new_holder(
             // another deploy has taken the lock the session abandoned.
             sh(Command::new("kill").args(["-STOP", &sshd]));
             sh(Command::new("pkill").args(["-9", "-P", &sshd]));
-            while !lock.join("abandoned").exists() {
+            // The session marks it under the takeover mutex; a taker that finds the mutex
+            // taken reports the lock held (berth's own wait would try again).
+            let mutex = stage.deploy_dir.join(".berth/lock.takeover");
+            while !lock.join("abandoned").exists() || mutex.exists() {
                 assert!(std::time::Instant::now() < deadline, "never abandoned");
                 std::thread::sleep(Duration::from_millis(20));
             }
