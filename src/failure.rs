@@ -228,15 +228,23 @@ fn host_title(step: HostStep, e: &ReleaseError) -> &'static str {
         (HostStep::Connect, ReleaseError::Ssh(SshError::Auth { .. })) => {
             "berth: SSH authentication failed"
         }
+        (HostStep::Connect, ReleaseError::NoManager { .. }) => "berth: no reachable swarm manager",
         (HostStep::Connect, _) => "berth: cannot connect to the host",
         (HostStep::Preflight, _) => "berth: host failed preflight",
         (HostStep::Lock, ReleaseError::LockHeld { .. }) => "berth: deploy lock is held",
         (HostStep::Lock, _) => "berth: cannot take the deploy lock",
         (HostStep::Snapshot, _) => "berth: cannot read the host's current release",
         (HostStep::Release(Phase::Upload), _) => "berth: upload failed",
+        (_, ReleaseError::StackFile { .. }) => "berth: the compose file cannot become a stack",
         (HostStep::Release(Phase::Pull), _) => "berth: pull failed",
         (HostStep::Release(Phase::PreDeploy), _) => "berth: pre-deploy command failed",
+        (HostStep::Release(Phase::Up), ReleaseError::Step { step, .. })
+            if step.starts_with("docker stack") =>
+        {
+            "berth: docker stack deploy failed"
+        }
         (HostStep::Release(Phase::Up), _) => "berth: docker compose up failed",
+        (HostStep::Verify, ReleaseError::StackFailed { .. }) => "berth: the stack did not converge",
         (HostStep::Release(Phase::Verify), _) | (HostStep::Verify, _) => {
             "berth: running images do not match the deploy"
         }

@@ -24,8 +24,9 @@ pub struct Host {
 
 impl Host {
     /// Starts the host's thread and makes its target there (`make` connects, which
-    /// blocks); the thread ends when the last handle is dropped.
-    pub async fn start<F>(spec: HostSpec, make: F) -> Result<Host, ReleaseError>
+    /// blocks); the thread ends when the last handle is dropped. The host is the one the
+    /// target connected to (a Swarm target picks one of several).
+    pub async fn start<F>(make: F) -> Result<Host, ReleaseError>
     where
         F: FnOnce() -> Result<Box<dyn Target>, ReleaseError> + Send + 'static,
     {
@@ -34,7 +35,7 @@ impl Host {
         std::thread::spawn(move || {
             let mut target = match make() {
                 Ok(t) => {
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(t.state().spec));
                     t
                 }
                 Err(e) => {
@@ -46,7 +47,7 @@ impl Host {
                 job(target.as_mut());
             }
         });
-        ready
+        let spec = ready
             .await
             .unwrap_or_else(|_| panic!("a host thread panicked while connecting"))?;
         Ok(Host { jobs, spec })

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use crate::failure::{Fault, HostStep};
 use crate::images;
-use crate::inputs::{Config, GithubContext, Mode};
+use crate::inputs::{Config, GithubContext, Mode, TargetKind};
 use crate::remote::{self, Layout, LockHolder};
 use crate::report::{HostReport, Outcome, Phase, PhaseResult, Report};
 use crate::secret::Secret;
 use crate::ssh::HostTrust;
 use crate::target::{
-    self, compose::ComposeHost, phase_summaries, Access, RegistryLogin, ReleaseError, ReleaseSpec,
-    Target,
+    self, compose::ComposeHost, phase_summaries, swarm::host::SwarmHost, Access, RegistryLogin,
+    ReleaseError, ReleaseSpec, Target,
 };
 use crate::workflow::{Annotation, Level, Runner};
 
@@ -88,6 +88,9 @@ pub async fn deliver(
     for h in states(&hosts).await {
         for slow in &h.slow_stops {
             report.warn("berth: slow container stop", slow.clone());
+        }
+        for w in &h.warnings {
+            report.warn("berth: swarm", w.clone());
         }
         report.hosts.push(HostReport {
             host: h.name,
@@ -166,6 +169,7 @@ impl<'a> Engine<'a> {
             lock_timeout: cfg.target.lock_timeout,
             keep_releases: cfg.target.keep_releases,
             image_prefix: cfg.build.image_prefix.clone(),
+            converge_within: cfg.health.timeout,
         };
         Engine {
             cfg,
@@ -193,15 +197,36 @@ impl<'a> Engine<'a> {
     /// Connects to every host, checking host keys before authenticating.
     async fn connect(&self, report: &mut Report) -> Result<Vec<Host>, Fault> {
         let started = Instant::now();
-        let connected = futures_util::future::join_all(self.accesses.iter().map(|a| {
-            let (access, layout, runner) = (a.clone(), self.layout.clone(), self.runner.clone());
-            let token = self.spec.holder.token.clone();
-            Host::start(a.spec.clone(), move || {
-                ComposeHost::connect(access, layout, runner, token)
-                    .map(|h| Box::new(h) as Box<dyn Target>)
-            })
-        }))
-        .await;
+        let connected = match self.cfg.target.kind {
+            TargetKind::Compose => {
+                futures_util::future::join_all(self.accesses.iter().map(|a| {
+                    let (access, layout, runner) =
+                        (a.clone(), self.layout.clone(), self.runner.clone());
+                    let token = self.spec.holder.token.clone();
+                    Host::start(move || {
+                        ComposeHost::connect(access, layout, runner, token)
+                            .map(|h| Box::new(h) as Box<dyn Target>)
+                    })
+                }))
+                .await
+            }
+            // One manager deploys the whole stack: the first that answers as one.
+            TargetKind::Swarm => {
+                let (accesses, layout, runner) = (
+                    self.accesses.clone(),
+                    self.layout.clone(),
+                    self.runner.clone(),
+                );
+                let (token, within) = (self.spec.holder.token.clone(), self.spec.converge_within);
+                vec![
+                    Host::start(move || {
+                        SwarmHost::connect_first(&accesses, layout, runner, token, within)
+                            .map(|h| Box::new(h) as Box<dyn Target>)
+                    })
+                    .await,
+                ]
+            }
+        };
         let hosts = connected
             .into_iter()
             .collect::<Result<Vec<_>, _>>()

@@ -23,7 +23,7 @@ pub(crate) use settings::{is_valid_tag, TagValues};
 pub use settings::{
     BuildSettings, BuilderChoice, GateSettings, HealthSettings, HostSettings, HostSpec, ImageSpec,
     JsonExpectation, KnownHost, Mode, PreDeploy, ReportSettings, RollbackPolicy, StatusMatcher,
-    StatusRule, TagTemplate,
+    StatusRule, TagTemplate, TargetKind,
 };
 pub use table::{env_name, InputSpec, OutputSpec, INPUTS, OUTPUTS};
 pub(crate) use urls::redact_url;

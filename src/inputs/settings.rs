@@ -17,6 +17,14 @@ pub enum Mode {
     Rollback,
 }
 
+/// Where a release goes: a compose project on each host, or a Swarm stack through one
+/// manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Compose,
+    Swarm,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RollbackPolicy {
     Auto,
@@ -143,6 +151,7 @@ pub(crate) fn is_valid_tag(tag: &str) -> bool {
 /// The hosts deployed to, how berth logs in and trusts them, and the release laid out there.
 #[derive(Debug, Clone)]
 pub struct HostSettings {
+    pub kind: TargetKind,
     pub hosts: Vec<HostSpec>,
     pub ssh_key: Secret,
     pub ssh_key_passphrase: Option<Secret>,

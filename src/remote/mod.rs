@@ -378,7 +378,7 @@ pub fn container_logs(container: &str, n: usize) -> Cmd {
 }
 
 const LOG_ENTRIES_PER_LINE: usize = 20;
-const LOG_LINE_BYTES: usize = 2000;
+pub(crate) const LOG_LINE_BYTES: usize = 2000;
 
 pub const COMPOSE_FILE: &str = "compose.yml";
 pub const OVERRIDE_FILE: &str = "berth.override.yml";

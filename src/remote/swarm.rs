@@ -63,6 +63,16 @@ pub fn pre_deploy_job(
 }
 
 const PRE_DEPLOY_JOB: &str = r#"name=$1; shift
+# The stack's networks, made as `docker stack deploy` makes them (overlay, labelled with
+# the stack) when the stack does not exist yet: the stack then takes them as its own.
+ns=${name%%_pre-deploy-*} prev=
+for a in "$@"; do
+  [ "$a" = -- ] && break
+  if [ "$prev" = --network ] && ! docker network inspect "$a" >/dev/null 2>&1; then
+    docker network create --driver overlay --label "com.docker.stack.namespace=$ns" "$a" >/dev/null || exit
+  fi
+  prev=$a
+done
 docker service create --detach --quiet --name "$name" --mode replicated-job \
   --restart-condition none --no-healthcheck --with-registry-auth "$@" >/dev/null || exit
 trap 'docker service rm "$name" >/dev/null 2>&1' EXIT
@@ -87,4 +97,102 @@ exit 1"#;
 /// Removes a service (a pre-deploy job whose command was stopped).
 pub fn remove_service(name: &str) -> Cmd {
     Cmd::new(["docker", "service", "rm", name])
+}
+
+/// What the host's engine says of its place in a swarm: `<LocalNodeState> <ControlAvailable>
+/// <NodeID> <node name>`, e.g. `active true k3x… manager-1`.
+pub fn node_role() -> Cmd {
+    Cmd::new([
+        "docker",
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeID}} {{.Name}}",
+    ])
+}
+
+/// The stack file of a release, next to its compose file.
+pub const STACK_FILE: &str = "stack.yml";
+/// The pre-deploy job's environment (the service's, as compose resolved it), 0600.
+pub const JOB_ENV_FILE: &str = "pre-deploy.env";
+
+/// `docker stack deploy` of release `id`'s stack file, then `current` switched to it once
+/// the deploy was accepted, in one command. berth waits for the stack itself, so the CLI
+/// does not (`--detach=true` where the CLI knows the flag; it waits by default from
+/// Docker 26 on, and exits 0 after Swarm rolled a service back: docker/cli#6752). Images
+/// are pinned by digest, so the registry is never asked to resolve a tag (`--resolve-image
+/// never`); services no longer in the file are removed (`--prune`). With `login`
+/// (`(registry, username, config dir)`), the password is read from stdin into a throwaway
+/// client config, sent to the nodes with the service spec (`--with-registry-auth`), and
+/// the config removed when the command ends, however it ends.
+pub fn stack_deploy_and_switch(
+    layout: &super::Layout,
+    id: &str,
+    login: Option<(&str, &str, &str)>,
+) -> Cmd {
+    let (registry, username, config) = login.unwrap_or(("", "", ""));
+    Cmd::new([
+        "sh".to_string(),
+        "-c".into(),
+        STACK_DEPLOY.into(),
+        "sh".into(),
+        layout.current(),
+        format!(".berth/releases/{id}"),
+        format!("{}/{STACK_FILE}", layout.release_dir(id)),
+        layout.project.clone(),
+        registry.into(),
+        username.into(),
+        config.into(),
+    ])
+}
+
+const STACK_DEPLOY: &str = r#"c=$1 r=$2 file=$3 stack=$4 registry=$5 user=$6 cfg=$7
+auth=
+if [ -n "$registry" ]; then
+  trap 'rm -rf "$cfg"' EXIT
+  trap 'exit 143' TERM INT HUP
+  mkdir -m 0700 "$cfg" || exit
+  export DOCKER_CONFIG="$cfg"
+  out=$(docker login --username "$user" --password-stdin "$registry" 2>&1) || { s=$?; echo "$out" >&2; exit $s; }
+  auth=--with-registry-auth
+fi
+detach=
+docker stack deploy --help 2>/dev/null | grep -q -- '--detach' && detach=--detach=true
+docker stack deploy $detach --resolve-image never --prune $auth -c "$file" "$stack" || exit
+ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c""#;
+
+/// Where the stack stands, for a person: its services with their replicas, then every
+/// task of the stack with its state, error and node (`docker stack ps --no-trunc`).
+pub fn stack_ps(project: &str) -> Cmd {
+    Cmd::new([
+        "sh",
+        "-c",
+        r#"docker stack services "$1" 2>&1; echo; docker stack ps --no-trunc --format 'table {{.Name}}\t{{.Image}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}' "$1" 2>&1 | head -n 60"#,
+        "sh",
+        project,
+    ])
+}
+
+/// The last `n` lines of a service's log, each cut to [`super::LOG_LINE_BYTES`].
+pub fn service_logs(service: &str, n: usize) -> Cmd {
+    Cmd::new([
+        "sh".to_string(),
+        "-c".into(),
+        r#"docker service logs --no-trunc --tail "$2" "$1" 2>&1 | awk -v max="$3" '{ if (length($0) > max) print substr($0, 1, max) " … [line cut: " length($0) - max " more]"; else print }' | tail -n "$2""#.into(),
+        "sh".into(),
+        service.into(),
+        n.to_string(),
+        super::LOG_LINE_BYTES.to_string(),
+    ])
+}
+
+/// For each image, a line `<image> yes|no`: whether it defines a health check.
+pub fn image_healthchecks(images: &[String]) -> Cmd {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        r#"for i in "$@"; do printf '%s %s\n' "$i" "$(docker image inspect --format '{{if .Config.Healthcheck}}{{if eq (index .Config.Healthcheck.Test 0) "NONE"}}no{{else}}yes{{end}}{{else}}no{{end}}' "$i" 2>/dev/null || echo unknown)"; done"#.into(),
+        "sh".into(),
+    ];
+    argv.extend(images.iter().cloned());
+    Cmd(argv)
 }

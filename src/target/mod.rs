@@ -91,6 +91,9 @@ pub struct HostState {
     /// Where a rollback goes: the newest release proven healthy, as the records say.
     pub restore_target: Option<String>,
     pub slow_stops: Vec<String>,
+    /// What the target found worth a warning in the report (e.g. a Swarm service that
+    /// cannot update start-first).
+    pub warnings: Vec<String>,
     /// Another deploy took the lock while this run was disconnected: berth leaves the
     /// host to it (no record, no restore).
     pub lock_lost: bool,
@@ -125,6 +128,12 @@ pub enum ReleaseError {
     LockLost { host: String },
     #[error("there is no earlier release on this host to restore. The failed release is left in place for diagnosis.")]
     NothingToRestore,
+    #[error("no host in `hosts` is a reachable Swarm manager:\n{}\nName a manager node (`docker node ls` on the swarm shows them), or make one with `docker swarm init`.", tried.join("\n"))]
+    NoManager { tried: Vec<String> },
+    #[error("the release's compose file cannot become a Swarm stack on {host}: {problem}. Nothing was changed.")]
+    StackFile { host: String, problem: String },
+    #[error("the stack did not converge on {host}: {}", services.join("; "))]
+    StackFailed { host: String, services: Vec<String> },
     #[error("{host} answered something berth cannot read while {doing}: {detail}")]
     Unexpected {
         host: String,
@@ -168,6 +177,9 @@ pub struct ReleaseSpec {
     pub lock_timeout: Duration,
     pub keep_releases: u32,
     pub image_prefix: String,
+    /// How long a target may take to converge after its activation (`health-timeout`):
+    /// a Swarm stack's update is waited for within it.
+    pub converge_within: Duration,
 }
 
 #[derive(Clone)]

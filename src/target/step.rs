@@ -42,6 +42,12 @@ pub enum Body {
     Pins,
     /// The release record with this outcome and the pins as they stand.
     Record(&'static str),
+    /// Swarm: the stack file made from the compose model and the pins as they stand
+    /// (it holds the env files' values: never shown).
+    Stack,
+    /// Swarm: the environment of this service, as compose resolved it, for the pre-deploy
+    /// job (never shown).
+    JobEnv(String),
 }
 
 /// What a command's output means.
@@ -59,6 +65,9 @@ pub enum Output {
     PinByTag,
     /// `compose up`: streamed, slow stops noted; the health deadline counts from its end.
     Activate,
+    /// Swarm: the pre-deploy job of this service, streamed; its image and networks are
+    /// filled in at run time from the stack file.
+    SwarmJob,
 }
 
 /// What berth must do when this step fails, or the run ends before the release is judged.
@@ -139,6 +148,8 @@ impl Step {
                     Body::Secret(_) => "redacted".into(),
                     Body::Pins => "digest pins".into(),
                     Body::Record(outcome) => format!("release record, outcome `{outcome}`"),
+                    Body::Stack => "stack file, images pinned, redacted".into(),
+                    Body::JobEnv(service) => format!("environment of `{service}`, redacted"),
                 };
                 format!("sftp put {path} (mode {mode:04o}, {what})")
             }
@@ -149,6 +160,9 @@ impl Step {
                         line.push_str(" <each image the compose model names by tag>")
                     }
                     Output::ConfigBesidePull => line.push_str(" <random end marker>"),
+                    Output::SwarmJob => line.push_str(
+                        " <with the image and networks the stack file gives the service>",
+                    ),
                     _ => {}
                 }
                 if stdin.is_some() {

@@ -10,7 +10,8 @@ use std::process::Command;
 use berth::target::swarm::state::{judge_stack, parse_stack_state, stack_verdict, StackVerdict};
 
 use crate::support::rig::{busybox_image, sh};
-use crate::support::swarm::SwarmEngine;
+use crate::support::stage::{http_get, App};
+use crate::support::swarm::{SwarmEngine, SwarmStage};
 
 #[test]
 fn the_stack_file_made_from_compose_config_deploys_on_a_real_swarm() {
@@ -278,4 +279,93 @@ fn a_stack_update_converges_and_a_crash_looping_task_fails_it_while_the_old_task
         settle(&engine, "shop", &images(&v2)),
         StackVerdict::Converged
     );
+}
+
+/// `target: swarm` end to end on a real single-node swarm, through berth's binary: a
+/// first release and a start-first update converge and prove healthy; a release whose
+/// backend crash-loops fails at its first failed task and the whole stack goes back to
+/// the release proven last; `mode: rollback` re-deploys the release before it.
+#[test]
+fn target_swarm_deploys_a_stack_and_restores_the_whole_stack_when_a_release_fails() {
+    let s = SwarmStage::new();
+    let v1 = s.berth(&App::new("v1")).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    let out = v1.everything();
+    assert!(out.contains("through this Swarm manager"), "{out}");
+    assert!(out.contains("every service of stack"), "{out}");
+    let images_v1 = s.service_images();
+    assert!(images_v1["backend"].contains("@sha256:"), "{images_v1:?}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    let v2 = s.berth(&App::new("v2")).run();
+    assert_eq!(v2.code, 0, "{}", v2.stdout);
+    let images_v2 = s.service_images();
+    assert_ne!(images_v1["backend"], images_v2["backend"]);
+    let release_v2 = s.stage.current().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    let crash = s.berth(&App::new("v3").mode("crash")).run();
+    assert_eq!(crash.code, 1, "{}", crash.stdout);
+    let out = crash.everything();
+    assert!(out.contains("non-zero exit (3)"), "{out}");
+    assert_eq!(
+        crash.output("status").as_deref(),
+        Some("rolled-back"),
+        "{out}"
+    );
+    assert_eq!(s.service_images(), images_v2, "{out}");
+    assert_eq!(s.stage.current().as_deref(), Some(release_v2.as_str()));
+    // The summary names the failing task, its node and its service's log.
+    assert!(out.contains("fatal: cannot connect to database"), "{out}");
+    assert!(out.contains("berth: the stack did not converge"), "{out}");
+    let failed = crash.output("release").unwrap();
+    assert_eq!(s.stage.record(&failed)["outcome"], "rolled-back");
+    assert_eq!(s.stage.record(&release_v2)["outcome"], "deployed");
+
+    // `mode: rollback` re-deploys the proven release before the current one: v1.
+    let back = s.roll_back(None);
+    assert_eq!(back.code, 0, "{}", back.stdout);
+    assert_eq!(s.service_images(), images_v1, "{}", back.stdout);
+    let (code, body) = http_get(&s.health_url());
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"version\":\"v1\""), "{body}");
+}
+
+/// The pre-deploy one-shot runs as a replicated job from the new image, with the
+/// service's environment, before any service changes: when it fails, no service is
+/// updated, `current` stays, and no job service is left; when it succeeds, its output is
+/// in the log and the stack is updated.
+#[test]
+fn target_swarm_runs_pre_deploy_as_a_job_and_a_failed_job_changes_no_service() {
+    let s = SwarmStage::new();
+    let v1 = s.berth(&App::new("v1")).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    let before = (s.service_images(), s.stage.current());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    let failing = s
+        .berth(&App::new("v2"))
+        .input("pre-deploy", "backend: sh /migrate.sh")
+        .input("env-file", "GREETING=hello\nMIGRATE=fail\n")
+        .run();
+    assert_eq!(failing.code, 1, "{}", failing.stdout);
+    let out = failing.everything();
+    assert!(out.contains("berth: pre-deploy command failed"), "{out}");
+    assert!(out.contains("migration 0042 failed"), "{out}");
+    assert!(out.contains("migrating schema to v2"), "{out}");
+    assert_eq!((s.service_images(), s.stage.current()), before, "{out}");
+    let jobs = s.engine.ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(!jobs.contains("pre-deploy"), "{jobs}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    let ok = s
+        .berth(&App::new("v3"))
+        .input("pre-deploy", "backend: sh /migrate.sh")
+        .run();
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+    let out = ok.everything();
+    assert!(out.contains("migrating schema to v3"), "{out}");
+    assert_ne!(s.service_images(), before.0);
+    let jobs = s.engine.ok(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(!jobs.contains("pre-deploy"), "{jobs}");
 }

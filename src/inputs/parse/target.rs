@@ -12,7 +12,9 @@ use crate::inputs::grammar::{
     check_deploy_dir, check_private_key, list_items, list_lines, parse_host, parse_known_host,
     parse_port, parse_pre_deploy, resolves_inside, sanitise_project, USER_NAME,
 };
-use crate::inputs::settings::{HostSettings, HostSpec, ImageSpec, KnownHost, Mode, PreDeploy};
+use crate::inputs::settings::{
+    HostSettings, HostSpec, ImageSpec, KnownHost, Mode, PreDeploy, TargetKind,
+};
 use crate::secret::Secret;
 
 // Patterns are compiled once, on first use; clippy's `invalid_regex` lint checks each
@@ -34,6 +36,7 @@ pub(super) fn parse_target(
     mode: Mode,
     images: &[ImageSpec],
 ) -> HostSettings {
+    let kind = read_kind(p);
     let hosts = read_hosts(p);
     let ssh_key = Secret::new(p.raw("ssh-key").trim().to_string() + "\n");
     if let Err(why) = check_private_key(ssh_key.expose()) {
@@ -54,6 +57,7 @@ pub(super) fn parse_target(
         .filter(|e| !e.trim().is_empty())
         .map(Secret::new);
     HostSettings {
+        kind,
         hosts,
         ssh_key,
         ssh_key_passphrase,
@@ -68,6 +72,21 @@ pub(super) fn parse_target(
         pre_deploy_timeout: p.duration("pre-deploy-timeout", "10m"),
         keep_releases: read_keep_releases(p),
         lock_timeout: p.duration("lock-timeout", "10m"),
+    }
+}
+
+/// `target`: `compose` or `swarm`.
+fn read_kind(p: &mut Parser) -> TargetKind {
+    match p.text("target").as_str() {
+        "compose" => TargetKind::Compose,
+        "swarm" => TargetKind::Swarm,
+        other => {
+            p.fail(
+                "target",
+                format!("`{other}` is not a target. Use `compose` (a compose project on each host) or `swarm` (a Docker Swarm stack; `hosts` then names manager nodes)."),
+            );
+            TargetKind::Compose
+        }
     }
 }
 

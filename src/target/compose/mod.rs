@@ -22,6 +22,7 @@ mod steps;
 mod watch;
 
 pub use steps::{activation_step, release_steps, LONG, QUICK};
+pub(crate) use steps::{pull_steps, upload_steps, PIN_BY_TAG};
 use steps::{DEPLOY_UP, RESTORE_UP};
 pub use watch::{container_state, describe_failing, failing_containers};
 
@@ -129,7 +130,7 @@ impl ComposeHost {
     }
 
     /// Runs a bookkeeping command quietly; a non-zero exit fails.
-    fn step(
+    pub(crate) fn step(
         &self,
         step: &'static str,
         cmd: &Cmd,
@@ -175,7 +176,7 @@ impl ComposeHost {
         Ok(out)
     }
 
-    fn quiet(
+    pub(crate) fn quiet(
         &self,
         cmd: &Cmd,
         stdin: Option<&[u8]>,
@@ -282,6 +283,7 @@ impl ComposeHost {
         &mut self,
         step: &'static str,
         cmd: &Cmd,
+        stdin: Option<&[u8]>,
         what: &str,
         bound: Duration,
     ) -> Result<(), ReleaseError> {
@@ -289,7 +291,7 @@ impl ComposeHost {
         let prefix = format!("[{}]", self.conn.name);
         let runner = self.runner.clone();
         let mut seen: Vec<(Duration, String)> = Vec::new();
-        let out = self.supervised(cmd, None, bound, |line| {
+        let out = self.supervised(cmd, stdin, bound, |line| {
             runner.line(&format!("{prefix} {line}"));
             seen.push((started.elapsed(), line.to_string()));
         })?;
@@ -304,7 +306,7 @@ impl ComposeHost {
     }
 
     /// Runs one step of a release (see [`release_steps`]) and keeps what it tells.
-    fn execute(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
+    pub(crate) fn execute(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
         if step.undo == Undo::Restore {
             self.touched = true;
         }
@@ -313,16 +315,17 @@ impl ComposeHost {
             Action::CreateDir { path, mode } => self.create_release_dir(spec, path, *mode),
             Action::Upload { path, body, mode } => {
                 let bytes = match body {
-                    Body::Text(_, text) => text.clone().into_bytes(),
-                    Body::Secret(secret) => secret.expose().as_bytes().to_vec(),
-                    Body::Pins => remote::override_file(&self.pins).into_bytes(),
+                    Body::Text(_, text) => Ok(text.clone().into_bytes()),
+                    Body::Secret(secret) => Ok(secret.expose().as_bytes().to_vec()),
+                    Body::Pins => Ok(remote::override_file(&self.pins).into_bytes()),
                     Body::Record(outcome) => {
                         // The record names every pin before anything runs from them.
                         self.own_pins = self.pins.clone();
-                        self.record_body(spec, outcome).into_bytes()
+                        Ok(self.record_body(spec, outcome).into_bytes())
                     }
+                    Body::Stack | Body::JobEnv(_) => Err(self.not_compose(step)),
                 };
-                self.conn.upload(path, &bytes, *mode).map_err(Into::into)
+                bytes.and_then(|b| self.conn.upload(path, &b, *mode).map_err(Into::into))
             }
             Action::Run { cmd, stdin, output } => {
                 let stdin = stdin.as_ref().map(|s| s.expose().as_bytes());
@@ -338,6 +341,25 @@ impl ComposeHost {
             }
         }
         result
+    }
+
+    /// The release's compose model, once `compose config` resolved it on the host.
+    pub(crate) fn model(&self) -> Option<&Value> {
+        self.model.as_ref()
+    }
+
+    /// The host's throwaway Docker client config dir for the registry login.
+    pub(crate) fn docker_config(&self) -> &str {
+        &self.docker_config
+    }
+
+    /// A Swarm step handed to the compose target: a bug, said as one.
+    fn not_compose(&self, step: &Step) -> ReleaseError {
+        ReleaseError::Unexpected {
+            host: self.conn.name.clone(),
+            doing: "running a release step",
+            detail: format!("`{}` is a Swarm step, not a compose one", step.name),
+        }
     }
 
     fn create_release_dir(
@@ -373,13 +395,14 @@ impl ComposeHost {
             Output::Streamed => self.streamed(step.name, cmd, stdin, step.bound).map(drop),
             Output::ConfigBesidePull => self.config_beside_pull(step, cmd, stdin),
             Output::PinByTag => self.pin_by_tag(step, cmd),
+            Output::SwarmJob => Err(self.not_compose(step)),
             Output::Activate => {
                 let what = if step.name == DEPLOY_UP {
                     "up"
                 } else {
                     "the restore"
                 };
-                self.compose_up(step.name, cmd, what, step.bound)?;
+                self.compose_up(step.name, cmd, stdin, what, step.bound)?;
                 self.up_done = Some(Instant::now());
                 Ok(())
             }
@@ -425,6 +448,13 @@ impl ComposeHost {
     /// Re-activates a release: its compose file, its pins and its env file.
     /// Its pins (from its release.json) become what `verify` checks.
     fn reactivate(&mut self, id: &str) -> Result<(), ReleaseError> {
+        let up = activation_step(&self.layout, id, RESTORE_UP);
+        self.reactivate_with(id, &up)
+    }
+
+    /// Re-activates release `id` with `up`, its activation step (the compose target's, or
+    /// another target's that uses the same release dir and records).
+    pub(crate) fn reactivate_with(&mut self, id: &str, up: &Step) -> Result<(), ReleaseError> {
         let record = self.step(
             "read release record",
             &self.layout.read_release_record(id),
@@ -441,7 +471,6 @@ impl ComposeHost {
         // One command, `up` then the switch of `current`, sent with `keep`: if berth is
         // gone before it ends (cancelled, killed), the host runs it to its end, and
         // `current` names the restored release only once `up` succeeded.
-        let up = activation_step(&self.layout, id, RESTORE_UP);
         if !lock::set_restoring(&self.access, &self.token, true) {
             return Err(crate::ssh::SshError::Cancelled {
                 host: self.conn.name.clone(),
@@ -451,7 +480,7 @@ impl ComposeHost {
         }
         self.restoring = true;
         let cmd = up.command().expect("the activation runs a command").clone();
-        let result = self.run_command(&up, &cmd, None, Output::Activate);
+        let result = self.run_command(up, &cmd, None, Output::Activate);
         self.restoring = false;
         lock::set_restoring(&self.access, &self.token, false);
         result

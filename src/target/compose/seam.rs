@@ -31,6 +31,7 @@ impl Target for ComposeHost {
             activated_at: self.up_done,
             restore_target: self.restore_target(),
             slow_stops: self.slow_stops.clone(),
+            warnings: Vec::new(),
             lock_lost: self.lock_lost,
         }
     }

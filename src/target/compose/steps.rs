@@ -7,6 +7,8 @@ use crate::remote::{self, Layout};
 use crate::report::Phase;
 use crate::target::{Action, Body, Output, ReleaseSpec, Step, Undo};
 
+/// The step that pins what the compose model names by tag.
+pub const PIN_BY_TAG: &str = "pin images named by tag";
 /// The step that resolves the compose model beside the pull.
 pub const CONFIG_AND_PULL: &str = "docker compose config + pull";
 
@@ -41,7 +43,7 @@ fn release_file(
 }
 
 /// The release dir and its files.
-fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
+pub(crate) fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
     let id = spec.id.as_str();
     let file =
         |name, file, body, mode| release_file(layout, id, Phase::Upload, name, file, body, mode);
@@ -85,7 +87,7 @@ fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
 /// and no container has changed. Then the pins of what compose names by tag, so the
 /// release can be restored exactly later; the record names every pin before anything
 /// runs from them.
-fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
+pub(crate) fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
     let id = spec.id.as_str();
     let file = |name, file, body| release_file(layout, id, Phase::Pull, name, file, body, 0o644);
     let config = layout.compose(id, &["config", "--format", "json"]);
@@ -118,13 +120,7 @@ fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<S
     }
     let pin = remote::repo_digests(&[]);
     steps.extend([
-        Step::run(
-            Phase::Pull,
-            "pin images named by tag",
-            pin,
-            Output::PinByTag,
-            QUICK,
-        ),
+        Step::run(Phase::Pull, PIN_BY_TAG, pin, Output::PinByTag, QUICK),
         file("digest pins", remote::OVERRIDE_FILE, Body::Pins),
         file(
             "release record",
@@ -192,6 +188,7 @@ mod tests {
             lock_timeout: Duration::from_secs(1),
             keep_releases: 5,
             image_prefix: String::new(),
+            converge_within: Duration::from_secs(30),
         }
     }
 

@@ -6,6 +6,7 @@
 //! its rig tests come next; until then nothing here is reachable from an input. The
 //! upstream facts it relies on are in `docs/swarm-research.md`.
 
+pub mod host;
 pub mod stack;
 pub mod state;
 pub mod status;

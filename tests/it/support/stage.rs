@@ -124,6 +124,17 @@ exec httpd -f -p 8080 -h /www
     }
 }
 
+/// GET `url`: (status, body), or (0, error) if nothing answers.
+pub fn http_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 fn write_exec(path: &Path, body: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, body).unwrap();
@@ -208,13 +219,7 @@ impl Stage {
 
     /// GET the app's health endpoint: (status, body), or (0, error) if nothing answers.
     pub fn health(&self) -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-s", "-m", "5", "-w", "\n%{http_code}", &self.health_url()])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        http_get(&self.health_url())
     }
 
     pub fn current(&self) -> Option<String> {

@@ -4,13 +4,16 @@
 //! (../shared/RIG.md). Torn down on drop: the swarm left, the daemon stopped, its
 //! namespace mounts, veth and namespace removed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::rig::{free_port, sh};
+use super::rig::{free_port, sh, Sshd};
+use super::stage::{App, Stage};
+use super::Berth;
 
 pub struct SwarmEngine {
     pub dir: TempDir,
@@ -105,6 +108,49 @@ impl SwarmEngine {
         engine
     }
 
+    /// Makes `127.0.0.1:port` inside the engine's namespace reach `127.0.0.1:port` outside
+    /// it, so the engine pulls from the rig's registry by the address berth pushed to.
+    /// The listener is made by a thread that enters the namespace (a namespace is per
+    /// thread), and each connection goes out from the rig's namespace.
+    pub fn forward_loopback(&self, port: u16) {
+        use std::os::fd::AsRawFd;
+        let netns = format!("/var/run/netns/{}", self.netns);
+        let (ready, bound) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let enter = |ns: &std::fs::File| {
+                // SAFETY: setns on a valid namespace fd changes this thread only.
+                assert_eq!(
+                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0
+                );
+            };
+            let home = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+            enter(&std::fs::File::open(&netns).unwrap());
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            enter(&home);
+            ready.send(()).unwrap();
+            for conn in listener.incoming() {
+                let Ok(inside) = conn else { break };
+                std::thread::spawn(move || {
+                    let Ok(outside) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    let (mut a, mut b) =
+                        (inside.try_clone().unwrap(), outside.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut inside, mut outside) = (inside, outside);
+                    let _ = std::io::copy(&mut outside, &mut inside);
+                    let _ = inside.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        bound.recv().unwrap();
+    }
+
     /// `docker -H <this engine> <args>`.
     pub fn docker(&self, args: &[&str]) -> std::process::Output {
         Command::new("docker")
@@ -153,5 +199,107 @@ impl Drop for SwarmEngine {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
+    }
+}
+
+/// A staging swarm for berth's Swarm target: a single-node swarm on an engine of its own,
+/// an sshd whose sessions talk to that engine (`DOCKER_HOST`), the rig's registry reachable
+/// from the engine, and the sample app published on the node in `mode: host` (this rig's
+/// kernel has no IPVS, so ingress ports do not route: docs/swarm-research.md §5a).
+pub struct SwarmStage {
+    pub stage: Stage,
+    pub engine: SwarmEngine,
+}
+
+impl SwarmStage {
+    pub fn new() -> SwarmStage {
+        let engine = SwarmEngine::start();
+        let sshd = Sshd::start_configured(
+            "ed25519",
+            "ed25519",
+            "",
+            &format!("SetEnv DOCKER_HOST={}\n", engine.host),
+        );
+        let stage = Stage::with_sshd(sshd);
+        let port: u16 = stage
+            .registry
+            .addr
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        engine.forward_loopback(port);
+        SwarmStage { stage, engine }
+    }
+
+    /// A deploy of `app` as a stack: the stage's inputs, `target: swarm`, and a compose
+    /// file with health checks (start-first needs them) and the backend's port in host mode.
+    pub fn berth(&self, app: &App) -> Berth {
+        let b = self
+            .stage
+            .berth(app)
+            .input("target", "swarm")
+            .input("health-url", &self.health_url())
+            .input("health-timeout", "60s");
+        std::fs::write(
+            b.workspace().join("docker-compose.staging.yml"),
+            format!(
+                r#"services:
+  backend:
+    image: shop/backend
+    init: true
+    env_file: .env
+    ports:
+      - target: 8080
+        published: {port}
+        mode: host
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/cgi-bin/health"]
+      interval: 1s
+      timeout: 2s
+      retries: 2
+  frontend:
+    image: shop/frontend
+    init: true
+"#,
+                port = self.stage.port
+            ),
+        )
+        .unwrap();
+        b
+    }
+
+    /// `mode: rollback` of the stack (to `release`, else the release berth chooses).
+    pub fn roll_back(&self, release: Option<&str>) -> super::Run {
+        let mut b = self.berth(&App::new("rollback")).input("mode", "rollback");
+        if let Some(r) = release {
+            b = b.input("release", r);
+        }
+        b.run()
+    }
+
+    pub fn health_url(&self) -> String {
+        format!(
+            "http://{}:{}/cgi-bin/health",
+            self.engine.addr, self.stage.port
+        )
+    }
+
+    /// Compose service -> the image its Swarm service runs (the spec's).
+    pub fn service_images(&self) -> BTreeMap<String, String> {
+        let out = self.engine.ok(&[
+            "service",
+            "ls",
+            "--filter",
+            &format!("label=com.docker.stack.namespace={}", self.stage.project),
+            "--format",
+            "{{.Name}} {{.Image}}",
+        ]);
+        let prefix = format!("{}_", self.stage.project);
+        out.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, i)| (n.trim_start_matches(&prefix).to_string(), i.to_string()))
+            .collect()
     }
 }
