@@ -150,7 +150,11 @@ impl Engine<'_> {
                 .restore_target
                 .ok_or(ReleaseError::NothingToRestore)?;
             t.activate(&target).or_else(|e| {
-                // The connection may have died with the deploy; one fresh try.
+                // The connection may have died with the deploy; one fresh try. Any other
+                // failure is the restore's own: doing it again would not change it.
+                if !matches!(e, ReleaseError::Ssh(_)) {
+                    return Err(e);
+                }
                 t.reconnect()?;
                 t.activate(&target).map_err(|_| e)
             })

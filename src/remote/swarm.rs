@@ -19,7 +19,10 @@ pub fn stack_state(project: &str) -> Cmd {
 const STACK_STATE: &str = r#"ids=$(docker service ls -q --filter "label=com.docker.stack.namespace=$1") || exit
 [ -n "$ids" ] || exit 0
 echo ==berth-services==
-docker service inspect $ids 2>/dev/null
+svc=$(docker service inspect $ids 2>/dev/null)
+# A service removed after the list leaves the others; none at all is a failed read.
+[ -n "$svc" ] || { echo "docker service inspect printed nothing" >&2; exit 1; }
+printf '%s\n' "$svc"
 tids=$(docker service ps -q --no-trunc $ids 2>/dev/null)
 echo ==berth-tasks==
 if [ -n "$tids" ]; then docker inspect --type task $tids 2>/dev/null; else echo '[]'; fi
@@ -43,6 +46,7 @@ pub fn pre_deploy_job(
     image: &str,
     networks: &[String],
     env_file: &str,
+    node: Option<&str>,
     argv: &[String],
 ) -> Cmd {
     let mut words = vec![
@@ -54,6 +58,10 @@ pub fn pre_deploy_job(
         "--env-file".into(),
         env_file.into(),
     ];
+    // On the manager, which pulled the image: no other node needs the registry login.
+    if let Some(node) = node {
+        words.extend(["--constraint".into(), format!("node.id=={node}")]);
+    }
     for n in networks {
         words.extend(["--network".into(), n.clone()]);
     }
@@ -77,15 +85,18 @@ docker service create --detach --quiet --name "$name" --mode replicated-job \
   --restart-condition none --no-healthcheck --with-registry-auth "$@" >/dev/null || exit
 trap 'docker service rm "$name" >/dev/null 2>&1' EXIT
 trap 'exit 143' TERM INT HUP
-while :; do
-  t=$(docker service ps -q --no-trunc "$name" 2>/dev/null | head -n 1)
-  if [ -n "$t" ]; then
+# Every task of the job: Swarm may start another after a failed one, and the first that
+# failed decides, however the next one ends.
+done=
+while [ -z "$done" ]; do
+  for t in $(docker service ps -q --no-trunc "$name" 2>/dev/null); do
     st=$(docker inspect --type task --format '{{.Status.State}}|{{with .Status.ContainerStatus}}{{.ExitCode}}{{end}}|{{.Status.Err}}' "$t" 2>/dev/null)
     case ${st%%|*} in
-      complete|failed|rejected|shutdown|orphaned) break ;;
+      failed|rejected|shutdown|orphaned) done=1; break ;;
+      complete) done=1 ;;
     esac
-  fi
-  sleep 0.5
+  done
+  [ -n "$done" ] || sleep 0.5
 done
 docker service logs --raw "$name" 2>&1
 state=${st%%|*} rest=${st#*|}; code=${rest%%|*} err=${rest#*|}

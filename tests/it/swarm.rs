@@ -152,7 +152,7 @@ fn settle(engine: &SwarmEngine, project: &str, images: &BTreeMap<String, String>
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         let state = parse_stack_state(&String::from_utf8_lossy(&out.stdout)).unwrap();
-        let verdict = stack_verdict(&judge_stack(&state, project, images));
+        let verdict = stack_verdict(&judge_stack(&state, project, images, &Default::default()));
         match verdict {
             StackVerdict::Updating(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(250))
@@ -222,6 +222,7 @@ fn a_stack_update_converges_and_a_crash_looping_task_fails_it_while_the_old_task
             &v2,
             &["shop_default".to_string()],
             &env.display().to_string(),
+            None,
             &["sh".to_string(), "-c".to_string(), script.to_string()],
         );
         Command::new("sh")
@@ -358,13 +359,16 @@ fn target_swarm_runs_pre_deploy_as_a_job_and_a_failed_job_changes_no_service() {
     assert!(!jobs.contains("pre-deploy"), "{jobs}");
     std::thread::sleep(std::time::Duration::from_secs(1));
 
+    // A literal `$` reaches the job as one (`compose config` writes it as `$$`).
     let ok = s
         .berth(&App::new("v3"))
         .input("pre-deploy", "backend: sh /migrate.sh")
+        .input("env-file", "GREETING=hello\nMIGRATE_SAY='price: $5\\n'\n")
         .run();
     assert_eq!(ok.code, 0, "{}", ok.stdout);
     let out = ok.everything();
     assert!(out.contains("migrating schema to v3"), "{out}");
+    assert!(out.contains("price: $5") && !out.contains("$$5"), "{out}");
     assert_ne!(s.service_images(), before.0);
     let jobs = s.engine.ok(&["service", "ls", "--format", "{{.Name}}"]);
     assert!(!jobs.contains("pre-deploy"), "{jobs}");

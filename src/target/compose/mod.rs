@@ -479,8 +479,11 @@ impl ComposeHost {
             .into());
         }
         self.restoring = true;
-        let cmd = up.command().expect("the activation runs a command").clone();
-        let result = self.run_command(up, &cmd, None, Output::Activate);
+        let Action::Run { cmd, stdin, .. } = &up.action else {
+            unreachable!("an activation runs a command")
+        };
+        let stdin = stdin.as_ref().map(|s| s.expose().as_bytes());
+        let result = self.run_command(up, cmd, stdin, Output::Activate);
         self.restoring = false;
         lock::set_restoring(&self.access, &self.token, false);
         result

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::stack::{stack_file, StackFile};
-use super::state::{judge_stack, parse_stack_state, stack_verdict, StackVerdict};
+use super::state::{judge_stack, parse_stack_state, stack_verdict, StackState, StackVerdict};
+use super::status::Baseline;
 use crate::remote::swarm::{self as cmds, JOB_ENV_FILE, STACK_FILE};
 use crate::remote::{Cmd, Layout};
 use crate::report::{Diagnostics, Phase};
@@ -21,7 +22,8 @@ use crate::secret::Secret;
 use crate::ssh::SshError;
 use crate::target::compose::{pull_steps, upload_steps, ComposeHost, LONG, PIN_BY_TAG, QUICK};
 use crate::target::{
-    Access, Action, Body, HostState, Output, ReleaseError, ReleaseSpec, Step, Target, Undo,
+    Access, Action, Body, HostState, Output, RegistryLogin, ReleaseError, ReleaseSpec, Step,
+    Target, Undo,
 };
 use crate::workflow::Runner;
 
@@ -44,6 +46,13 @@ pub struct SwarmHost {
     converge_within: Duration,
     /// The services judged failing or still updating at the last look, for diagnostics.
     unsettled: Vec<String>,
+    /// The stack just before the last activation: history is not the release's verdict.
+    before: Baseline,
+    /// The manager's node id: the pre-deploy job runs there, where the image was pulled.
+    node_id: String,
+    /// The registry login of this run (when berth pushed), for a restore too: a service
+    /// that the failed release removed is created again, and its nodes must pull.
+    login: Option<RegistryLogin>,
 }
 
 impl SwarmHost {
@@ -72,9 +81,9 @@ impl SwarmHost {
                 }
             };
             match manager_node(&host) {
-                Ok(node) => {
+                Ok((node_id, node)) => {
                     runner.line(&format!(
-                        "{}: deploying stack `{}` through this Swarm manager (node {node})",
+                        "{}: deploying stack `{}` through this Swarm manager (node {node}, {node_id})",
                         host.name(),
                         layout.project
                     ));
@@ -92,6 +101,9 @@ impl SwarmHost {
                         warnings,
                         converge_within,
                         unsettled: Vec::new(),
+                        before: Baseline::default(),
+                        node_id,
+                        login: None,
                     });
                 }
                 Err(why) => tried.push(format!("- {}: {why}", access.spec)),
@@ -104,20 +116,32 @@ impl SwarmHost {
         &self.host.layout.project
     }
 
-    /// One look at the stack, judged against the images berth deployed.
-    fn look(&mut self) -> Result<StackVerdict, ReleaseError> {
+    /// The stack's services and tasks, as the manager reports them now.
+    fn read_state(&self) -> Result<StackState, ReleaseError> {
         let out = self.host.step(
             "read the stack's state",
             &cmds::stack_state(self.project()),
             None,
             QUICK,
         )?;
-        let state = parse_stack_state(&out.stdout).map_err(|detail| ReleaseError::Unexpected {
+        parse_stack_state(&out.stdout).map_err(|detail| ReleaseError::Unexpected {
             host: self.host.name().into(),
             doing: "reading the stack's services and tasks",
             detail,
-        })?;
-        let judged = judge_stack(&state, self.project(), &self.images);
+        })
+    }
+
+    /// Notes what the stack is before an activation changes it.
+    fn take_baseline(&mut self) -> Result<(), ReleaseError> {
+        let state = self.read_state()?;
+        self.before = Baseline::of(&state.services, &state.tasks);
+        Ok(())
+    }
+
+    /// One look at the stack, judged against the images berth deployed.
+    fn look(&mut self) -> Result<StackVerdict, ReleaseError> {
+        let state = self.read_state()?;
+        let judged = judge_stack(&state, self.project(), &self.images, &self.before);
         let verdict = stack_verdict(&judged);
         self.unsettled = judged
             .iter()
@@ -129,13 +153,29 @@ impl SwarmHost {
 
     /// Waits for the stack to converge within `converge_within` of now; the first failed
     /// look fails it.
-    /// `doing` and `done` name the wait in its progress lines and its last one.
-    fn converge(&mut self, doing: &str, done: &str) -> Result<(), ReleaseError> {
+    /// `doing` and `done` name the wait in its progress lines and its last one. A read
+    /// that fails (a manager electing its leader) is tried again until the deadline. A
+    /// restore is not stopped by the run's cancellation: it is what the cancelled run
+    /// must finish.
+    fn converge(&mut self, doing: &str, done: &str, restoring: bool) -> Result<(), ReleaseError> {
         let deadline = Instant::now() + self.converge_within;
         let started = Instant::now();
         let mut reported = Vec::new();
         loop {
-            match self.look()? {
+            let look = match self.look() {
+                Err(e @ ReleaseError::Ssh(_)) => return Err(e),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    self.host.runner.line(&format!(
+                        "{}: {doing}: reading the stack failed, trying again: {e}",
+                        self.host.name()
+                    ));
+                    std::thread::sleep(LOOK_EVERY);
+                    continue;
+                }
+                Ok(look) => look,
+            };
+            match look {
                 StackVerdict::Converged => {
                     self.host.runner.line(&format!(
                         "{}: {done}: every service of stack `{}` runs its pinned image on every replica ({:.1}s)",
@@ -173,7 +213,7 @@ impl SwarmHost {
                     }
                 }
             }
-            if crate::cancel::is_cancelled() {
+            if !restoring && crate::cancel::is_cancelled() {
                 return Err(SshError::Cancelled {
                     host: self.host.name().into(),
                     command: "the wait for the stack to converge".into(),
@@ -274,9 +314,11 @@ impl SwarmHost {
             .unwrap_or(Value::Null);
         let mut text = String::new();
         for (key, value) in env.as_object().into_iter().flatten() {
+            // `compose config` writes a literal `$` as `$$` (what `stack deploy` reads
+            // back as `$`); an env file is read as is.
             let value = match value {
                 Value::Null => continue,
-                Value::String(s) => s.clone(),
+                Value::String(s) => s.replace("$$", "$"),
                 other => other.to_string(),
             };
             if value.contains('\n') {
@@ -302,13 +344,13 @@ impl SwarmHost {
             &image,
             &networks,
             &env,
+            Some(self.node_id.as_str()).filter(|n| !n.is_empty()),
             argv,
         )
     }
 
-    /// The activation of release `id`: with the registry login when berth pushed.
-    fn activation(&self, spec: Option<&ReleaseSpec>, id: &str, name: &'static str) -> Step {
-        let login = spec.and_then(|s| s.registry.as_ref());
+    /// The activation of release `id`: with the registry login when there is one.
+    fn activation(&self, login: Option<&RegistryLogin>, id: &str, name: &'static str) -> Step {
         let cmd = cmds::stack_deploy_and_switch(
             &self.host.layout,
             id,
@@ -371,20 +413,20 @@ impl SwarmHost {
                 .undo(Undo::Cleanup(cmds::remove_service(&name))),
             );
         }
-        steps.push(self.activation(Some(spec), &spec.id, STACK_DEPLOY));
+        steps.push(self.activation(spec.registry.as_ref(), &spec.id, STACK_DEPLOY));
         steps
     }
 }
 
 /// Whether the host's engine is a manager of an active swarm: its node id and name, or
 /// why not.
-fn manager_node(host: &ComposeHost) -> Result<String, String> {
+fn manager_node(host: &ComposeHost) -> Result<(String, String), String> {
     let out = host
         .step("swarm role", &cmds::node_role(), None, QUICK)
         .map_err(|e| e.to_string())?;
     let words: Vec<&str> = out.stdout.split_whitespace().collect();
     match words.as_slice() {
-        ["active", "true", id, name, ..] => Ok(format!("{name}, {id}")),
+        ["active", "true", id, name, ..] => Ok((id.to_string(), name.to_string())),
         ["active", _, ..] => Err("a worker of its swarm, not a manager".into()),
         [state, ..] => Err(format!(
             "its Docker engine is not part of a swarm (`{state}`)"
@@ -463,6 +505,10 @@ impl Target for SwarmHost {
         lines
     }
     fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
+        self.login = spec.registry.clone();
+        if step.name == STACK_DEPLOY {
+            self.take_baseline()?;
+        }
         let concrete = match &step.action {
             Action::Upload { path, body, mode } => {
                 let text = match body {
@@ -489,7 +535,7 @@ impl Target for SwarmHost {
         self.host.run_step(spec, &concrete)
     }
     fn verify(&mut self) -> Result<(), ReleaseError> {
-        self.converge("converging", "converged")
+        self.converge("converging", "converged", false)
     }
     fn watch(&mut self) -> Result<Vec<String>, ReleaseError> {
         match self.look()? {
@@ -498,10 +544,31 @@ impl Target for SwarmHost {
         }
     }
     fn activate(&mut self, id: &str) -> Result<(), ReleaseError> {
-        let up = self.activation(None, id, STACK_RESTORE);
+        if self.host.lock_lost {
+            return Err(ReleaseError::LockLost {
+                host: self.host.name().into(),
+            });
+        }
+        // What the restored release's stack file runs is what its services must run.
+        let file = format!("{}/{STACK_FILE}", self.host.layout.release_dir(id));
+        let out = self
+            .host
+            .step("read the release's stack file", &Cmd::new(["cat", file.as_str()]), None, QUICK)
+            .map_err(|_| ReleaseError::StackFile {
+                host: self.host.name().into(),
+                problem: format!("release {id} has no readable {STACK_FILE} (was it deployed with `target: compose`?), so it cannot be restored as a stack"),
+            })?;
+        let stack: Value =
+            serde_json::from_str(&out.stdout).map_err(|e| ReleaseError::Unexpected {
+                host: self.host.name().into(),
+                doing: "reading the stack file of the release to restore",
+                detail: e.to_string(),
+            })?;
+        self.take_baseline()?;
+        let up = self.activation(self.login.as_ref(), id, STACK_RESTORE);
         self.host.reactivate_with(id, &up)?;
-        self.images = self.host.pins.clone();
-        self.converge("restoring", "restored")
+        self.images = stack_images(&stack);
+        self.converge("restoring", "restored", true)
     }
     fn recovery_command(&self, id: &str) -> String {
         let file = format!("{}/{STACK_FILE}", self.host.layout.release_dir(id));

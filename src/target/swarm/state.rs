@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::status::{judge, Judged};
+use super::status::{judge, Baseline, Judged};
 use crate::remote::swarm::{SERVICES_MARK, TASKS_MARK};
 
 /// What the stack runs: its services and their tasks, as the manager reported them.
@@ -60,6 +60,7 @@ pub fn judge_stack(
     state: &StackState,
     project: &str,
     images: &BTreeMap<String, String>,
+    before: &Baseline,
 ) -> Vec<(String, Judged)> {
     images
         .iter()
@@ -80,7 +81,7 @@ pub fn judge_stack(
                 .filter(|t| t["ServiceID"].as_str() == Some(id))
                 .cloned()
                 .collect();
-            (name.clone(), judge(service, &tasks, image))
+            (name.clone(), judge(service, &tasks, image, before))
         })
         .collect()
 }
@@ -140,7 +141,7 @@ mod tests {
         state.services[0]["Spec"]["Name"] = "shop_web".into();
         let (project, service) = ("shop", "web");
         let images = BTreeMap::from([(service.to_string(), "good:2".to_string())]);
-        let judged = judge_stack(&state, project, &images);
+        let judged = judge_stack(&state, project, &images, &Default::default());
         assert_eq!(judged, [(service.to_string(), Judged::Converged)]);
         assert_eq!(stack_verdict(&judged), StackVerdict::Converged);
         // A service berth deployed that the manager does not have: failed.
@@ -148,7 +149,7 @@ mod tests {
             (service.to_string(), "good:2".to_string()),
             ("gone".to_string(), "x:1".to_string()),
         ]);
-        match stack_verdict(&judge_stack(&state, project, &more)) {
+        match stack_verdict(&judge_stack(&state, project, &more, &Default::default())) {
             StackVerdict::Failed(f) => assert!(f[0].contains("does not exist"), "{f:?}"),
             other => panic!("{other:?}"),
         }

@@ -4,7 +4,46 @@
 //! or rolled back by Swarm itself, which `docker stack deploy` reports as success
 //! (docker/cli#6752). Pure: the engine polls, this judges.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde_json::Value;
+
+/// What the stack was before berth deployed, so that neither history nor the moment
+/// before Swarm starts an update can pass for the release's verdict.
+#[derive(Debug, Clone, Default)]
+pub struct Baseline {
+    /// Every task that existed: an old failure is not the release's.
+    pub tasks: BTreeSet<String>,
+    /// By service id: its task template and when its last update started. A service
+    /// whose template changed has converged only once a newer update started (the status
+    /// is empty for a moment after `stack deploy`, while the old tasks still run) and then
+    /// by tasks created since.
+    pub services: BTreeMap<String, (Value, String)>,
+}
+
+impl Baseline {
+    /// The baseline of a stack from one look at it.
+    pub fn of(services: &[Value], tasks: &[Value]) -> Baseline {
+        Baseline {
+            tasks: tasks
+                .iter()
+                .filter_map(|t| t["ID"].as_str().map(String::from))
+                .collect(),
+            services: services
+                .iter()
+                .filter_map(|s| {
+                    let id = s["ID"].as_str()?.to_string();
+                    let started = s["UpdateStatus"]["StartedAt"].as_str().unwrap_or("");
+                    Some((id, (s["Spec"]["TaskTemplate"].clone(), started.to_string())))
+                })
+                .collect(),
+        }
+    }
+}
+
+fn parse_time(t: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
 
 /// One service's state after berth deployed `image` to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +63,7 @@ pub enum Judged {
 
 /// Judges `service` (one element of `docker service inspect`) with its `tasks` (`docker
 /// inspect --type task`), berth having deployed `image` to it.
-pub fn judge(service: &Value, tasks: &[Value], image: &str) -> Judged {
+pub fn judge(service: &Value, tasks: &[Value], image: &str, before: &Baseline) -> Judged {
     let status = &service["UpdateStatus"];
     let state = status["State"].as_str().unwrap_or("");
     let message = status["Message"].as_str().unwrap_or("").to_string();
@@ -43,13 +82,33 @@ pub fn judge(service: &Value, tasks: &[Value], image: &str) -> Judged {
         };
         return Judged::RolledBack { message };
     }
+    let started = status["StartedAt"].as_str().unwrap_or("");
+    let id = service["ID"].as_str().unwrap_or("");
+    // Changed by this deploy: only an update started since, and its tasks, count.
+    let mut since = None;
+    if let Some((template, started_before)) = before.services.get(id) {
+        if *template != service["Spec"]["TaskTemplate"] {
+            if started.is_empty() || started == started_before {
+                let wanted = wanted(service);
+                return Judged::Updating { running: 0, wanted };
+            }
+            since = parse_time(started);
+        }
+    }
     let ours: Vec<&Value> = tasks
         .iter()
         .filter(|t| t["Spec"]["ContainerSpec"]["Image"].as_str() == Some(image))
+        .filter(
+            |t| match (since, t["CreatedAt"].as_str().and_then(parse_time)) {
+                (Some(since), Some(created)) => created >= since,
+                _ => true,
+            },
+        )
         .collect();
     let failed: Vec<String> = ours
         .iter()
         .filter(|t| matches!(t["Status"]["State"].as_str(), Some("failed" | "rejected")))
+        .filter(|t| t["ID"].as_str().is_none_or(|id| !before.tasks.contains(id)))
         .map(|t| describe(t))
         .collect();
     if !failed.is_empty() {
@@ -58,9 +117,7 @@ pub fn judge(service: &Value, tasks: &[Value], image: &str) -> Judged {
     if state == "paused" {
         return Judged::Paused { message };
     }
-    let wanted = service["Spec"]["Mode"]["Replicated"]["Replicas"]
-        .as_u64()
-        .unwrap_or(1);
+    let wanted = wanted(service);
     let running = ours
         .iter()
         .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
@@ -70,6 +127,13 @@ pub fn judge(service: &Value, tasks: &[Value], image: &str) -> Judged {
     } else {
         Judged::Updating { running, wanted }
     }
+}
+
+/// How many tasks the service wants running (a global service: at least one).
+fn wanted(service: &Value) -> u64 {
+    service["Spec"]["Mode"]["Replicated"]["Replicas"]
+        .as_u64()
+        .unwrap_or(1)
 }
 
 /// `task <id> (slot N) on node <node>: <state>: <error> (exit N)`.
@@ -114,16 +178,22 @@ mod tests {
     #[test]
     fn a_start_first_update_of_two_replicas_converges() {
         let (s, t) = fixture("updated");
-        assert_eq!(judge(&s, &t, "good:2"), Judged::Converged);
+        assert_eq!(
+            judge(&s, &t, "good:2", &Baseline::default()),
+            Judged::Converged
+        );
         // The same service, judged for an image it does not run: Swarm went back.
-        assert!(matches!(judge(&s, &t, "good:3"), Judged::RolledBack { .. }));
+        assert!(matches!(
+            judge(&s, &t, "good:3", &Baseline::default()),
+            Judged::RolledBack { .. }
+        ));
     }
 
     #[test]
     fn swarm_rolling_back_by_itself_is_a_failure_not_a_success() {
         let (s, t) = fixture("rolled-back");
         assert_eq!(
-            judge(&s, &t, "crash:1"),
+            judge(&s, &t, "crash:1", &Baseline::default()),
             Judged::RolledBack {
                 message: "rollback completed".into()
             }
@@ -133,7 +203,7 @@ mod tests {
     #[test]
     fn a_failed_task_of_the_new_image_fails_the_release_with_its_error() {
         let (s, t) = fixture("paused");
-        match judge(&s, &t, "crash:1") {
+        match judge(&s, &t, "crash:1", &Baseline::default()) {
             Judged::Failed { tasks } => {
                 assert_eq!(tasks.len(), 2, "{tasks:?}");
                 assert!(tasks[0].contains("task: non-zero exit (3)"), "{tasks:?}");
@@ -143,7 +213,10 @@ mod tests {
         }
         // Paused with no failed task of its own (e.g. the tasks were pruned): paused.
         let none: Vec<Value> = Vec::new();
-        assert!(matches!(judge(&s, &none, "crash:1"), Judged::Paused { .. }));
+        assert!(matches!(
+            judge(&s, &none, "crash:1", &Baseline::default()),
+            Judged::Paused { .. }
+        ));
     }
 
     #[test]
@@ -151,7 +224,7 @@ mod tests {
         let (mut s, t) = fixture("updated");
         s["UpdateStatus"]["State"] = "updating".into();
         assert_eq!(
-            judge(&s, &t, "good:2"),
+            judge(&s, &t, "good:2", &Baseline::default()),
             Judged::Updating {
                 running: 2,
                 wanted: 2
@@ -160,9 +233,50 @@ mod tests {
         let (s, t) = fixture("updated");
         let one: Vec<Value> = t.into_iter().take(1).collect();
         assert_eq!(
-            judge(&s, &one, "good:2"),
+            judge(&s, &one, "good:2", &Baseline::default()),
             Judged::Updating {
                 running: 1,
+                wanted: 2
+            }
+        );
+    }
+
+    /// The history before the deploy is not the release's: an old failed task of the
+    /// same image does not fail it, and a changed service whose update has not started
+    /// yet (the status still the old one) is not converged by its old tasks.
+    #[test]
+    fn only_what_happened_since_the_deploy_counts() {
+        let (s, t) = fixture("paused");
+        let before = Baseline::of(std::slice::from_ref(&s), &t);
+        // Nothing new since the look: the old failures are history; the one task of
+        // the image that is not failed is not running, so it is still updating.
+        assert!(matches!(
+            judge(&s, &t, "crash:1", &before),
+            Judged::Paused { .. }
+        ));
+        let (s, t) = fixture("updated");
+        let mut changed = Baseline::of(std::slice::from_ref(&s), &[]);
+        let id = s["ID"].as_str().unwrap().to_string();
+        changed.services.get_mut(&id).unwrap().0 =
+            serde_json::json!({"ContainerSpec": {"Image": "good:1"}});
+        // The template changed, but the update status is the one from before the deploy.
+        assert_eq!(
+            judge(&s, &t, "good:2", &changed),
+            Judged::Updating {
+                running: 0,
+                wanted: 2
+            }
+        );
+        // An update started since: its tasks, created after it started, converge it.
+        changed.services.get_mut(&id).unwrap().1 = "2026-11-25T08:31:00Z".into();
+        assert_eq!(judge(&s, &t, "good:2", &changed), Judged::Converged);
+        // Tasks created before the update started do not count.
+        let mut s2 = s.clone();
+        s2["UpdateStatus"]["StartedAt"] = "2026-11-25T08:31:22Z".into();
+        assert_eq!(
+            judge(&s2, &t, "good:2", &changed),
+            Judged::Updating {
+                running: 0,
                 wanted: 2
             }
         );
