@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 #[path = "../it/support/mod.rs"]
 mod support;
+mod swarm;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -147,7 +148,9 @@ fn timed(b: &Berth, mut on_verdict: impl FnMut()) -> Timed {
             on_verdict();
         }
         // The first verification is the deploy's (a restore verifies again later).
-        if line.contains(" run the pinned digests") && verified.is_none() {
+        if (line.contains(" run the pinned digests") || line.contains(": converged: every service"))
+            && verified.is_none()
+        {
             verified = Some(started.elapsed().as_secs_f64());
         }
         stdout.push_str(&line);
@@ -369,6 +372,9 @@ fn main() {
     let o = opts();
     let mut md = String::new();
     let mut goals: Vec<(String, bool, String)> = Vec::new();
+    if std::env::args().any(|a| a == "--swarm-only") {
+        return swarm_only(&o);
+    }
     let machine = format!(
         "{} cores, {}; {}; Docker engine {}",
         sh(&mut Command::new("nproc")).trim(),
@@ -745,6 +751,8 @@ fn main() {
         format!("{ma:.2} s"),
     ));
 
+    md.push_str(&swarm::section(o.runs, &mut goals));
+
     let mut head = format!(
         "# Benchmarks\n\nMeasured by `scripts/bench` ({} mode) on {} ({machine}). Every figure is the median of {} run(s), and every comparison is a ratio taken in the same invocation. Reproduce with `scripts/bench` (it writes this file).\n\n## Goals\n\n| goal | met | measured |\n|---|---|---|\n",
         if o.full { "full" } else { "quick" },
@@ -768,6 +776,43 @@ fn main() {
         None => println!("{report}"),
     }
     println!("bench: done ({} figures)", goals.len());
+}
+
+/// `--swarm-only`: section 8 alone, put in place of the one in `--out` (or printed), with
+/// its goal row; the other sections keep the figures of their own run.
+fn swarm_only(o: &Opts) {
+    let mut goals = Vec::new();
+    let section = swarm::section(o.runs, &mut goals);
+    let Some(path) = &o.out else {
+        println!("{section}");
+        return;
+    };
+    let mut text = std::fs::read_to_string(path).unwrap();
+    if let Some(start) = text.find("\n## 8. Docker Swarm") {
+        let end = text[start + 1..]
+            .find("\n## ")
+            .map_or(text.len(), |i| start + 1 + i);
+        text.replace_range(start..end, "");
+    }
+    let at = text.find("\n## Where the time goes").unwrap_or(text.len());
+    text.insert_str(at, &section);
+    for (g, ok, m) in &goals {
+        let row = format!("| {g} | {} | {m} |", if *ok { "yes" } else { "**no**" });
+        match text.lines().find(|l| l.starts_with(&format!("| {g} |"))) {
+            Some(old) => text = text.replace(old, &row),
+            None => {
+                let at = text.find("\n\n## 1.").unwrap_or(0);
+                text.insert_str(at, &format!("\n{row}"));
+            }
+        }
+    }
+    let when = sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
+    text = text.replacen(
+        "\n## 8. Docker Swarm\n",
+        &format!("\n## 8. Docker Swarm\n\nMeasured by `scripts/bench --swarm` on {} ({} run(s) per figure).\n", when.trim(), o.runs),
+        1,
+    );
+    std::fs::write(path, text).unwrap();
 }
 
 /// `--profile`: one deploy of the D=0 case with `RUNNER_DEBUG=1`, every line of stdout and

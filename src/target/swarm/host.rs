@@ -186,10 +186,15 @@ impl SwarmHost {
                     return Ok(());
                 }
                 StackVerdict::Failed(services) => {
+                    self.host.runner.line(&format!(
+                        "{}: {doing}: failed: {}",
+                        self.host.name(),
+                        services.join("; ")
+                    ));
                     return Err(ReleaseError::StackFailed {
                         host: self.host.name().into(),
                         services,
-                    })
+                    });
                 }
                 StackVerdict::Updating(services) => {
                     if services != reported {
