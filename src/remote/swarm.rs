@@ -6,11 +6,14 @@ use super::Cmd;
 pub const SERVICES_MARK: &str = "==berth-services==";
 /// Marks the `docker inspect --type task` part of [`stack_state`]'s output.
 pub const TASKS_MARK: &str = "==berth-tasks==";
+/// Marks the nodes part of [`stack_state`]'s output: `<id> <status> <availability>
+/// <hostname>` a line each.
+pub const NODES_MARK: &str = "==berth-nodes==";
 
 /// What stack `project` runs, in one round trip: [`SERVICES_MARK`] and `docker service
 /// inspect` of each of its services, then [`TASKS_MARK`] and `docker inspect --type
 /// task` of their tasks, the kept history included (failed tasks are how a crash loop
-/// shows). Prints nothing when the stack has no service. A service or task removed while
+/// shows), then [`NODES_MARK`] and the swarm's nodes with their state. Prints nothing when the stack has no service. A service or task removed while
 /// it is read is left out.
 pub fn stack_state(project: &str) -> Cmd {
     Cmd::new(["sh", "-c", STACK_STATE, "sh", project])
@@ -26,6 +29,8 @@ printf '%s\n' "$svc"
 tids=$(docker service ps -q --no-trunc $ids 2>/dev/null)
 echo ==berth-tasks==
 if [ -n "$tids" ]; then docker inspect --type task $tids 2>/dev/null; else echo '[]'; fi
+echo ==berth-nodes==
+docker node ls --format '{{.ID}} {{.Status}} {{.Availability}} {{.Hostname}}' 2>/dev/null
 true"#;
 
 /// The name of release `release`'s pre-deploy job in stack `project`. It carries no stack
@@ -171,13 +176,14 @@ docker stack deploy --help 2>/dev/null | grep -q -- '--detach' && detach=--detac
 docker stack deploy $detach --resolve-image never --prune $auth -c "$file" "$stack" || exit
 ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c""#;
 
-/// Where the stack stands, for a person: its services with their replicas, then every
-/// task of the stack with its state, error and node (`docker stack ps --no-trunc`).
+/// Where the stack stands, for a person: the swarm's nodes, its services with their
+/// replicas, then every task of the stack with its state, error and node (`docker stack
+/// ps --no-trunc`).
 pub fn stack_ps(project: &str) -> Cmd {
     Cmd::new([
         "sh",
         "-c",
-        r#"docker stack services "$1" 2>&1; echo; docker stack ps --no-trunc --format 'table {{.Name}}\t{{.Image}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}' "$1" 2>&1 | head -n 60"#,
+        r#"docker node ls 2>&1; echo; docker stack services "$1" 2>&1; echo; docker stack ps --no-trunc --format 'table {{.Name}}\t{{.Image}}\t{{.Node}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}' "$1" 2>&1 | head -n 60"#,
         "sh",
         project,
     ])

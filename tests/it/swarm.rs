@@ -373,3 +373,134 @@ fn target_swarm_runs_pre_deploy_as_a_job_and_a_failed_job_changes_no_service() {
     let jobs = s.engine.ok(&["service", "ls", "--format", "{{.Name}}"]);
     assert!(!jobs.contains("pre-deploy"), "{jobs}");
 }
+
+/// Two nodes: the backend's two replicas spread over both; the worker hangs (its engine
+/// frozen) in the middle of an update. berth names the node that is down, and the stack
+/// ends on a proven release: the update, converged on the node that is left, or the
+/// release before it, restored.
+#[test]
+fn target_swarm_reports_a_worker_that_hangs_mid_update_and_ends_on_a_proven_release() {
+    let s = SwarmStage::on(SwarmEngine::start());
+    let worker = SwarmEngine::start_worker(&s.engine);
+    let port: u16 = s
+        .stage
+        .registry
+        .addr
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    worker.forward_loopback(port);
+    let two_nodes = |app: &App| {
+        let b = s
+            .berth(app)
+            .input(
+                "health-url",
+                &format!("http://{}:{}/", s.engine.addr, s.stage.port),
+            )
+            .input("health-json", "")
+            .input("health-timeout", "90s");
+        std::fs::write(
+            b.workspace().join("docker-compose.staging.yml"),
+            format!(
+                r#"services:
+  backend:
+    image: shop/backend
+    init: true
+    env_file: .env
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/cgi-bin/health"]
+      interval: 1s
+      timeout: 2s
+      retries: 2
+    deploy:
+      replicas: 2
+      update_config:
+        delay: 3s
+  frontend:
+    image: shop/frontend
+    init: true
+    ports:
+      - target: 80
+        published: {port}
+        mode: host
+    deploy:
+      placement:
+        constraints: ["node.role == manager"]
+"#,
+                port = s.stage.port
+            ),
+        )
+        .unwrap();
+        b
+    };
+    let v1 = two_nodes(&App::new("v1")).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    let backend = format!("{}_backend", s.stage.project);
+    let nodes = s.engine.ok(&[
+        "service",
+        "ps",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}}",
+        &backend,
+    ]);
+    assert!(
+        nodes.contains("berth-manager") && nodes.contains("berth-worker"),
+        "the replicas are not spread over both nodes: {nodes}"
+    );
+    let images_v1 = s.service_images();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    // The update starts; once a task of v2 exists, the worker hangs.
+    let b = two_nodes(&App::new("v2"));
+    let run = std::thread::scope(|scope| {
+        let deploy = scope.spawn(|| b.run());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let images = s.service_images();
+            if images
+                .get("backend")
+                .is_some_and(|i| *i != images_v1["backend"])
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the update never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        worker.freeze();
+        deploy.join().unwrap()
+    });
+    let out = run.everything();
+    assert!(
+        out.contains("berth-worker") && out.contains("is Down"),
+        "{out}"
+    );
+    let status = run.output("status").unwrap_or_default();
+    let proven = match status.as_str() {
+        "deployed" => s.service_images(),
+        "rolled-back" => images_v1.clone(),
+        other => panic!("the stack did not end on a proven release ({other}):\n{out}"),
+    };
+    assert_eq!(s.service_images(), proven, "{out}");
+    // Every replica the stack wants runs, on the node that is left.
+    let running = s.engine.ok(&[
+        "service",
+        "ps",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}} {{.CurrentState}}",
+        &backend,
+    ]);
+    let up: Vec<&str> = running
+        .lines()
+        .filter(|l| l.starts_with("berth-manager") && l.contains("Running"))
+        .collect();
+    assert_eq!(up.len(), 2, "{running}\n{out}");
+}

@@ -138,9 +138,19 @@ impl SwarmHost {
         Ok(())
     }
 
-    /// One look at the stack, judged against the images berth deployed.
+    /// One look at the stack, judged against the images berth deployed. A node that is
+    /// not ready is said once, and warned of in the report.
     fn look(&mut self) -> Result<StackVerdict, ReleaseError> {
         let state = self.read_state()?;
+        for down in &state.nodes_down {
+            let warning = format!("{down}: Swarm moves its tasks to the nodes that are left, if their constraints allow it. Check the node (`docker node ls` on a manager).");
+            if !self.warnings.contains(&warning) {
+                self.host
+                    .runner
+                    .line(&format!("{}: {down}", self.host.name()));
+                self.warnings.push(warning);
+            }
+        }
         let judged = judge_stack(&state, self.project(), &self.images, &self.before);
         let verdict = stack_verdict(&judged);
         self.unsettled = judged

@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::status::{judge, Baseline, Judged};
-use crate::remote::swarm::{SERVICES_MARK, TASKS_MARK};
+use crate::remote::swarm::{NODES_MARK, SERVICES_MARK, TASKS_MARK};
 
 /// What the stack runs: its services and their tasks, as the manager reported them.
 #[derive(Debug, Default)]
 pub struct StackState {
     pub services: Vec<Value>,
     pub tasks: Vec<Value>,
+    /// Nodes that are not `Ready`: `<hostname> (<id>) is <status>`.
+    pub nodes_down: Vec<String>,
 }
 
 /// Reads [`crate::remote::swarm::stack_state`]'s output. Empty output: no service.
@@ -28,6 +30,19 @@ pub fn parse_stack_state(out: &str) -> Result<StackState, String> {
     let (services, tasks) = rest
         .split_once(&format!("{TASKS_MARK}\n"))
         .ok_or("no task list")?;
+    let (tasks, nodes) = tasks
+        .split_once(&format!("{NODES_MARK}\n"))
+        .unwrap_or((tasks, ""));
+    let nodes_down = nodes
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (id, status, _availability) = (w.next()?, w.next()?, w.next()?);
+            let host = w.collect::<Vec<_>>().join(" ");
+            let id: String = id.chars().take(12).collect();
+            (status != "Ready").then(|| format!("node {host} ({id}) is {status}"))
+        })
+        .collect();
     let array = |text: &str, what: &str| -> Result<Vec<Value>, String> {
         // A service removed between the list and the inspect makes the inspect print
         // nothing at all when it was the only one.
@@ -39,6 +54,7 @@ pub fn parse_stack_state(out: &str) -> Result<StackState, String> {
     Ok(StackState {
         services: array(services, "docker service inspect")?,
         tasks: array(tasks, "docker inspect --type task")?,
+        nodes_down,
     })
 }
 

@@ -17,6 +17,8 @@ use super::Berth;
 
 pub struct SwarmEngine {
     pub dir: TempDir,
+    /// The number that names its namespace, links and addresses.
+    number: u16,
     /// `unix://...` of the engine's socket.
     pub host: String,
     /// The node's address inside its namespace (what the swarm advertises).
@@ -30,6 +32,68 @@ pub struct SwarmEngine {
 impl SwarmEngine {
     /// Starts the engine and makes it a single-node swarm's manager.
     pub fn start() -> SwarmEngine {
+        let engine = SwarmEngine::boot("berth-manager");
+        let init = engine.docker(&["swarm", "init", "--advertise-addr", &engine.addr.clone()]);
+        assert!(
+            init.status.success(),
+            "swarm init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        engine
+    }
+
+    /// Starts another engine and joins it to `manager`'s swarm as a worker, over a link
+    /// of their own between the two namespaces (the rig's namespace does not route).
+    pub fn start_worker(manager: &SwarmEngine) -> SwarmEngine {
+        let worker = SwarmEngine::boot("berth-worker");
+        let n = worker.number;
+        let (a, b) = (format!("bswp{n}a"), format!("bswp{n}b"));
+        let (ma, wa) = (format!("10.235.{n}.1"), format!("10.235.{n}.2"));
+        let net = manager.addr.rsplit_once('.').unwrap().0.to_string() + ".0/30";
+        for cmd in [
+            format!("ip link add {a} type veth peer name {b}"),
+            format!("ip link set {a} netns {}", manager.netns),
+            format!("ip link set {b} netns {}", worker.netns),
+            format!(
+                "ip netns exec {} ip addr add {ma}/30 dev {a}",
+                manager.netns
+            ),
+            format!("ip netns exec {} ip link set {a} up", manager.netns),
+            format!("ip netns exec {} ip addr add {wa}/30 dev {b}", worker.netns),
+            format!("ip netns exec {} ip link set {b} up", worker.netns),
+            format!("ip netns exec {} ip route add {net} via {ma}", worker.netns),
+        ] {
+            sh(Command::new("sh").arg("-c").arg(&cmd));
+        }
+        let token = manager.ok(&["swarm", "join-token", "-q", "worker"]);
+        let join = worker.docker(&[
+            "swarm",
+            "join",
+            "--token",
+            token.trim(),
+            "--advertise-addr",
+            &wa,
+            &format!("{}:2377", manager.addr),
+        ]);
+        assert!(
+            join.status.success(),
+            "swarm join: {}",
+            String::from_utf8_lossy(&join.stderr)
+        );
+        worker
+    }
+
+    /// Freezes the engine (SIGSTOP): the node stops answering, as a hung machine does.
+    /// Thawed when dropped.
+    pub fn freeze(&self) {
+        if let Some(d) = &self.daemon {
+            sh(Command::new("kill").args(["-STOP", &d.id().to_string()]));
+        }
+    }
+
+    /// A dockerd in a network namespace of its own, named `hostname` (its own UTS
+    /// namespace: the swarm tells nodes apart by it).
+    fn boot(hostname: &str) -> SwarmEngine {
         // The exec root's dir claims the number: what a parallel test (or a run killed
         // before its teardown) holds is never taken, nor torn down by this one.
         let n = loop {
@@ -47,6 +111,7 @@ impl SwarmEngine {
         let sock = dir.path().join("docker.sock");
         // Made first, so that a failure below still tears down what was made.
         let mut engine = SwarmEngine {
+            number: n,
             host: format!("unix://{}", sock.display()),
             addr: addr.clone(),
             netns: netns.clone(),
@@ -71,7 +136,10 @@ impl SwarmEngine {
         std::fs::write(dir.join("daemon.json"), "{}").unwrap();
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         // nsenter, not `ip netns exec`, which remounts /sys and hides the cgroup mount.
-        let child = Command::new("nsenter")
+        let child = Command::new("unshare")
+            .args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\""])
+            .arg(format!("{hostname}-{n}"))
+            .arg("nsenter")
             .arg(format!("--net=/var/run/netns/{netns}"))
             .arg("dockerd")
             .arg("--config-file")
@@ -99,12 +167,6 @@ impl SwarmEngine {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        let init = engine.docker(&["swarm", "init", "--advertise-addr", &engine.addr.clone()]);
-        assert!(
-            init.status.success(),
-            "swarm init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
         engine
     }
 
@@ -174,6 +236,11 @@ impl SwarmEngine {
 
 impl Drop for SwarmEngine {
     fn drop(&mut self) {
+        if let Some(d) = &self.daemon {
+            let _ = Command::new("kill")
+                .args(["-CONT", &d.id().to_string()])
+                .status();
+        }
         let _ = self.docker(&["swarm", "leave", "--force"]);
         if let Some(mut daemon) = self.daemon.take() {
             let _ = Command::new("kill").arg(daemon.id().to_string()).status();
@@ -213,7 +280,11 @@ pub struct SwarmStage {
 
 impl SwarmStage {
     pub fn new() -> SwarmStage {
-        let engine = SwarmEngine::start();
+        SwarmStage::on(SwarmEngine::start())
+    }
+
+    /// The stage with `engine` as its manager.
+    pub fn on(engine: SwarmEngine) -> SwarmStage {
         let sshd = Sshd::start_configured(
             "ed25519",
             "ed25519",
