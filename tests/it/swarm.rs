@@ -377,7 +377,8 @@ fn target_swarm_runs_pre_deploy_as_a_job_and_a_failed_job_changes_no_service() {
 /// Two nodes: the backend's two replicas spread over both; the worker hangs (its engine
 /// frozen) in the middle of an update. berth names the node that is down, and the stack
 /// ends on a proven release: the update, converged on the node that is left, or the
-/// release before it, restored.
+/// release before it, restored. When Swarm itself cannot finish either (its updater
+/// waiting on a task placed on the hung node), berth says so and gives the command.
 #[test]
 fn target_swarm_reports_a_worker_that_hangs_mid_update_and_ends_on_a_proven_release() {
     let s = SwarmStage::on(SwarmEngine::start());
@@ -400,7 +401,7 @@ fn target_swarm_reports_a_worker_that_hangs_mid_update_and_ends_on_a_proven_rele
                 &format!("http://{}:{}/", s.engine.addr, s.stage.port),
             )
             .input("health-json", "")
-            .input("health-timeout", "90s");
+            .input("health-timeout", "60s");
         std::fs::write(
             b.workspace().join("docker-compose.staging.yml"),
             format!(
@@ -485,22 +486,40 @@ fn target_swarm_reports_a_worker_that_hangs_mid_update_and_ends_on_a_proven_rele
     let proven = match status.as_str() {
         "deployed" => s.service_images(),
         "rolled-back" => images_v1.clone(),
-        other => panic!("the stack did not end on a proven release ({other}):\n{out}"),
+        // Seen in 1 of 7 runs: Swarm's updater waits on a task it had just assigned to
+        // the node that hung, for the update and then for the restore
+        // (docs/swarm-research.md §6). berth must say so, and give the command to
+        // finish by hand; it must not claim either release.
+        "failed" => {
+            assert!(out.contains("DEPLOY FAILED AND ROLLBACK FAILED"), "{out}");
+            assert!(out.contains("still updating after"), "{out}");
+            assert!(
+                out.contains("docker stack deploy --resolve-image never --prune -c "),
+                "{out}"
+            );
+            return;
+        }
+        other => panic!("unexpected status {other}:\n{out}"),
     };
     assert_eq!(s.service_images(), proven, "{out}");
-    // Every replica the stack wants runs, on the node that is left.
+    // Both replicas run that release, on the node that is left (Swarm may still be
+    // moving a task there: what runs is the proven image).
     let running = s.engine.ok(&[
         "service",
         "ps",
         "--filter",
         "desired-state=running",
         "--format",
-        "{{.Node}} {{.CurrentState}}",
+        "{{.Node}} {{.Image}} {{.CurrentState}}",
         &backend,
     ]);
     let up: Vec<&str> = running
         .lines()
-        .filter(|l| l.starts_with("berth-manager") && l.contains("Running"))
+        .filter(|l| l.starts_with("berth-manager") && l.contains(" Running"))
         .collect();
-    assert_eq!(up.len(), 2, "{running}\n{out}");
+    assert!(up.len() >= 2, "{running}\n{out}");
+    assert!(
+        up.iter().all(|l| l.contains(&proven["backend"])),
+        "{running}\n{out}"
+    );
 }

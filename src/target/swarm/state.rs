@@ -2,7 +2,7 @@
 //! each service by [`judge`], then the stack: failed as soon as one service failed,
 //! converged once every one has.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -16,6 +16,8 @@ pub struct StackState {
     pub tasks: Vec<Value>,
     /// Nodes that are not `Ready`: `<hostname> (<id>) is <status>`.
     pub nodes_down: Vec<String>,
+    /// Their full ids.
+    pub down_ids: BTreeSet<String>,
 }
 
 /// Reads [`crate::remote::swarm::stack_state`]'s output. Empty output: no service.
@@ -33,6 +35,14 @@ pub fn parse_stack_state(out: &str) -> Result<StackState, String> {
     let (tasks, nodes) = tasks
         .split_once(&format!("{NODES_MARK}\n"))
         .unwrap_or((tasks, ""));
+    let down_ids = nodes
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (id, status) = (w.next()?, w.next()?);
+            (status != "Ready").then(|| id.to_string())
+        })
+        .collect();
     let nodes_down = nodes
         .lines()
         .filter_map(|l| {
@@ -55,6 +65,7 @@ pub fn parse_stack_state(out: &str) -> Result<StackState, String> {
         services: array(services, "docker service inspect")?,
         tasks: array(tasks, "docker inspect --type task")?,
         nodes_down,
+        down_ids,
     })
 }
 
@@ -97,7 +108,10 @@ pub fn judge_stack(
                 .filter(|t| t["ServiceID"].as_str() == Some(id))
                 .cloned()
                 .collect();
-            (name.clone(), judge(service, &tasks, image, before))
+            (
+                name.clone(),
+                judge(service, &tasks, image, before, &state.down_ids),
+            )
         })
         .collect()
 }

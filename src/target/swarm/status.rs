@@ -63,7 +63,14 @@ pub enum Judged {
 
 /// Judges `service` (one element of `docker service inspect`) with its `tasks` (`docker
 /// inspect --type task`), berth having deployed `image` to it.
-pub fn judge(service: &Value, tasks: &[Value], image: &str, before: &Baseline) -> Judged {
+/// `down` holds the ids of the nodes that are down now.
+pub fn judge(
+    service: &Value,
+    tasks: &[Value],
+    image: &str,
+    before: &Baseline,
+    down: &BTreeSet<String>,
+) -> Judged {
     let status = &service["UpdateStatus"];
     let state = status["State"].as_str().unwrap_or("");
     let message = status["Message"].as_str().unwrap_or("").to_string();
@@ -122,7 +129,17 @@ pub fn judge(service: &Value, tasks: &[Value], image: &str, before: &Baseline) -
         .iter()
         .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
         .count() as u64;
-    if running >= wanted && state != "updating" {
+    // Swarm's update waits for every old task to stop, which a task on a node that is
+    // down never confirms: every replica running the release on the nodes that are up,
+    // and no old task wanted anywhere else, is converged all the same.
+    let on_down = |t: &Value| t["NodeID"].as_str().is_some_and(|n| down.contains(n));
+    let held_by_down_node = tasks.iter().any(on_down)
+        && !tasks.iter().any(|t| {
+            t["Spec"]["ContainerSpec"]["Image"].as_str() != Some(image)
+                && t["DesiredState"] == "running"
+                && !on_down(t)
+        });
+    if running >= wanted && (state != "updating" || held_by_down_node) {
         Judged::Converged
     } else {
         Judged::Updating { running, wanted }
@@ -179,12 +196,12 @@ mod tests {
     fn a_start_first_update_of_two_replicas_converges() {
         let (s, t) = fixture("updated");
         assert_eq!(
-            judge(&s, &t, "good:2", &Baseline::default()),
+            judge(&s, &t, "good:2", &Baseline::default(), &BTreeSet::new()),
             Judged::Converged
         );
         // The same service, judged for an image it does not run: Swarm went back.
         assert!(matches!(
-            judge(&s, &t, "good:3", &Baseline::default()),
+            judge(&s, &t, "good:3", &Baseline::default(), &BTreeSet::new()),
             Judged::RolledBack { .. }
         ));
     }
@@ -193,7 +210,7 @@ mod tests {
     fn swarm_rolling_back_by_itself_is_a_failure_not_a_success() {
         let (s, t) = fixture("rolled-back");
         assert_eq!(
-            judge(&s, &t, "crash:1", &Baseline::default()),
+            judge(&s, &t, "crash:1", &Baseline::default(), &BTreeSet::new()),
             Judged::RolledBack {
                 message: "rollback completed".into()
             }
@@ -203,7 +220,7 @@ mod tests {
     #[test]
     fn a_failed_task_of_the_new_image_fails_the_release_with_its_error() {
         let (s, t) = fixture("paused");
-        match judge(&s, &t, "crash:1", &Baseline::default()) {
+        match judge(&s, &t, "crash:1", &Baseline::default(), &BTreeSet::new()) {
             Judged::Failed { tasks } => {
                 assert_eq!(tasks.len(), 2, "{tasks:?}");
                 assert!(tasks[0].contains("task: non-zero exit (3)"), "{tasks:?}");
@@ -214,7 +231,7 @@ mod tests {
         // Paused with no failed task of its own (e.g. the tasks were pruned): paused.
         let none: Vec<Value> = Vec::new();
         assert!(matches!(
-            judge(&s, &none, "crash:1", &Baseline::default()),
+            judge(&s, &none, "crash:1", &Baseline::default(), &BTreeSet::new()),
             Judged::Paused { .. }
         ));
     }
@@ -224,7 +241,7 @@ mod tests {
         let (mut s, t) = fixture("updated");
         s["UpdateStatus"]["State"] = "updating".into();
         assert_eq!(
-            judge(&s, &t, "good:2", &Baseline::default()),
+            judge(&s, &t, "good:2", &Baseline::default(), &BTreeSet::new()),
             Judged::Updating {
                 running: 2,
                 wanted: 2
@@ -233,7 +250,7 @@ mod tests {
         let (s, t) = fixture("updated");
         let one: Vec<Value> = t.into_iter().take(1).collect();
         assert_eq!(
-            judge(&s, &one, "good:2", &Baseline::default()),
+            judge(&s, &one, "good:2", &Baseline::default(), &BTreeSet::new()),
             Judged::Updating {
                 running: 1,
                 wanted: 2
@@ -251,7 +268,7 @@ mod tests {
         // Nothing new since the look: the old failures are history; the one task of
         // the image that is not failed is not running, so it is still updating.
         assert!(matches!(
-            judge(&s, &t, "crash:1", &before),
+            judge(&s, &t, "crash:1", &before, &BTreeSet::new()),
             Judged::Paused { .. }
         ));
         let (s, t) = fixture("updated");
@@ -261,7 +278,7 @@ mod tests {
             serde_json::json!({"ContainerSpec": {"Image": "good:1"}});
         // The template changed, but the update status is the one from before the deploy.
         assert_eq!(
-            judge(&s, &t, "good:2", &changed),
+            judge(&s, &t, "good:2", &changed, &BTreeSet::new()),
             Judged::Updating {
                 running: 0,
                 wanted: 2
@@ -269,16 +286,55 @@ mod tests {
         );
         // An update started since: its tasks, created after it started, converge it.
         changed.services.get_mut(&id).unwrap().1 = "2026-11-25T08:31:00Z".into();
-        assert_eq!(judge(&s, &t, "good:2", &changed), Judged::Converged);
+        assert_eq!(
+            judge(&s, &t, "good:2", &changed, &BTreeSet::new()),
+            Judged::Converged
+        );
         // Tasks created before the update started do not count.
         let mut s2 = s.clone();
         s2["UpdateStatus"]["StartedAt"] = "2026-11-25T08:31:22Z".into();
         assert_eq!(
-            judge(&s2, &t, "good:2", &changed),
+            judge(&s2, &t, "good:2", &changed, &BTreeSet::new()),
             Judged::Updating {
                 running: 0,
                 wanted: 2
             }
         );
+    }
+
+    /// An update whose last old task is on a node that went down never completes in
+    /// Swarm's eyes; every replica of the release running on the nodes that are up is
+    /// converged. While an old task is still wanted on a node that is up, it is not.
+    #[test]
+    fn an_update_held_only_by_a_node_that_is_down_is_converged() {
+        let (mut s, mut t) = fixture("updated");
+        s["UpdateStatus"]["State"] = "updating".into();
+        let none = BTreeSet::new();
+        assert!(matches!(
+            judge(&s, &t, "good:2", &Baseline::default(), &none),
+            Judged::Updating { .. }
+        ));
+        // The old tasks are wanted shut down; one of them is on a node that is down.
+        let old = t
+            .iter()
+            .position(|x| x["Spec"]["ContainerSpec"]["Image"] == "good:1")
+            .unwrap();
+        t[old]["NodeID"] = "dead-node".into();
+        let down = BTreeSet::from(["dead-node".to_string()]);
+        assert_eq!(
+            judge(&s, &t, "good:2", &Baseline::default(), &down),
+            Judged::Converged
+        );
+        // An old task still wanted running on a node that is up holds it.
+        let other = t
+            .iter()
+            .rposition(|x| x["Spec"]["ContainerSpec"]["Image"] == "good:1")
+            .unwrap();
+        assert_ne!(other, old);
+        t[other]["DesiredState"] = "running".into();
+        assert!(matches!(
+            judge(&s, &t, "good:2", &Baseline::default(), &down),
+            Judged::Updating { .. }
+        ));
     }
 }
