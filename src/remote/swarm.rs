@@ -158,6 +158,7 @@ pub fn stack_deploy_and_switch(
         registry.into(),
         username.into(),
         config.into(),
+        super::LOGIN_CONFIG.into(),
     ])
 }
 
@@ -167,6 +168,7 @@ if [ -n "$registry" ]; then
   trap 'rm -rf "$cfg"' EXIT
   trap 'exit 143' TERM INT HUP
   mkdir -m 0700 "$cfg" || exit
+  printf '%s' "$8" > "$cfg/config.json" || exit
   export DOCKER_CONFIG="$cfg"
   out=$(docker login --username "$user" --password-stdin "$registry" 2>&1) || { s=$?; echo "$out" >&2; exit $s; }
   auth=--with-registry-auth

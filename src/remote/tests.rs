@@ -97,7 +97,7 @@ fn a_login_gets_the_password_on_stdin_and_a_failed_one_leaves_no_config() {
     let record = tmp.path().join("record");
     // `docker login --username U ...`: records its config dir and stdin; refuses `bad`.
     let docker = format!(
-        r#"echo "$DOCKER_CONFIG" > {r}; cat > {r}.stdin; echo 'Login Succeeded'; [ "$3" != bad ]"#,
+        r#"echo "$DOCKER_CONFIG" > {r}; cat "$DOCKER_CONFIG/config.json" > {r}.config; cat > {r}.stdin; echo 'Login Succeeded'; [ "$3" != bad ]"#,
         r = record.display()
     );
     let recorded = || std::fs::read_to_string(&record).unwrap().trim().to_string();
@@ -112,6 +112,12 @@ fn a_login_gets_the_password_on_stdin_and_a_failed_one_leaves_no_config() {
     assert_eq!(
         std::fs::read_to_string(format!("{}.stdin", record.display())).unwrap(),
         "pw-1"
+    );
+    // The login starts from a config that holds an auth entry: the Docker CLI then
+    // never looks for a credential helper on the host to store the password in.
+    assert_eq!(
+        std::fs::read_to_string(format!("{}.config", record.display())).unwrap(),
+        super::LOGIN_CONFIG
     );
     std::fs::remove_dir_all(&dir).unwrap();
 
@@ -342,7 +348,13 @@ fn registry_login_takes_the_password_on_stdin_only() {
     assert!(cmd.0[2].contains("--password-stdin"), "{:?}", cmd.0);
     assert_eq!(
         &cmd.0[3..],
-        ["sh", "bot", "127.0.0.1:5000", "/tmp/berth-docker-config.x"]
+        [
+            "sh",
+            "bot",
+            "127.0.0.1:5000",
+            "/tmp/berth-docker-config.x",
+            LOGIN_CONFIG
+        ]
     );
     assert!(!cmd.0.iter().any(|w| w.contains("--password ")));
 }
