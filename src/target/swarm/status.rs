@@ -124,11 +124,49 @@ pub fn judge(
     if state == "paused" {
         return Judged::Paused { message };
     }
-    let wanted = wanted(service);
-    let running = ours
-        .iter()
-        .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
-        .count() as u64;
+    let mode = &service["Spec"]["Mode"];
+    if mode.get("ReplicatedJob").is_some() || mode.get("GlobalJob").is_some() {
+        // A job in the stack is done when its runs completed, never "running".
+        let want = mode["ReplicatedJob"]["TotalCompletions"]
+            .as_u64()
+            .unwrap_or(1);
+        let done = ours
+            .iter()
+            .filter(|t| t["Status"]["State"] == "complete")
+            .count() as u64;
+        return if done >= want || (mode.get("GlobalJob").is_some() && done > 0) {
+            Judged::Converged
+        } else {
+            Judged::Updating {
+                running: done,
+                wanted: want,
+            }
+        };
+    }
+    let is_running =
+        |t: &&&Value| t["DesiredState"] == "running" && t["Status"]["State"] == "running";
+    let (running, wanted) = if mode.get("Global").is_some() {
+        // One task on each node it should run on: the nodes that are up and hold a
+        // task of it that is wanted running, of any image; each must run one of ours.
+        let nodes: BTreeSet<&str> = tasks
+            .iter()
+            .filter(|t| t["DesiredState"] == "running")
+            .filter_map(|t| t["NodeID"].as_str())
+            .filter(|n| !down.contains(*n))
+            .collect();
+        let covered = nodes
+            .iter()
+            .filter(|n| {
+                ours.iter()
+                    .filter(is_running)
+                    .any(|t| t["NodeID"].as_str() == Some(**n))
+            })
+            .count() as u64;
+        (covered, nodes.len().max(1) as u64)
+    } else {
+        let running = ours.iter().filter(is_running).count() as u64;
+        (running, wanted(service))
+    };
     // Swarm's update waits for every old task to stop, which a task on a node that is
     // down never confirms: every replica running the release on the nodes that are up,
     // and no old task wanted anywhere else, is converged all the same.
@@ -336,5 +374,49 @@ mod tests {
             judge(&s, &t, "good:2", &Baseline::default(), &down),
             Judged::Updating { .. }
         ));
+    }
+
+    /// A global service wants one task on each node it runs on (not 1); a job in the
+    /// stack is done when it completed, never "running".
+    #[test]
+    fn global_services_and_jobs_are_judged_by_their_mode() {
+        let (mut s, mut t) = fixture("updated");
+        s["Spec"]["Mode"] = serde_json::json!({"Global": {}});
+        let none = BTreeSet::new();
+        // Both tasks of the image on one node: that node is covered.
+        assert_eq!(
+            judge(&s, &t, "good:2", &Baseline::default(), &none),
+            Judged::Converged
+        );
+        // A second node where only the old image is wanted running: not yet.
+        let old = t
+            .iter()
+            .position(|x| x["Spec"]["ContainerSpec"]["Image"] == "good:1")
+            .unwrap();
+        t[old]["NodeID"] = "node-two".into();
+        t[old]["DesiredState"] = "running".into();
+        assert_eq!(
+            judge(&s, &t, "good:2", &Baseline::default(), &none),
+            Judged::Updating {
+                running: 1,
+                wanted: 2
+            }
+        );
+        let (mut s, mut t) = fixture("updated");
+        s["Spec"]["Mode"] =
+            serde_json::json!({"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}});
+        assert!(matches!(
+            judge(&s, &t, "good:2", &Baseline::default(), &none),
+            Judged::Updating { running: 0, .. }
+        ));
+        let ours = t
+            .iter()
+            .position(|x| x["Spec"]["ContainerSpec"]["Image"] == "good:2")
+            .unwrap();
+        t[ours]["Status"]["State"] = "complete".into();
+        assert_eq!(
+            judge(&s, &t, "good:2", &Baseline::default(), &none),
+            Judged::Converged
+        );
     }
 }
