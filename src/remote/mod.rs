@@ -471,15 +471,15 @@ for r in "$@"; do docker image inspect --format "$f" "$r" 2>/dev/null || echo -;
     Cmd(argv)
 }
 
-/// `docker login` into a fresh private client config dir `config_dir` (made with `mkdir`,
-/// which fails if anything is there already), reading the password from stdin. On a
-/// failed login the dir is removed again.
 /// The config a throwaway login starts from. docker/cli looks for a credential helper
 /// on the host (secretservice, pass) only when the config holds no auth at all
 /// (`ContainsAuth`, cli/config/config.go); with this entry, `docker login` writes to the
 /// throwaway file, which berth removes, never to the host's keyring.
 pub const LOGIN_CONFIG: &str = r#"{"auths":{"berth.invalid":{}}}"#;
 
+/// `docker login` into a fresh private client config dir `config_dir` (made with `mkdir`,
+/// which fails if anything is there already), reading the password from stdin. On a
+/// failed login the dir is removed again.
 pub fn registry_login(registry: &str, username: &str, config_dir: &str) -> Cmd {
     Cmd::new([
         "sh".to_string(),

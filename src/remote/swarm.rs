@@ -92,13 +92,13 @@ trap 'docker service rm "$name" >/dev/null 2>&1' EXIT
 trap 'exit 143' TERM INT HUP
 # Every task of the job: Swarm may start another after a failed one, and the first that
 # failed decides, however the next one ends.
-done=
+done= st=
 while [ -z "$done" ]; do
   for t in $(docker service ps -q --no-trunc "$name" 2>/dev/null); do
-    st=$(docker inspect --type task --format '{{.Status.State}}|{{with .Status.ContainerStatus}}{{.ExitCode}}{{end}}|{{.Status.Err}}' "$t" 2>/dev/null)
-    case ${st%%|*} in
-      failed|rejected|shutdown|orphaned) done=1; break ;;
-      complete) done=1 ;;
+    s=$(docker inspect --type task --format '{{.Status.State}}|{{with .Status.ContainerStatus}}{{.ExitCode}}{{end}}|{{.Status.Err}}' "$t" 2>/dev/null)
+    case ${s%%|*} in
+      failed|rejected|shutdown|orphaned) st=$s done=1; break ;;
+      complete) st=$s done=1 ;;
     esac
   done
   [ -n "$done" ] || sleep 0.5
@@ -165,9 +165,11 @@ pub fn stack_deploy_and_switch(
 const STACK_DEPLOY: &str = r#"c=$1 r=$2 file=$3 stack=$4 registry=$5 user=$6 cfg=$7
 auth=
 if [ -n "$registry" ]; then
-  trap 'rm -rf "$cfg"' EXIT
   trap 'exit 143' TERM INT HUP
+  # Never a dir made in advance (by another user, say); once made, removed however the
+  # command ends.
   mkdir -m 0700 "$cfg" || exit
+  trap 'rm -rf "$cfg"' EXIT
   printf '%s' "$8" > "$cfg/config.json" || exit
   export DOCKER_CONFIG="$cfg"
   out=$(docker login --username "$user" --password-stdin "$registry" 2>&1) || { s=$?; echo "$out" >&2; exit $s; }

@@ -168,10 +168,21 @@ impl SwarmHost {
     /// restore is not stopped by the run's cancellation: it is what the cancelled run
     /// must finish.
     fn converge(&mut self, doing: &str, done: &str, restoring: bool) -> Result<(), ReleaseError> {
-        let deadline = Instant::now() + self.converge_within;
+        let mut deadline = Instant::now() + self.converge_within;
         let started = Instant::now();
         let mut reported = Vec::new();
         loop {
+            if crate::cancel::is_cancelled() {
+                if !restoring {
+                    return Err(SshError::Cancelled {
+                        host: self.host.name().into(),
+                        command: "the wait for the stack to converge".into(),
+                    }
+                    .into());
+                }
+                // A cancelled run's restore has the runner's grace, not `health-timeout`.
+                deadline = deadline.min(Instant::now() + crate::cancel::RESTORE_BUDGET);
+            }
             let look = match self.look() {
                 Err(e @ ReleaseError::Ssh(_)) => return Err(e),
                 Err(e) if Instant::now() >= deadline => return Err(e),
@@ -227,13 +238,6 @@ impl SwarmHost {
                         });
                     }
                 }
-            }
-            if !restoring && crate::cancel::is_cancelled() {
-                return Err(SshError::Cancelled {
-                    host: self.host.name().into(),
-                    command: "the wait for the stack to converge".into(),
-                }
-                .into());
             }
             std::thread::sleep(LOOK_EVERY);
         }

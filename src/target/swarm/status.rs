@@ -91,10 +91,18 @@ pub fn judge(
     }
     let started = status["StartedAt"].as_str().unwrap_or("");
     let id = service["ID"].as_str().unwrap_or("");
-    // Changed by this deploy: only an update started since, and its tasks, count.
+    let mode = &service["Spec"]["Mode"];
+    let job = mode.get("ReplicatedJob").is_some() || mode.get("GlobalJob").is_some();
+    // Changed by this deploy but still on the same image (its environment, say): the old
+    // tasks run that image too, so only an update started since, and its tasks, count.
+    // When the image changed, the image alone tells the release's tasks apart, and a slot
+    // the update leaves alone (a restore to the image it still runs) counts as it is.
+    // Jobs have no update status: each deploy runs them again, as new tasks.
     let mut since = None;
-    if let Some((template, started_before)) = before.services.get(id) {
-        if *template != service["Spec"]["TaskTemplate"] {
+    if let Some((template, started_before)) = before.services.get(id).filter(|_| !job) {
+        let same_image = template["ContainerSpec"]["Image"]
+            == service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"];
+        if *template != service["Spec"]["TaskTemplate"] && same_image {
             if started.is_empty() || started == started_before {
                 let wanted = wanted(service);
                 return Judged::Updating { running: 0, wanted };
@@ -124,17 +132,32 @@ pub fn judge(
     if state == "paused" {
         return Judged::Paused { message };
     }
-    let mode = &service["Spec"]["Mode"];
-    if mode.get("ReplicatedJob").is_some() || mode.get("GlobalJob").is_some() {
-        // A job in the stack is done when its runs completed, never "running".
-        let want = mode["ReplicatedJob"]["TotalCompletions"]
-            .as_u64()
-            .unwrap_or(1);
-        let done = ours
+    if job {
+        // A job in the stack is done when this deploy's run of it completed (tasks that
+        // were not there before), never "running". Each node of a global job's run
+        // counts as one completion wanted.
+        let new: Vec<&&Value> = ours
+            .iter()
+            .filter(|t| {
+                t["ID"]
+                    .as_str()
+                    .is_some_and(|id| !before.tasks.contains(id))
+            })
+            .collect();
+        let done = new
             .iter()
             .filter(|t| t["Status"]["State"] == "complete")
             .count() as u64;
-        return if done >= want || (mode.get("GlobalJob").is_some() && done > 0) {
+        let want = match mode["ReplicatedJob"]["TotalCompletions"].as_u64() {
+            Some(n) => n,
+            None if mode.get("GlobalJob").is_some() => {
+                let nodes: BTreeSet<&str> =
+                    new.iter().filter_map(|t| t["NodeID"].as_str()).collect();
+                nodes.len().max(1) as u64
+            }
+            None => 1,
+        };
+        return if done >= want {
             Judged::Converged
         } else {
             Judged::Updating {
@@ -171,12 +194,19 @@ pub fn judge(
     // down never confirms: every replica running the release on the nodes that are up,
     // and no old task wanted anywhere else, is converged all the same.
     let on_down = |t: &Value| t["NodeID"].as_str().is_some_and(|n| down.contains(n));
-    let held_by_down_node = tasks.iter().any(on_down)
-        && !tasks.iter().any(|t| {
-            t["Spec"]["ContainerSpec"]["Image"].as_str() != Some(image)
-                && t["DesiredState"] == "running"
-                && !on_down(t)
-        });
+    let live = |t: &Value| {
+        !matches!(
+            t["Status"]["State"].as_str(),
+            Some("complete" | "shutdown" | "failed" | "rejected" | "orphaned" | "remove")
+        )
+    };
+    let held_by_down_node = tasks.iter().any(|t| {
+        on_down(t) && live(t) && t["Spec"]["ContainerSpec"]["Image"].as_str() != Some(image)
+    }) && !tasks.iter().any(|t| {
+        t["Spec"]["ContainerSpec"]["Image"].as_str() != Some(image)
+            && t["DesiredState"] == "running"
+            && !on_down(t)
+    });
     if running >= wanted && (state != "updating" || held_by_down_node) {
         Judged::Converged
     } else {
@@ -313,7 +343,7 @@ mod tests {
         let mut changed = Baseline::of(std::slice::from_ref(&s), &[]);
         let id = s["ID"].as_str().unwrap().to_string();
         changed.services.get_mut(&id).unwrap().0 =
-            serde_json::json!({"ContainerSpec": {"Image": "good:1"}});
+            serde_json::json!({"ContainerSpec": {"Image": "good:2", "Env": ["A=1"]}});
         // The template changed, but the update status is the one from before the deploy.
         assert_eq!(
             judge(&s, &t, "good:2", &changed, &BTreeSet::new()),
@@ -328,7 +358,8 @@ mod tests {
             judge(&s, &t, "good:2", &changed, &BTreeSet::new()),
             Judged::Converged
         );
-        // Tasks created before the update started do not count.
+        // Tasks created before the update started do not count (same image: they may be
+        // the old ones).
         let mut s2 = s.clone();
         s2["UpdateStatus"]["StartedAt"] = "2026-11-25T08:31:22Z".into();
         assert_eq!(
@@ -418,5 +449,43 @@ mod tests {
             judge(&s, &t, "good:2", &Baseline::default(), &none),
             Judged::Converged
         );
+    }
+
+    /// A restore to the image some slots still run: the update leaves those slots alone,
+    /// and their tasks, created before it started, are the release's all the same.
+    #[test]
+    fn when_the_image_changed_the_image_alone_decides() {
+        let (mut s, t) = fixture("updated");
+        let id = s["ID"].as_str().unwrap().to_string();
+        let mut before = Baseline::default();
+        before.services.insert(
+            id,
+            (
+                serde_json::json!({"ContainerSpec": {"Image": "crash:1"}}),
+                "2026-11-25T08:31:00Z".into(),
+            ),
+        );
+        s["UpdateStatus"]["StartedAt"] = "2026-11-25T08:31:22Z".into();
+        assert_eq!(
+            judge(&s, &t, "good:2", &before, &BTreeSet::new()),
+            Judged::Converged
+        );
+    }
+
+    /// A job's completion from before the deploy is not this deploy's run.
+    #[test]
+    fn a_job_is_judged_by_its_new_run_only() {
+        let (mut s, mut t) = fixture("updated");
+        s["Spec"]["Mode"] = serde_json::json!({"ReplicatedJob": {"TotalCompletions": 1}});
+        let ours = t
+            .iter()
+            .position(|x| x["Spec"]["ContainerSpec"]["Image"] == "good:2")
+            .unwrap();
+        t[ours]["Status"]["State"] = "complete".into();
+        let before = Baseline::of(std::slice::from_ref(&s), &t);
+        assert!(matches!(
+            judge(&s, &t, "good:2", &before, &BTreeSet::new()),
+            Judged::Updating { running: 0, .. }
+        ));
     }
 }
