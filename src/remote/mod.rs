@@ -365,20 +365,29 @@ pub fn compose_ps(project: &str) -> Cmd {
 /// `LOG_ENTRIES_PER_LINE` times more entries, cuts the lines, and keeps the last `n`.
 /// What crosses the connection is bounded whatever the app printed.
 pub fn container_logs(container: &str, n: usize) -> Cmd {
+    log_tail("docker logs", container, n, n * LOG_ENTRIES_PER_LINE)
+}
+
+/// `<reader> --tail <entries> <name>` (stderr included), each line cut to
+/// `LOG_LINE_BYTES` on the host, the last `n` lines kept: what crosses the connection is
+/// bounded whatever the app printed. `reader` is one of berth's own docker commands.
+pub(crate) fn log_tail(reader: &str, name: &str, n: usize, entries: usize) -> Cmd {
     Cmd::new([
         "sh".to_string(),
         "-c".into(),
-        r#"docker logs --tail "$3" "$1" 2>&1 | awk -v max="$4" '{ if (length($0) > max) print substr($0, 1, max) " … [line cut: " length($0) - max " more]"; else print }' | tail -n "$2""#.into(),
+        format!(
+            r#"{reader} --tail "$3" "$1" 2>&1 | awk -v max="$4" '{{ if (length($0) > max) print substr($0, 1, max) " … [line cut: " length($0) - max " more]"; else print }}' | tail -n "$2""#
+        ),
         "sh".into(),
-        container.into(),
+        name.into(),
         n.to_string(),
-        (n * LOG_ENTRIES_PER_LINE).to_string(),
+        entries.to_string(),
         LOG_LINE_BYTES.to_string(),
     ])
 }
 
 const LOG_ENTRIES_PER_LINE: usize = 20;
-pub(crate) const LOG_LINE_BYTES: usize = 2000;
+const LOG_LINE_BYTES: usize = 2000;
 
 pub const COMPOSE_FILE: &str = "compose.yml";
 pub const OVERRIDE_FILE: &str = "berth.override.yml";

@@ -193,17 +193,9 @@ pub fn stack_ps(project: &str) -> Cmd {
     ])
 }
 
-/// The last `n` lines of a service's log, each cut to [`super::LOG_LINE_BYTES`].
+/// The last `n` lines of a service's log, each cut to the same bound as a container's.
 pub fn service_logs(service: &str, n: usize) -> Cmd {
-    Cmd::new([
-        "sh".to_string(),
-        "-c".into(),
-        r#"docker service logs --no-trunc --tail "$2" "$1" 2>&1 | awk -v max="$3" '{ if (length($0) > max) print substr($0, 1, max) " … [line cut: " length($0) - max " more]"; else print }' | tail -n "$2""#.into(),
-        "sh".into(),
-        service.into(),
-        n.to_string(),
-        super::LOG_LINE_BYTES.to_string(),
-    ])
+    super::log_tail("docker service logs --no-trunc", service, n, n)
 }
 
 /// For each image, a line `<image> yes|no`: whether it defines a health check.

@@ -261,6 +261,11 @@ fn limit(stage: &Stage, dir: &std::path::Path) -> f64 {
         dir = dir.display(),
         url = stage.health_url()
     );
+    time_script(&script, "the limit run never became healthy")
+}
+
+/// Seconds a shell script takes; it must succeed (`what` says what failed otherwise).
+fn time_script(script: &str, what: &str) -> f64 {
     let started = Instant::now();
     assert!(
         Command::new("sh")
@@ -269,7 +274,7 @@ fn limit(stage: &Stage, dir: &std::path::Path) -> f64 {
             .status()
             .unwrap()
             .success(),
-        "the limit run never became healthy"
+        "{what}"
     );
     started.elapsed().as_secs_f64()
 }

@@ -2,11 +2,11 @@
 //! engine of its own (the rig's `SwarmStage`).
 
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::support::rig::sh;
 use crate::support::swarm::SwarmStage;
-use crate::{fmt, median, push_app, timed};
+use crate::{fmt, median, push_app, time_script, timed};
 
 /// One service (the sample backend, ready at once), with a health check, published in
 /// host mode (this rig has no IPVS for ingress ports).
@@ -46,17 +46,7 @@ fn limit(s: &SwarmStage, dir: &std::path::Path, image: &str, version: &str) -> f
         stack = s.stage.project,
         url = s.health_url(),
     );
-    let started = Instant::now();
-    assert!(
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .status()
-            .unwrap()
-            .success(),
-        "the swarm limit run failed"
-    );
-    started.elapsed().as_secs_f64()
+    time_script(&script, "the swarm limit run failed")
 }
 
 fn berth_swarm(s: &SwarmStage, image: &str) -> crate::support::Berth {

@@ -221,7 +221,7 @@ fn unpinned_host_keys_are_rejected_with_keyscan_guidance() {
 }
 
 #[test]
-fn unknown_mode_and_rollback_policy_are_rejected() {
+fn unknown_mode_rollback_policy_and_target_are_rejected() {
     assert_rejected(
         Berth::valid().input("mode", "redeploy"),
         "mode",
@@ -231,6 +231,11 @@ fn unknown_mode_and_rollback_policy_are_rejected() {
         Berth::valid().input("rollback", "maybe"),
         "rollback",
         "`auto` or `off`",
+    );
+    assert_rejected(
+        Berth::valid().input("target", "kubernetes"),
+        "target",
+        "Use `compose` (a compose project on each host) or `swarm`",
     );
 }
 

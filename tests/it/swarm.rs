@@ -381,31 +381,10 @@ fn target_swarm_runs_pre_deploy_as_a_job_and_a_failed_job_changes_no_service() {
 /// waiting on a task placed on the hung node), berth says so and gives the command.
 #[test]
 fn target_swarm_reports_a_worker_that_hangs_mid_update_and_ends_on_a_proven_release() {
-    let s = SwarmStage::on(SwarmEngine::start());
-    let worker = SwarmEngine::start_worker(&s.engine);
-    let port: u16 = s
-        .stage
-        .registry
-        .addr
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    worker.forward_loopback(port);
-    let two_nodes = |app: &App| {
-        let b = s
-            .berth(app)
-            .input(
-                "health-url",
-                &format!("http://{}:{}/", s.engine.addr, s.stage.port),
-            )
-            .input("health-json", "")
-            .input("health-timeout", "60s");
-        std::fs::write(
-            b.workspace().join("docker-compose.staging.yml"),
-            format!(
-                r#"services:
+    let s = SwarmStage::new();
+    let worker = s.add_worker();
+    let compose = format!(
+        r#"services:
   backend:
     image: shop/backend
     init: true
@@ -430,11 +409,15 @@ fn target_swarm_reports_a_worker_that_hangs_mid_update_and_ends_on_a_proven_rele
       placement:
         constraints: ["node.role == manager"]
 "#,
-                port = s.stage.port
-            ),
-        )
-        .unwrap();
-        b
+        port = s.stage.port
+    );
+    let two_nodes = |app: &App| {
+        s.berth_with(app, &compose)
+            .input(
+                "health-url",
+                &format!("http://{}:{}/", s.engine.addr, s.stage.port),
+            )
+            .input("health-json", "")
     };
     let v1 = two_nodes(&App::new("v1")).run();
     assert_eq!(v1.code, 0, "{}", v1.stdout);
@@ -522,4 +505,23 @@ fn target_swarm_reports_a_worker_that_hangs_mid_update_and_ends_on_a_proven_rele
         up.iter().all(|l| l.contains(&proven["backend"])),
         "{running}\n{out}"
     );
+}
+
+/// `target: swarm` against a host whose engine is in no swarm: the run fails before
+/// anything is built, pushed or changed, naming each host and why it is no manager.
+#[test]
+fn target_swarm_without_a_manager_fails_naming_each_host_and_changes_nothing() {
+    let stage = crate::support::stage::Stage::new();
+    let run = stage.berth(&App::new("v1")).input("target", "swarm").run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let out = run.everything();
+    assert!(out.contains("berth: no reachable swarm manager"), "{out}");
+    assert!(
+        out.contains(&stage.sshd.host()) && out.contains("is not part of a swarm"),
+        "{out}"
+    );
+    assert!(out.contains("docker swarm init"), "{out}");
+    assert!(!out.contains("::group::Build"), "{out}");
+    assert!(stage.releases().is_empty(), "{:?}", stage.releases());
+    assert_eq!(stage.registry.blob_uploads(), 0);
 }

@@ -292,30 +292,29 @@ impl SwarmStage {
             &format!("SetEnv DOCKER_HOST={}\n", engine.host),
         );
         let stage = Stage::with_sshd(sshd);
-        let port: u16 = stage
-            .registry
-            .addr
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        engine.forward_loopback(port);
-        SwarmStage { stage, engine }
+        let s = SwarmStage { stage, engine };
+        s.engine.forward_loopback(s.registry_port());
+        s
+    }
+
+    /// A worker joined to this stage's swarm, able to pull from its registry.
+    pub fn add_worker(&self) -> SwarmEngine {
+        let worker = SwarmEngine::start_worker(&self.engine);
+        worker.forward_loopback(self.registry_port());
+        worker
+    }
+
+    fn registry_port(&self) -> u16 {
+        let port = self.stage.registry.addr.rsplit(':').next().unwrap();
+        port.parse().unwrap()
     }
 
     /// A deploy of `app` as a stack: the stage's inputs, `target: swarm`, and a compose
     /// file with health checks (start-first needs them) and the backend's port in host mode.
     pub fn berth(&self, app: &App) -> Berth {
-        let b = self
-            .stage
-            .berth(app)
-            .input("target", "swarm")
-            .input("health-url", &self.health_url())
-            .input("health-timeout", "60s");
-        std::fs::write(
-            b.workspace().join("docker-compose.staging.yml"),
-            format!(
+        self.berth_with(
+            app,
+            &format!(
                 r#"services:
   backend:
     image: shop/backend
@@ -337,7 +336,18 @@ impl SwarmStage {
                 port = self.stage.port
             ),
         )
-        .unwrap();
+    }
+
+    /// A deploy of `app` as a stack with the stage's inputs, `target: swarm`, and
+    /// `compose` as its compose file.
+    pub fn berth_with(&self, app: &App, compose: &str) -> Berth {
+        let b = self
+            .stage
+            .berth(app)
+            .input("target", "swarm")
+            .input("health-url", &self.health_url())
+            .input("health-timeout", "60s");
+        std::fs::write(b.workspace().join("docker-compose.staging.yml"), compose).unwrap();
         b
     }
 
