@@ -34,7 +34,7 @@ pub enum GateError {
         attempt: u64,
         url: String,
     },
-    #[error("no run of CI workflow `{workflow}` appeared for commit {sha} within {window:?}{ignored}. Check that `ci-workflows` names the workflow exactly (its file, e.g. `ci.yml`, or its `name:`), and that CI is triggered for this commit (its `on:` events, branch and path filters).")]
+    #[error("no run of CI workflow `{workflow}` appeared for commit {sha} within {}{ignored}. Check that `ci-workflows` names the workflow exactly (its file, e.g. `ci.yml`, or its `name:`), and that CI is triggered for this commit (its `on:` events, branch and path filters).", crate::report::Rounded(*window))]
     NoRun {
         workflow: String,
         sha: String,
@@ -42,7 +42,7 @@ pub enum GateError {
         /// Runs for the commit that do not count (a fork's, or a refused event), said.
         ignored: String,
     },
-    #[error("timed out after {waited:?} (`ci-timeout`) waiting for CI workflow `{workflow}` on commit {sha}; it is still `{status}`: {url}. Raise `ci-timeout` if CI is slow, or re-run once CI has finished.")]
+    #[error("timed out after {} (`ci-timeout`) waiting for CI workflow `{workflow}` on commit {sha}; it is still `{status}`: {url}. Raise `ci-timeout` if CI is slow, or re-run once CI has finished.", crate::report::Rounded(*waited))]
     TimedOut {
         workflow: String,
         sha: String,

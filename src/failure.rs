@@ -6,7 +6,7 @@ use crate::ci_gate::GateError;
 use crate::docker::DockerError;
 use crate::images::ImageError;
 use crate::inputs::InputErrors;
-use crate::report::{Failure, Phase};
+use crate::report::{Cause, Failure, Phase};
 use crate::ssh::SshError;
 use crate::target::ReleaseError;
 use crate::trust::WorkspaceError;
@@ -131,6 +131,28 @@ impl Fault {
         }
     }
 
+    /// What really went wrong, whatever the phase.
+    pub fn cause(&self) -> Cause {
+        let text = self.to_string().to_ascii_lowercase();
+        match self {
+            Fault::Cancelled { .. } => Cause::Cancelled,
+            Fault::Probe(_) | Fault::Unhealthy { .. } => Cause::Unhealthy,
+            Fault::CrashLoop(_) => Cause::CrashLoop,
+            Fault::Host {
+                source: ReleaseError::PullStalled { .. },
+                ..
+            } => Cause::RegistryStalled,
+            Fault::Host {
+                source: ReleaseError::Ssh(ssh),
+                step,
+            } if ssh.is_connection_lost() && *step != HostStep::Connect => Cause::ConnectionLost,
+            _ if text.contains("no space left") || text.contains("disk quota exceeded") => {
+                Cause::DiskFull
+            }
+            _ => Cause::Other,
+        }
+    }
+
     /// The report's root cause.
     pub fn to_failure(&self) -> Failure {
         let (file, line) = match self {
@@ -139,6 +161,7 @@ impl Fault {
         };
         Failure {
             phase: self.phase(),
+            cause: self.cause(),
             title: self.title(),
             message: self.to_string(),
             file,
@@ -164,7 +187,7 @@ fn cancelled_message(
             );
             if !released.restoring.is_empty() {
                 m.push_str(&format!(
-                    " A restore of the previous release was still running on {}: it runs to its end on the host, then the lock is marked abandoned, so the next deploy takes it at once.",
+                    " The restore of the previous release was handed over to {}: the host finishes it by itself, proves it (containers running the release's images, steady past any stop in flight), records it and releases the lock; the next run reports what it did.",
                     released.restoring.join(", ")
                 ));
             }
@@ -191,6 +214,12 @@ fn gate_title(e: &GateError) -> &'static str {
 pub fn image_title(e: &ImageError) -> String {
     match e {
         ImageError::NoValidTag { .. } => "berth: no valid image tag".into(),
+        ImageError::Engine(DockerError::EngineRefused { status: 404, .. }) => {
+            "berth: no such image".into()
+        }
+        ImageError::Engine(DockerError::EngineRefused { .. }) => {
+            "berth: the Docker engine refused a request".into()
+        }
         ImageError::Engine(_) => "berth: Docker engine unavailable".into(),
         ImageError::DockerfileMissing { service, .. }
         | ImageError::Context { service, .. }
@@ -236,6 +265,9 @@ fn host_title(step: HostStep, e: &ReleaseError) -> &'static str {
         (HostStep::Snapshot, _) => "berth: cannot read the host's current release",
         (HostStep::Release(Phase::Upload), _) => "berth: upload failed",
         (_, ReleaseError::StackFile { .. }) => "berth: the compose file cannot become a stack",
+        (HostStep::Release(Phase::Pull), ReleaseError::PullStalled { .. }) => {
+            "berth: the registry stopped sending"
+        }
         (HostStep::Release(Phase::Pull), _) => "berth: pull failed",
         (HostStep::Release(Phase::PreDeploy), _) => "berth: pre-deploy command failed",
         (HostStep::Release(Phase::Up), ReleaseError::Step { step, .. })

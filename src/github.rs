@@ -31,7 +31,7 @@ pub enum GithubError {
     Forbidden { path: String, message: String },
     #[error("GitHub has no {path} (404). Check the workflow name or file and that the token can see this repository.")]
     NotFound { path: String },
-    #[error("GitHub's rate limit is exhausted until {reset_in:?} from now, past berth's deadline. Re-run later, or lower `ci-poll-interval` traffic by gating on fewer workflows.")]
+    #[error("GitHub's rate limit is exhausted until {} from now, past berth's deadline. Re-run later, or lower `ci-poll-interval` traffic by gating on fewer workflows.", crate::report::Rounded(*reset_in))]
     RateLimited { reset_in: Duration },
     #[error("GitHub answered {status} for {path} after {SERVER_ERROR_RETRIES} retries.")]
     Server { path: String, status: u16 },

@@ -23,6 +23,10 @@ static LINE_NUMBER: LazyLock<Regex> =
 pub enum DockerError {
     #[error("cannot reach the Docker engine ({0}). berth needs the Docker socket: on a runner it is mounted at /var/run/docker.sock; locally, start dockerd or set DOCKER_HOST.")]
     Engine(#[source] bollard::errors::Error),
+    /// The engine answered, with an error status: worded by that status, not as an engine
+    /// that cannot be reached.
+    #[error("the Docker engine answered {status} ({}): {message}", status_meaning(*status))]
+    EngineRefused { status: u16, message: String },
     #[error("the registry {registry} rejected the credentials (401). Check `registry-username` and `registry-password`; for ghcr.io use `${{{{ github.actor }}}}` and `${{{{ github.token }}}}`.")]
     Unauthorized { registry: String },
     #[error("the registry {registry} denied the push to {repository} (403). The credentials lack write permission; for ghcr.io add `permissions: packages: write` to the job, or grant this repository access to the package.")]
@@ -50,6 +54,33 @@ pub enum DockerError {
         /// The instruction that failed, e.g. `RUN make`, when the engine said which.
         step: Option<String>,
     },
+}
+
+/// An engine call's error: one the engine answered with a status is worded by it.
+fn engine_error(e: bollard::errors::Error) -> DockerError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => DockerError::EngineRefused {
+            status: status_code,
+            message,
+        },
+        e => DockerError::Engine(e),
+    }
+}
+
+/// What an engine's error status means, in the words of its API.
+pub fn status_meaning(status: u16) -> &'static str {
+    match status {
+        400 => "bad request",
+        401 | 403 => "not allowed",
+        404 => "no such image or container",
+        409 => "conflict with the engine's state",
+        500 => "the engine's own error",
+        503 => "the engine is unavailable",
+        _ => "error",
+    }
 }
 
 pub struct RegistryAuth {
@@ -157,12 +188,9 @@ impl Engine {
     /// BuildKit on a Linux engine with API 1.39 or later (Docker 18.09, where BuildKit
     /// sessions arrived), the classic builder elsewhere (Windows engines have no BuildKit).
     pub async fn connect(choice: BuilderChoice) -> Result<Engine, DockerError> {
-        let docker = bollard::Docker::connect_with_defaults().map_err(DockerError::Engine)?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(DockerError::Engine)?;
-        let version = docker.version().await.map_err(DockerError::Engine)?;
+        let docker = bollard::Docker::connect_with_defaults().map_err(engine_error)?;
+        let docker = docker.negotiate_version().await.map_err(engine_error)?;
+        let version = docker.version().await.map_err(engine_error)?;
         let engine = format!(
             "engine {}, {}, API {}",
             version.version.as_deref().unwrap_or("?"),
@@ -195,7 +223,7 @@ impl Engine {
         self.docker
             .tag_image(image, Some(opts))
             .await
-            .map_err(DockerError::Engine)
+            .map_err(engine_error)
     }
 
     /// Pushes `repository:tag` and returns the manifest digest the registry stored.

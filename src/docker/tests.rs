@@ -153,3 +153,27 @@ fn push_errors_are_told_apart() {
         DockerError::NoRepository { .. }
     ));
 }
+
+#[test]
+fn an_engine_error_is_worded_by_its_status_not_as_an_unreachable_engine() {
+    let refused = engine_error(bollard::errors::Error::DockerResponseServerError {
+        status_code: 404,
+        message: "No such image: shop/web:1".into(),
+    });
+    assert_eq!(
+        refused.to_string(),
+        "the Docker engine answered 404 (no such image or container): No such image: shop/web:1"
+    );
+    let title = crate::failure::image_title(&crate::images::ImageError::Engine(refused));
+    assert_eq!(title, "berth: no such image");
+    let conflict = engine_error(bollard::errors::Error::DockerResponseServerError {
+        status_code: 409,
+        message: "in use".into(),
+    });
+    assert!(conflict.to_string().contains("409 (conflict"), "{conflict}");
+    // Only an engine that did not answer is one that cannot be reached.
+    let unreachable = engine_error(bollard::errors::Error::RequestTimeoutError);
+    assert!(unreachable
+        .to_string()
+        .starts_with("cannot reach the Docker engine"));
+}

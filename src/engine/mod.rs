@@ -155,6 +155,7 @@ impl<'a> Engine<'a> {
             built: BTreeMap::new(),
             pre_deploy: cfg.target.pre_deploy.clone(),
             pre_deploy_timeout: cfg.target.pre_deploy_timeout,
+            pull_stall: cfg.target.pull_stall_timeout,
             // Only log in when berth pushed images there; otherwise the host pulls as it can.
             registry: None,
             holder: LockHolder {
@@ -277,11 +278,19 @@ impl<'a> Engine<'a> {
                 Err(e) => report.warn("berth: host failed preflight", e.to_string()),
             }
         }
-        let result = match failed {
-            Some(e) => Err(Fault::host(HostStep::Preflight)(e)),
+        match failed {
+            Some(e) => {
+                let fault = Fault::host(HostStep::Preflight)(e);
+                // Connect's row, which said the hosts were reached, now says they failed.
+                report.amend(
+                    Phase::Connect,
+                    started.elapsed(),
+                    PhaseResult::Failed(fault.to_string()),
+                );
+                Err(fault)
+            }
             None => Ok(()),
-        };
-        self.timed(report, Phase::Connect, started, result)
+        }
     }
 
     /// Takes each host's lock (dry run: only says who holds it). On any failure, releases
@@ -371,6 +380,7 @@ impl<'a> Engine<'a> {
     async fn deploy(&self, hosts: &[Host], report: &mut Report) -> Result<Outcome, Fault> {
         let snapshots = on_all(hosts, |t| t.snapshot()).await;
         first_error(snapshots).map_err(Fault::host(HostStep::Snapshot))?;
+        report_heals(hosts, report).await;
         report.previous_release = hosts[0].state().await.previous;
         report.release = Some(self.spec.id.clone());
 
@@ -520,6 +530,30 @@ impl<'a> Engine<'a> {
                 format!("Could not record this release as `{outcome}` on {e}. A later rollback reads these records to choose a release; check the host's deploy dir (disk space, permissions)."),
             );
         }
+    }
+}
+
+/// What a host did by itself after an earlier run was gone before its verdict.
+async fn report_heals(hosts: &[Host], report: &mut Report) {
+    for h in states(hosts).await {
+        let Some(note) = h.healed else { continue };
+        let what = if note.proven {
+            "proven: its containers ran the release's images and stayed up past any stop in flight"
+        } else {
+            "NOT proven"
+        };
+        let why = if note.why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", note.why)
+        };
+        report.warn(
+            "berth: the previous run was interrupted",
+            format!(
+                "The previous run was interrupted before its verdict (berth killed, its runner gone, or its connection never came back). {} restored release {} by itself at {} (began {}), {what}{why}. No health probe ran from a runner then: this run's verdict is the first.",
+                h.name, note.restored, note.at, note.began
+            ),
+        );
     }
 }
 

@@ -67,6 +67,17 @@ impl Engine<'_> {
             }
             return fault;
         }
+        if cancelled {
+            // berth has seconds left: if it is gone before the restore is proven, the
+            // host finishes and proves it at once, without waiting for a reconnect.
+            for e in on_all(&touched, |t| t.hand_over())
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+            {
+                report.warn("berth: restore not handed over to the host", e.to_string());
+            }
+        }
         let rb = self.restore(&touched, &touched_states, report).await;
         if cancelled {
             self.diagnose(hosts, report).await;
@@ -77,6 +88,12 @@ impl Engine<'_> {
                 Phase::Rollback,
                 rb.duration,
                 PhaseResult::Ok(rb.detail.clone()),
+            );
+        } else if rb.left_to_host {
+            report.record(
+                Phase::Rollback,
+                rb.duration,
+                PhaseResult::Skipped(rb.detail.clone()),
             );
         } else {
             report.record(
@@ -136,7 +153,10 @@ impl Engine<'_> {
         ))
     }
 
-    /// Re-activates each touched host's restore target and proves it healthy.
+    /// Re-activates each touched host's restore target and proves it: healthy, running
+    /// the release's digests, and steady past any stop Docker had in flight when the
+    /// restore began. A restore whose containers went down in that window is done once
+    /// more.
     async fn restore(
         &self,
         touched: &[Host],
@@ -144,22 +164,6 @@ impl Engine<'_> {
         report: &mut Report,
     ) -> RollbackReport {
         let started = Instant::now();
-        let restored = on_all(touched, |t| {
-            let target = t
-                .state()
-                .restore_target
-                .ok_or(ReleaseError::NothingToRestore)?;
-            t.activate(&target).or_else(|e| {
-                // The connection may have died with the deploy; one fresh try. Any other
-                // failure is the restore's own: doing it again would not change it.
-                if !matches!(e, ReleaseError::Ssh(_)) {
-                    return Err(e);
-                }
-                t.reconnect()?;
-                t.activate(&target).map_err(|_| e)
-            })
-        })
-        .await;
         let targets: Vec<Option<String>> = touched_states
             .iter()
             .map(|s| s.restore_target.clone())
@@ -175,28 +179,13 @@ impl Engine<'_> {
             restored: previous.clone(),
             ..Default::default()
         };
-        if let Some(e) = restored.into_iter().find_map(Result::err) {
-            rb.detail = format!("restoring the previous release failed: {e}");
-        } else {
-            // A cancelled run has only the runner's grace period left.
-            let proven = match crate::cancel::is_cancelled() {
-                false => {
-                    self.health_gate(touched, report, Instant::now(), true)
-                        .await
-                }
-                true => tokio::time::timeout(
-                    crate::cancel::RESTORE_BUDGET,
-                    self.health_gate(touched, report, Instant::now(), true),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Fault::Probe(format!(
-                        "not proven healthy within the {}s a cancelled run has left",
-                        crate::cancel::RESTORE_BUDGET.as_secs()
-                    )))
-                }),
-            };
-            match proven {
+        for attempt in 1..=RESTORE_ATTEMPTS {
+            let began = Instant::now();
+            if let Some(e) = reactivate(touched).await {
+                rb.detail = format!("restoring the previous release failed: {e}");
+                break;
+            }
+            match self.prove_restore(touched, report, began).await {
                 Ok(record) => {
                     rb.healthy = true;
                     rb.detail = format!(
@@ -204,15 +193,84 @@ impl Engine<'_> {
                         previous.as_deref().unwrap_or("")
                     );
                     rb.health = Some(record);
+                    break;
                 }
-                Err(unproven) => {
+                Err(Unproven::WentDown(why)) if attempt < RESTORE_ATTEMPTS => {
+                    self.runner.line(&format!(
+                        "the restored release went down after its restore ({why}); restoring it once more"
+                    ));
+                }
+                Err(Unproven::WentDown(why)) => {
+                    rb.detail = format!("the restored release did not stay up: {why}");
+                }
+                Err(Unproven::Fault(unproven)) => {
                     rb.detail = format!("the restored release is not healthy either: {unproven}");
                     rb.health = unproven.health_record();
+                    break;
+                }
+                Err(Unproven::OutOfTime(what)) => {
+                    rb.left_to_host = states(touched).await.iter().all(|s| s.handed_over);
+                    rb.detail = if rb.left_to_host {
+                        format!(
+                            "the previous release {} was re-activated, but not yet proven when the cancelled run's time ran out ({what}): the host finishes proving it by itself, and the next run reports the result",
+                            previous.as_deref().unwrap_or("")
+                        )
+                    } else {
+                        format!("the restored release is not proven: {what}")
+                    };
+                    break;
                 }
             }
         }
         rb.duration = started.elapsed();
         rb
+    }
+
+    /// The proof of a restore begun at `began`: the probe and the crash watch, the digests,
+    /// then the steady window. A cancelled run has only the runner's grace period left.
+    async fn prove_restore(
+        &self,
+        touched: &[Host],
+        report: &mut Report,
+        began: Instant,
+    ) -> Result<crate::health::HealthRecord, Unproven> {
+        let cancelled = crate::cancel::is_cancelled();
+        let budget = crate::cancel::RESTORE_BUDGET.saturating_sub(began.elapsed());
+        let bounded = |what: &'static str| {
+            move |_| {
+                Unproven::OutOfTime(format!(
+                    "{what} within the {} s a cancelled run has left",
+                    crate::cancel::RESTORE_BUDGET.as_secs()
+                ))
+            }
+        };
+        let proof = async {
+            let record = self
+                .health_gate(touched, report, Instant::now(), true)
+                .await
+                .map_err(Unproven::Fault)?;
+            let verified = on_all(touched, |t| t.verify()).await;
+            if let Some(e) = verified.into_iter().find_map(Result::err) {
+                return Err(Unproven::Fault(Fault::host(HostStep::Verify)(e)));
+            }
+            let elapsed = began.elapsed();
+            let looks = on_all(touched, move |t| (t.state().name, t.steady(elapsed))).await;
+            for (name, look) in looks {
+                match look {
+                    Ok(None) => {}
+                    Ok(Some(why)) => return Err(Unproven::WentDown(format!("{name}: {why}"))),
+                    Err(e) => return Err(Unproven::Fault(Fault::host(HostStep::Watch)(e))),
+                }
+            }
+            Ok(record)
+        };
+        if cancelled {
+            tokio::time::timeout(budget, proof)
+                .await
+                .map_err(bounded("not proven healthy and steady"))?
+        } else {
+            proof.await
+        }
     }
 
     /// `mode: rollback`: re-activate the newest release proven healthy other than current
@@ -231,6 +289,7 @@ impl Engine<'_> {
             Ok::<_, ReleaseError>((target, unproven))
         })
         .await;
+        super::report_heals(hosts, report).await;
         let mut targets = Vec::new();
         for r in chosen {
             match r {
@@ -287,6 +346,40 @@ impl Engine<'_> {
             }
         }
     }
+}
+
+/// A restore whose containers went down in the steady window is done again, once.
+const RESTORE_ATTEMPTS: u32 = 2;
+
+/// Why a restore is not proven.
+enum Unproven {
+    /// Unhealthy, the wrong digests, or the hosts could not be watched.
+    Fault(Fault),
+    /// A restored container went down within the steady window (a stop in flight).
+    WentDown(String),
+    /// A cancelled run's time ran out first.
+    OutOfTime(String),
+}
+
+/// Re-activates every touched host's restore target; the first error, if any.
+async fn reactivate(touched: &[Host]) -> Option<ReleaseError> {
+    let restored = on_all(touched, |t| {
+        let target = t
+            .state()
+            .restore_target
+            .ok_or(ReleaseError::NothingToRestore)?;
+        t.activate(&target).or_else(|e| {
+            // The connection may have died with the deploy; one fresh try. Any other
+            // failure is the restore's own: doing it again would not change it.
+            if !matches!(e, ReleaseError::Ssh(_)) {
+                return Err(e);
+            }
+            t.reconnect()?;
+            t.activate(&target).map_err(|_| e)
+        })
+    })
+    .await;
+    restored.into_iter().find_map(Result::err)
 }
 
 /// Each host records what it restored (hosts may have chosen differently).

@@ -123,9 +123,9 @@ impl Engine<'_> {
         match records.iter().find(|r| r.healthy_after.is_none()) {
             Some(unhealthy) => {
                 let msg = format!(
-                    "{} was not healthy within {:?} (`health-timeout`); {}",
+                    "{} was not healthy within {} (`health-timeout`); {}",
                     unhealthy.url,
-                    probes[0].timeout,
+                    crate::report::Rounded(probes[0].timeout),
                     unhealthy.failure_summary()
                 );
                 Err(Fault::Unhealthy {

@@ -164,6 +164,8 @@ pub struct HostSettings {
     pub env_file: Option<Secret>,
     pub pre_deploy: Option<PreDeploy>,
     pub pre_deploy_timeout: Duration,
+    /// How long the host's pull may go without progress before it fails as stalled.
+    pub pull_stall_timeout: Duration,
     pub keep_releases: u32,
     pub lock_timeout: Duration,
 }

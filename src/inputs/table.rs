@@ -62,6 +62,7 @@ pub const INPUTS: &[InputSpec] = &[
     secret("env-file", "", "Contents of the app's `.env`, written with mode 0600"),
     input("pre-deploy", "", "`service: command`, run once with the new images before the switch"),
     input("pre-deploy-timeout", "10m", "Longest the pre-deploy may run; at the bound it is stopped (its container removed) and nothing is switched"),
+    input("pull-stall-timeout", "60s", "Longest the host's pull may go without progress (a registry that stopped sending); then the deploy fails naming the image, and nothing is switched"),
     input("keep-releases", "3", "Proven releases (and their images) kept on each host; the newest 2 unproven ones are kept too, for diagnosis"),
     input("lock-timeout", "10m", "Longest wait for another deploy's lock"),
     input("health-url", "", "Required with `mode: deploy`. URL polled until healthy"),

@@ -147,6 +147,12 @@ pub fn conclude(report: &mut Report, result: Result<Outcome, Fault>) {
                 .push_str(&format!("\nRolled back: {}.", rb.detail));
             Outcome::RolledBack
         }
+        Some(rb) if rb.left_to_host => {
+            failure
+                .message
+                .push_str(&format!("\nRollback not proven yet: {}.", rb.detail));
+            Outcome::Failed
+        }
         Some(rb) => {
             failure.title = "berth: deploy failed AND rollback failed".into();
             failure.message = format!(

@@ -17,10 +17,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod heal;
 mod preflight;
 mod records;
 pub mod swarm;
 
+pub use heal::{
+    consume_healed_note, parse_healed_note, HealedNote, HANDOVER_FILE, HEALED_MARK, HEALED_NOTE,
+    HEAL_FILE,
+};
 pub use preflight::{parse_preflight, Preflight};
 use records::records_script;
 
@@ -29,6 +34,10 @@ pub use records::{
     is_release_id, newest_proven, parse_release_records, release_id, releases_to_prune, LockHolder,
     Outcome, ReleaseEntry, ReleaseRecord, RECORD_MARK, UNPROVEN_KEPT,
 };
+
+/// `up` (the rest of the arguments), then `current` (`$c`) switched to the release
+/// (`$r`, relative to the deploy dir) by a new link renamed over the old one.
+const SWITCH: &str = r#""$@" && ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c""#;
 
 /// One argv, executed as a single remote command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,8 +231,7 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
         let mut argv = vec![
             "sh".to_string(),
             "-c".to_string(),
-            r#"c=$1 r=$2; shift 2; "$@" && ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c""#
-                .into(),
+            format!("c=$1 r=$2; shift 2; {SWITCH}"),
             "sh".into(),
             self.current(),
             format!(".berth/releases/{id}"),
@@ -285,7 +293,8 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
     }
 
     /// What a deploy replaces, in one round trip: the release `current` points at (an empty
-    /// first line when none), then [`Layout::project_containers`]' lines, then
+    /// first line when none), then [`Layout::project_containers`]' lines, then a line
+    /// [`HEALED_MARK`] and the note a heal left (see [`heal`]), then
     /// [`Layout::release_records`]' blocks.
     pub fn snapshot(&self) -> Cmd {
         Cmd::new([
@@ -294,6 +303,7 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
             format!(
                 r#"l=$(readlink "$2" 2>/dev/null) && basename "$l" || echo
 {CONTAINERS_SCRIPT}
+echo {HEALED_MARK}; head -c 4096 "$4" 2>/dev/null; echo
 r="$3"
 {}"#,
                 records_script()
@@ -302,6 +312,7 @@ r="$3"
             self.project.clone(),
             self.current(),
             self.releases_dir(),
+            format!("{}/{HEALED_NOTE}", self.berth_dir()),
         ])
     }
 }
@@ -486,25 +497,6 @@ for r in "$@"; do docker image inspect --format "$f" "$r" 2>/dev/null || echo -;
 /// throwaway file, which berth removes, never to the host's keyring.
 pub const LOGIN_CONFIG: &str = r#"{"auths":{"berth.invalid":{}}}"#;
 
-/// `docker login` into a fresh private client config dir `config_dir` (made with `mkdir`,
-/// which fails if anything is there already), reading the password from stdin. On a
-/// failed login the dir is removed again.
-pub fn registry_login(registry: &str, username: &str, config_dir: &str) -> Cmd {
-    Cmd::new([
-        "sh".to_string(),
-        "-c".into(),
-        r#"mkdir -m 0700 "$3" || exit
-printf '%s' "$4" > "$3/config.json" || { rm -rf "$3"; exit 1; }
-DOCKER_CONFIG="$3" docker login --username "$1" --password-stdin "$2" >&2 || { s=$?; rm -rf "$3"; exit $s; }"#
-            .into(),
-        "sh".into(),
-        username.into(),
-        registry.into(),
-        config_dir.into(),
-        LOGIN_CONFIG.into(),
-    ])
-}
-
 /// A private client config dir for one run's registry login: random, so nobody can
 /// prepare it in advance.
 pub fn docker_config_dir(token: &str) -> String {
@@ -518,20 +510,39 @@ pub fn remove_docker_config(config_dir: &str) -> Cmd {
 /// What compose prints for a variable nothing sets (and then uses an empty string).
 pub const UNSET_VARIABLE: &str = "variable is not set. Defaulting to a blank string";
 
+/// Who the host's pull logs in as: registry, user, and the throwaway client config dir
+/// (see [`docker_config_dir`]). The password comes on the command's stdin.
+pub struct PullLogin<'a> {
+    pub registry: &'a str,
+    pub username: &'a str,
+    pub config_dir: &'a str,
+}
+
+/// The pull's status when it was stopped for going `stall` seconds without progress (the
+/// registry stopped sending).
+pub const PULL_STALLED: i32 = 124;
+
 /// `compose config` (the model) beside `compose pull`, in one command: the config's own
 /// CLI start and parse take no time of their own. The config still decides: when it
 /// fails or names a variable nothing sets ([`UNSET_VARIABLE`]), the pull is stopped.
-/// With `docker_config`, the pull uses that throwaway registry login, removed when the
-/// command ends, however it ends.
+/// With `login`, the command first logs in to the registry (password on stdin) in a
+/// throwaway client config that it removes when it ends, however it ends: no credential
+/// stays on the host if the command is cut off. A pull whose output stops growing for
+/// `stall` seconds is stopped, with status [`PULL_STALLED`].
 ///
-/// Everything goes to stdout, in order: the pull's output, then a line `<end> <config
-/// status> <pull status>`, then the model (config exited 0 and warned of no unset
-/// variable) or what the config printed on stderr. After a model and a pull that
-/// succeeded, a line `<end>-images` and `<image> <id> <repo digests>` of each image the
-/// model names, when they are all there (what `repo_digests` would tell). `<end>` is the
-/// last argument, added at run time: a random word that no output can forge. Exits 0
-/// once that line is out.
-pub fn config_beside_pull(config: &Cmd, pull: &Cmd, docker_config: Option<&str>) -> Cmd {
+/// Everything goes to stdout, in order: the pull's output (its progress lines left out),
+/// then a line `<end> <config status> <pull status>`, then the model (config exited 0
+/// and warned of no unset variable) or what the config printed on stderr. After a model
+/// and a pull that succeeded, a line `<end>-images` and `<image> <id> <repo digests>` of
+/// each image the model names, when they are all there (what `repo_digests` would tell).
+/// `<end>` is the last argument, added at run time: a random word that no output can
+/// forge. Exits 0 once that line is out; a failed login exits with its status.
+pub fn config_beside_pull(
+    config: &Cmd,
+    pull: &Cmd,
+    login: Option<&PullLogin>,
+    stall: std::time::Duration,
+) -> Cmd {
     Cmd::new([
         "sh".to_string(),
         "-c".into(),
@@ -539,31 +550,62 @@ pub fn config_beside_pull(config: &Cmd, pull: &Cmd, docker_config: Option<&str>)
         "sh".into(),
         quote_argv(&config.0),
         quote_argv(&pull.0),
-        docker_config.unwrap_or_default().into(),
+        login.map(|l| l.config_dir).unwrap_or_default().into(),
         UNSET_VARIABLE.into(),
+        login.map(|l| l.registry).unwrap_or_default().into(),
+        login.map(|l| l.username).unwrap_or_default().into(),
+        LOGIN_CONFIG.into(),
+        stall.as_secs().max(1).to_string(),
     ])
 }
 
-const CONFIG_BESIDE_PULL: &str = r#"cfg=$1 pull=$2 dc=$3 pat=$4 end=$5 t= p=
+const CONFIG_BESIDE_PULL: &str = r#"cfg=$1 pull=$2 dc=$3 pat=$4 reg=$5 user=$6 empty=$7 stall=$8 end=$9 t= p= made=
 # The pull runs in a process group of its own (when setsid is there), which is stopped as
 # a whole: `docker` runs compose as a child, and before Docker 25 the client neither
 # stops on the first TERM nor passes it on.
 stop_pull() { [ -z "$p" ] || kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; }
-trap '[ -z "$t" ] || rm -rf "$t"; [ -z "$dc" ] || rm -rf "$dc"' EXIT
+trap '[ -z "$t" ] || rm -rf "$t"; [ -z "$made" ] || rm -rf "$dc"' EXIT
 # dash and busybox skip the EXIT trap when a signal ends them: exit, so it runs.
 trap 'stop_pull; exit 143' TERM INT HUP
+if [ -n "$dc" ]; then
+  # A fresh private client config (mkdir fails if anything is there), holding an auth
+  # entry so that the CLI writes the login to it, never to a credential helper.
+  mkdir -m 0700 "$dc" || exit 125
+  made=1
+  printf '%s' "$empty" > "$dc/config.json" || exit 125
+  if ! out=$(DOCKER_CONFIG="$dc" docker login --username "$user" --password-stdin "$reg" 2>&1); then
+    s=$?; echo "docker login to $reg failed:"; printf '%s\n' "$out"; exit $s
+  fi
+  export DOCKER_CONFIG="$dc"
+fi
 t=$(mktemp -d) || exit 125
 eval "$cfg" >"$t/model" 2>"$t/err" </dev/null &
 c=$!
-[ -z "$dc" ] || export DOCKER_CONFIG="$dc"
 ss=; command -v setsid >/dev/null && ss=setsid
 # exec: the pull's pid is the one started here, the leader of its group (a non-interactive
 # shell's background job is no group leader, so setsid does not fork).
-( exec 2>&1 </dev/null; eval "exec $ss $pull" ) &
+( exec >"$t/pull" 2>&1 </dev/null; eval "exec $ss $pull" ) &
 p=$!
+# The pull's progress is its output growing; none for $stall seconds: the registry
+# stopped sending. Stopped as a whole (KILL 5 s after TERM: an old client ignores TERM).
+( n=0 idle=0
+  while sleep 1; do
+    m=$(wc -c < "$t/pull" 2>/dev/null) || exit 0
+    if [ "$m" = "$n" ]; then idle=$((idle+1)); else idle=0 n=$m; fi
+    [ "$idle" -lt "$stall" ] && continue
+    : > "$t/stalled"; kill -TERM "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null
+    sleep 5; kill -KILL "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; exit 0
+  done ) >/dev/null 2>&1 &
+w=$!
 wait "$c"; cs=$?
 ok=1; { [ "$cs" -eq 0 ] && ! grep -qF "$pat" "$t/err"; } || { ok=; stop_pull; }
 wait "$p"; ps=$?; p=
+kill "$w" 2>/dev/null
+[ -e "$t/stalled" ] && ps=124
+# Progress lines say nothing once the pull is over; the rest (what was pulled, errors) is
+# the pull's output.
+grep -vE '^ *[0-9a-f]{12} (Pulling fs layer|Waiting|Downloading|Verifying Checksum|Download complete|Extracting|Pull complete|Already exists)' "$t/pull"
+[ "$ps" -ne 124 ] || printf 'berth: no progress for %s s; still being pulled:%s\n' "$stall" "$(sed -n 's/^ *\([^ ]*\) Pulling *$/\1/p' "$t/pull" | while read -r s; do grep -qE "^ *$s (Pulled|Skipped)" "$t/pull" || printf ' %s' "$s"; done)"
 printf '\n%s %s %s\n' "$end" "$cs" "$ps"
 [ -n "$ok" ] || { cat "$t/err"; exit 0; }
 cat "$t/model"

@@ -92,48 +92,109 @@ fn run_with_docker(docker: &str, cmd: &Cmd) -> String {
 }
 
 #[test]
-fn a_login_gets_the_password_on_stdin_and_a_failed_one_leaves_no_config() {
+fn the_pull_logs_in_with_the_password_on_stdin_and_a_failed_login_leaves_no_config() {
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("record");
-    // `docker login --username U ...`: records its config dir and stdin; refuses `bad`.
+    let dir = tmp.path().join("cfg").display().to_string();
+    // The pull's login records its config dir, the config it starts from and its stdin,
+    // and the mode of the dir; the pull fails if the login's dir is not its config.
     let docker = format!(
-        r#"echo "$DOCKER_CONFIG" > {r}; cat "$DOCKER_CONFIG/config.json" > {r}.config; cat > {r}.stdin; echo 'Login Succeeded'; [ "$3" != bad ]"#,
+        r#"case " $* " in
+*" login "*) echo "$DOCKER_CONFIG" > {r}; stat -c %a "$DOCKER_CONFIG" > {r}.mode; cat "$DOCKER_CONFIG/config.json" > {r}.config; cat > {r}.stdin; echo 'Login Succeeded'; [ "$3" != bad ] ;;
+*" config "*) printf '{{}}' ;;
+*" pull "*) [ "$DOCKER_CONFIG" = {dir} ] ;;
+esac"#,
         r = record.display()
     );
-    let recorded = || std::fs::read_to_string(&record).unwrap().trim().to_string();
-    let dir = tmp.path().join("cfg").display().to_string();
-    let ok = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot", &dir), b"pw-1");
+    let recorded =
+        |ext: &str| std::fs::read_to_string(format!("{}{ext}", record.display())).unwrap();
+    let cmd = |user: &str| {
+        let l = layout();
+        let login = PullLogin {
+            registry: "reg:5000",
+            username: user,
+            config_dir: &dir,
+        };
+        let mut cmd = config_beside_pull(
+            &l.compose("r1", &["config"]),
+            &l.compose("r1", &["pull"]),
+            Some(&login),
+            std::time::Duration::from_secs(60),
+        );
+        cmd.0.push("END-x".into());
+        cmd
+    };
+    let ok = run_with_docker_stdin(&docker, &cmd("bot"), b"pw-1");
     assert!(ok.status.success(), "{ok:?}");
-    assert_eq!(dir, recorded());
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
-    assert!(std::path::Path::new(&dir).is_dir());
-    assert_eq!(
-        std::fs::read_to_string(format!("{}.stdin", record.display())).unwrap(),
-        "pw-1"
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("END-x 0 0"),
+        "{ok:?}"
     );
+    assert_eq!(recorded("").trim(), dir);
+    assert_eq!(recorded(".mode").trim(), "700");
+    assert_eq!(recorded(".stdin"), "pw-1");
     // The login starts from a config that holds an auth entry: the Docker CLI then
     // never looks for a credential helper on the host to store the password in.
-    assert_eq!(
-        std::fs::read_to_string(format!("{}.config", record.display())).unwrap(),
-        super::LOGIN_CONFIG
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(recorded(".config"), super::LOGIN_CONFIG);
+    // Gone once the command ends.
+    assert!(!std::path::Path::new(&dir).exists());
 
-    // A dir prepared in advance (by another user, say) is refused, never reused.
+    // A dir prepared in advance (by another user, say) is refused, never reused, and
+    // left as it was.
     std::fs::create_dir(&dir).unwrap();
-    let taken = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bot", &dir), b"pw-3");
+    let taken = run_with_docker_stdin(&docker, &cmd("bot"), b"pw-3");
     assert!(!taken.status.success(), "{taken:?}");
+    assert!(std::path::Path::new(&dir).is_dir());
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let bad = run_with_docker_stdin(&docker, &registry_login("reg:5000", "bad", &dir), b"pw-2");
+    let bad = run_with_docker_stdin(&docker, &cmd("bad"), b"pw-2");
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
-    assert!(bad.stdout.is_empty(), "{bad:?}");
+    let said = String::from_utf8_lossy(&bad.stdout);
     assert!(
-        !std::path::Path::new(&recorded()).exists(),
-        "{} left behind",
-        recorded()
+        said.starts_with("docker login to reg:5000 failed:"),
+        "{said}"
+    );
+    assert!(!said.contains("END-x"), "{said}");
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+}
+
+#[test]
+fn a_pull_without_progress_is_stopped_as_stalled_naming_what_it_pulled() {
+    // The pull prints its start, one progress line, then nothing (a registry that
+    // stopped sending), and ignores TERM as an old client does.
+    let docker = r#"case " $* " in
+*" config "*) printf '{}' ;;
+*" pull "*) trap '' TERM; echo " web Pulling"; echo " 1978252d167c Downloading [>  ]  302.1kB/30.01MB"; echo " db Pulling"; echo " db Pulled"; sleep 60 ;;
+esac"#;
+    let l = layout();
+    let mut cmd = config_beside_pull(
+        &l.compose("r1", &["config"]),
+        &l.compose("r1", &["pull"]),
+        None,
+        std::time::Duration::from_secs(2),
+    );
+    cmd.0.push("END-x".into());
+    let started = std::time::Instant::now();
+    let out = run_with_docker_stdin(docker, &cmd, b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        text.contains("berth: no progress for 2 s; still being pulled: web\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\nEND-x 0 {PULL_STALLED}\n")),
+        "{text}"
+    );
+    // Progress lines are left out; the rest is the pull's own.
+    assert!(
+        !text.contains("Downloading") && text.contains(" db Pulled"),
+        "{text}"
     );
 }
 
@@ -181,6 +242,7 @@ fn beside_cmd(dir: &std::path::Path, env: &str) -> (String, Cmd) {
 set +a
 case " $* " in
 *" config "*) sleep "${{CONFIG_SLEEP:-0}}"; [ -n "$CONFIG_OUT" ] || CONFIG_OUT='{{}}'; printf '%s' "$CONFIG_OUT"; [ -z "$CONFIG_ERR" ] || printf '%s\n' "$CONFIG_ERR" >&2; exit "${{CONFIG_STATUS:-0}}" ;;
+*" login "*) cat >/dev/null; exit 0 ;;
 *" image inspect "*) shift 4; for r; do case $r in gone*) exit 1;; esac; echo "sha256:1 [\"$r@sha256:9\"]"; done; exit 0 ;;
 *" pull "*) echo "${{DOCKER_CONFIG:-none}}" > {r}
   # As `docker` before 25: compose is a child (the plugin), and the client takes no notice
@@ -192,13 +254,17 @@ esac
 exit 99"#,
         r = record.display()
     );
-    let login = dir.join("login");
-    std::fs::create_dir_all(&login).unwrap();
+    let login = dir.join("login").display().to_string();
     let l = layout();
     let mut cmd = config_beside_pull(
         &l.compose("r1", &["config", "--format", "json"]),
-        &l.compose("r1", &["pull", "--quiet"]),
-        Some(&login.display().to_string()),
+        &l.compose("r1", &["pull"]),
+        Some(&PullLogin {
+            registry: "reg:5000",
+            username: "bot",
+            config_dir: &login,
+        }),
+        std::time::Duration::from_secs(60),
     );
     cmd.0.push("END-x".into());
     (docker, cmd)
@@ -340,23 +406,6 @@ fn compose_commands_pin_files_env_and_project_dir() {
              -f /opt/shop/.berth/releases/r1/compose.yml -f /opt/shop/.berth/releases/r1/berth.override.yml \
              --env-file /opt/shop/.berth/releases/r1/.env up -d --remove-orphans"
     );
-}
-
-#[test]
-fn registry_login_takes_the_password_on_stdin_only() {
-    let cmd = registry_login("127.0.0.1:5000", "bot", "/tmp/berth-docker-config.x");
-    assert!(cmd.0[2].contains("--password-stdin"), "{:?}", cmd.0);
-    assert_eq!(
-        &cmd.0[3..],
-        [
-            "sh",
-            "bot",
-            "127.0.0.1:5000",
-            "/tmp/berth-docker-config.x",
-            LOGIN_CONFIG
-        ]
-    );
-    assert!(!cmd.0.iter().any(|w| w.contains("--password ")));
 }
 
 #[test]
@@ -762,4 +811,139 @@ fn preflight_reads_compose_from_docker_info_and_asks_compose_only_when_it_must()
         Err("Cannot connect to the Docker daemon".into())
     );
     assert!(p.compose.is_err(), "{:?}", p.compose);
+}
+
+/// A stand-in `docker` for the heal: one container `c1` of the project, running
+/// `reg/web@sha256:1` (or `$STATE`), stopped within 0 s; `up` is recorded.
+fn heal_docker(dir: &std::path::Path) -> String {
+    format!(
+        r#"case " $* " in
+*" compose "*" up "*) echo up >> {d}/ups ;;
+*" config --images "*) echo reg/web@sha256:1 ;;
+*" events "*) ;;
+*" status=removing "*) ;;
+*" ps -aq "*) echo c1 ;;
+*" ps "*"{{{{.Image}}}}"*) echo reg/web@sha256:1 ;;
+*" inspect "*StopTimeout*) echo 0 ;;
+*" inspect "*RestartCount*) echo "c1 /shop-web-1 ${{STATE:-running}} 0 0 none" ;;
+esac"#,
+        d = dir.display()
+    )
+}
+
+#[test]
+fn the_heal_restores_proves_records_and_releases_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        deploy_dir: tmp.path().display().to_string(),
+        project: "shop".into(),
+    };
+    let lock = layout.lock_dir();
+    std::fs::create_dir_all(format!("{}/r1", layout.releases_dir())).unwrap();
+    std::fs::create_dir_all(format!("{}/r2", layout.releases_dir())).unwrap();
+    let pending = format!("{}/r2/{RECORD_FILE}", layout.releases_dir());
+    std::fs::write(
+        &pending,
+        "{\"outcome\": \"pending\", \"updated_at\": \"x\"}\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(format!("{lock}/token"), "heal-s1\n").unwrap();
+    let docker = heal_docker(tmp.path());
+    // Armed: the script is in the lock.
+    run_with_docker(&docker, &layout.arm_heal("r1"));
+    let heal = format!("{lock}/{HEAL_FILE}");
+    let run = Cmd::new(["sh", &heal, &lock, "heal-s1"]);
+    let out = run_with_docker_stdin(&docker, &run, b"");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("ups")).unwrap(),
+        "up\n"
+    );
+    assert_eq!(
+        std::fs::read_link(layout.current())
+            .unwrap()
+            .display()
+            .to_string(),
+        ".berth/releases/r1"
+    );
+    let note = std::fs::read_to_string(format!("{}/{HEALED_NOTE}", layout.berth_dir())).unwrap();
+    let parsed = parse_healed_note(&note);
+    assert!(
+        parsed.is_none(),
+        "r1 is no release id: the note must not be taken"
+    );
+    let note: serde_json::Value = serde_json::from_str(&note).unwrap();
+    assert_eq!(note["restored"], "r1");
+    assert_eq!(note["proven"], true);
+    assert!(std::fs::read_to_string(&pending)
+        .unwrap()
+        .contains("\"outcome\": \"interrupted\""));
+    assert!(!std::path::Path::new(&lock).exists(), "the lock stayed");
+
+    // A container that is down after the restore: tried twice, recorded unproven, and the
+    // lock is released all the same.
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(format!("{lock}/token"), "heal-s1\n").unwrap();
+    std::fs::remove_file(tmp.path().join("ups")).unwrap();
+    run_with_docker(&docker, &layout.arm_heal("r1"));
+    let down = format!("STATE=exited\n{docker}");
+    let out = run_with_docker_stdin(&down, &run, b"");
+    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("ups")).unwrap(),
+        "up\nup\n"
+    );
+    let note = std::fs::read_to_string(format!("{}/{HEALED_NOTE}", layout.berth_dir())).unwrap();
+    let note: serde_json::Value = serde_json::from_str(&note).unwrap();
+    assert_eq!(note["proven"], false);
+    assert!(
+        note["why"]
+            .as_str()
+            .unwrap()
+            .contains("shop-web-1 is exited"),
+        "{note}"
+    );
+    assert!(!std::path::Path::new(&lock).exists());
+}
+
+#[test]
+fn a_restore_waits_for_a_stop_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = layout();
+    let flag = tmp.path().join("stopping");
+    std::fs::write(&flag, "").unwrap();
+    // `c1` was sent a kill (a stop) and still runs until the flag goes.
+    let docker = format!(
+        r#"case " $* " in
+*" events "*) echo "kill c1" ;;
+*" status=removing "*) ;;
+*" ps -aq "*) echo c1 ;;
+*" inspect "*StopTimeout*) echo 10 ;;
+*" inspect "*State.Running*) [ -e {f} ] && echo " /shop-web-1" ;;
+*" up "*) echo "up ran" ;;
+esac"#,
+        f = flag.display()
+    );
+    let flag2 = flag.clone();
+    let remover = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        std::fs::remove_file(flag2).unwrap();
+    });
+    let started = std::time::Instant::now();
+    let mut cmd = layout.settle_and_activate("r1");
+    // Not on a real host: `current` is not switched here (no deploy dir).
+    cmd.0[2] = cmd.0[2].replace("&& ln -sfn", "&& true || ln -sfn");
+    let out = run_with_docker_stdin(&docker, &cmd, b"");
+    remover.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1400),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("berth: waiting for Docker to finish stopping or removing: shop-web-1\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("up ran\n"), "{text}");
 }

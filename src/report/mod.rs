@@ -10,7 +10,7 @@ use crate::workflow::{Annotation, Level, Runner, ANNOTATIONS_PER_LEVEL};
 
 mod summary;
 
-pub use summary::{secs, truncate_bytes, truncate_lines, SUMMARY_BUDGET};
+pub use summary::{secs, truncate_bytes, truncate_lines, Rounded, SUMMARY_BUDGET};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -120,10 +120,26 @@ impl CiReport {
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub phase: Phase,
+    /// What really went wrong, whatever the phase: the headline and the next step follow
+    /// it, not only the phase (a connection lost during health is no failed health check).
+    pub cause: Cause,
     pub title: String,
     pub message: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+}
+
+/// The kind of a failure, as the headline and the next step tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cause {
+    #[default]
+    Other,
+    Unhealthy,
+    CrashLoop,
+    ConnectionLost,
+    Cancelled,
+    DiskFull,
+    RegistryStalled,
 }
 
 /// One host's part in the run.
@@ -148,6 +164,9 @@ pub struct Diagnostics {
 pub struct RollbackReport {
     pub restored: Option<String>,
     pub healthy: bool,
+    /// Not proven before a cancelled run's time ran out: the host finishes and proves it
+    /// by itself (its self-heal), and the next run reports the result.
+    pub left_to_host: bool,
     pub detail: String,
     pub health: Option<HealthRecord>,
     pub duration: Duration,
@@ -197,6 +216,18 @@ impl Report {
         });
     }
 
+    /// A phase recorded as done that then failed (preflight after connect): its one row
+    /// says so, with both times.
+    pub fn amend(&mut self, phase: Phase, more: Duration, result: PhaseResult) {
+        match self.phases.iter_mut().rev().find(|p| p.phase == phase) {
+            Some(p) => {
+                p.duration += more;
+                p.result = result;
+            }
+            None => self.record(phase, more, result),
+        }
+    }
+
     pub fn warn(&mut self, title: &str, message: impl Into<String>) {
         self.warnings
             .push(Annotation::new(Level::Warning, title, message));
@@ -240,11 +271,20 @@ impl Report {
                 self.release.as_deref().unwrap_or("the requested release")
             ),
             Outcome::RolledBack => format!(
-                "Rolled back: `{sha}` failed {}; `{}` is serving and healthy",
-                match self.failure.as_ref().map(|f| f.phase) {
-                    Some(Phase::Health) => "its health check".to_string(),
-                    Some(p) => format!("at {}", p.label()),
-                    None => "to deploy".to_string(),
+                "Rolled back: `{sha}` {}; `{}` is serving and healthy",
+                match self.failure.as_ref().map(|f| (f.cause, f.phase)) {
+                    Some((Cause::Unhealthy, _)) => "failed its health check".to_string(),
+                    Some((Cause::CrashLoop, _)) => "crash-looped".to_string(),
+                    Some((Cause::ConnectionLost, p)) => {
+                        format!("lost its connection to the host during {}", p.label())
+                    }
+                    Some((Cause::Cancelled, p)) => format!("was cancelled during {}", p.label()),
+                    Some((Cause::DiskFull, p)) => {
+                        format!("ran out of disk space on the host at {}", p.label())
+                    }
+                    Some((_, Phase::Health)) => "failed its health check".to_string(),
+                    Some((_, p)) => format!("failed at {}", p.label()),
+                    None => "failed to deploy".to_string(),
                 },
                 self.rollback
                     .as_ref()

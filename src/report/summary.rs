@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{Diagnostics, Outcome, Phase, PhaseResult, Report};
+use super::{Cause, Diagnostics, Outcome, Phase, PhaseResult, Report};
 use crate::health::HealthRecord;
 use crate::markdown::{self, Blocks, Md};
 
@@ -30,7 +30,7 @@ impl Report {
                 "**{}**\n\n{}\n**What to do next:** {}\n\n",
                 w.text(&f.title),
                 w.fence("", &tail_of(&truncate_lines(&f.message, 40))),
-                next_step(f.phase, self.outcome(), self.recovery.is_some())
+                next_step(f.cause, f.phase, self.outcome(), self.recovery.is_some())
             ));
         }
         blocks.push(self.annotation_lines(w));
@@ -50,7 +50,11 @@ impl Report {
         if let Some(rb) = &self.rollback {
             let mut md = format!(
                 "### Rollback\n\n{} Restored {} in {}: {}.\n",
-                if rb.healthy { "✅" } else { "❌" },
+                match (rb.healthy, rb.left_to_host) {
+                    (true, _) => "✅",
+                    (false, true) => "⏳",
+                    (false, false) => "❌",
+                },
                 w.code(rb.restored.as_deref().unwrap_or("?")),
                 secs(rb.duration),
                 w.text(&rb.detail)
@@ -243,7 +247,32 @@ fn health_line(h: &HealthRecord, w: &Md) -> String {
 }
 
 /// The advice line for the common failures.
-fn next_step(phase: Phase, outcome: Outcome, recovery: bool) -> &'static str {
+fn next_step(cause: Cause, phase: Phase, outcome: Outcome, recovery: bool) -> &'static str {
+    let before_switch = matches!(phase, Phase::Upload | Phase::Pull | Phase::PreDeploy);
+    match cause {
+        Cause::Cancelled if before_switch => {
+            return "the run was cancelled before anything was switched; the previous release still runs. Deploy again when you are ready."
+        }
+        Cause::Cancelled if outcome == Outcome::RolledBack => {
+            return "the run was cancelled; the previous release is serving again. Deploy again when you are ready."
+        }
+        Cause::Cancelled => {
+            return "the run was cancelled: read the rollback section (a restore handed to the host is finished and proven there, and the next run reports it), then deploy again."
+        }
+        Cause::ConnectionLost if recovery => {
+            return "check the network path from the runner to the host (sshd up, firewall, NAT or load-balancer idle timeouts, the host's load), then run the recovery command below."
+        }
+        Cause::ConnectionLost => {
+            return "check the network path from the runner to the host (sshd up, firewall, NAT or load-balancer idle timeouts, the host's load), then deploy again."
+        }
+        Cause::DiskFull => {
+            return "free disk space on the host (`docker image prune` for other projects' images, old logs, `keep-releases`), then deploy again."
+        }
+        Cause::RegistryStalled => {
+            return "check that the registry is up and answering from the host, then deploy again; nothing was switched."
+        }
+        _ => {}
+    }
     match phase {
         Phase::Inputs => "fix the inputs named above; nothing was changed on any host.",
         Phase::CiGate => "fix CI for this commit (or wait for it) and re-run; berth deploys only commits whose CI succeeded.",
@@ -337,6 +366,15 @@ pub fn truncate_bytes(s: &str, max: usize) -> String {
         start,
         &s[start..]
     )
+}
+
+/// A duration as people read it: `5.1 s`, `42 s`.
+pub struct Rounded(pub Duration);
+
+impl std::fmt::Display for Rounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&secs(self.0))
+    }
 }
 
 pub fn secs(d: Duration) -> String {

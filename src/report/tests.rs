@@ -4,6 +4,7 @@ impl Report {
     fn fail(&mut self, phase: Phase, title: &str, message: impl Into<String>) {
         self.failure = Some(Failure {
             phase,
+            cause: Cause::Other,
             title: title.into(),
             message: message.into(),
             file: None,
@@ -154,4 +155,105 @@ fn line_truncation_keeps_the_last_lines() {
         .join("\n");
     let cut = truncate_lines(&text, 5);
     assert!(cut.starts_with("[45 earlier lines not shown]") && cut.ends_with("line 50"));
+}
+
+fn failed_with(cause: Cause, phase: Phase, outcome_rolled_back: bool) -> Report {
+    let mut r = Report::default();
+    r.fail(phase, "berth: x", "why");
+    if let Some(f) = r.failure.as_mut() {
+        f.cause = cause;
+    }
+    if outcome_rolled_back {
+        r.rollback = Some(RollbackReport {
+            restored: Some("20261201T000000Z-abcdef0".into()),
+            healthy: true,
+            ..Default::default()
+        });
+    }
+    r
+}
+
+#[test]
+fn the_headline_names_the_real_cause_not_the_phase() {
+    let cases = [
+        (
+            Cause::ConnectionLost,
+            Phase::Health,
+            "lost its connection to the host during health",
+        ),
+        (Cause::Cancelled, Phase::Up, "was cancelled during"),
+        (Cause::Unhealthy, Phase::Health, "failed its health check"),
+        (Cause::CrashLoop, Phase::Health, "crash-looped"),
+        (Cause::DiskFull, Phase::Up, "ran out of disk space"),
+    ];
+    for (cause, phase, says) in cases {
+        let r = failed_with(cause, phase, true);
+        assert_eq!(r.outcome(), Outcome::RolledBack);
+        let h = r.headline();
+        assert!(h.contains(says), "{cause:?}: {h}");
+        if cause != Cause::Unhealthy {
+            assert!(!h.contains("health check"), "{cause:?}: {h}");
+        }
+    }
+}
+
+#[test]
+fn what_to_do_next_follows_the_fault_not_the_phase() {
+    let next = |r: &Report| {
+        let md = r.summary_markdown();
+        md.split("**What to do next:** ")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // A cancel during pre-deploy: no "fix the pre-deploy command".
+    let n = next(&failed_with(Cause::Cancelled, Phase::PreDeploy, false));
+    assert!(
+        n.contains("cancelled") && !n.contains("fix the pre-deploy"),
+        "{n}"
+    );
+    // A full disk or a lost connection during upload or pull: no registry advice.
+    for cause in [Cause::DiskFull, Cause::ConnectionLost] {
+        for phase in [Phase::Upload, Phase::Pull] {
+            let n = next(&failed_with(cause, phase, false));
+            assert!(!n.contains("registry"), "{cause:?} {phase:?}: {n}");
+        }
+    }
+    assert!(next(&failed_with(Cause::DiskFull, Phase::Pull, false)).contains("free disk space"));
+    // Without a telling cause, the phase decides as before.
+    assert!(
+        next(&failed_with(Cause::Other, Phase::PreDeploy, false)).contains("fix the pre-deploy")
+    );
+}
+
+#[test]
+fn a_phase_that_fails_after_it_was_recorded_keeps_one_row() {
+    let mut r = Report::default();
+    r.record(
+        Phase::Connect,
+        Duration::from_millis(300),
+        PhaseResult::Ok("1 host(s)".into()),
+    );
+    r.amend(
+        Phase::Connect,
+        Duration::from_millis(200),
+        PhaseResult::Failed("preflight".into()),
+    );
+    let rows: Vec<_> = r
+        .phases
+        .iter()
+        .filter(|p| p.phase == Phase::Connect)
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].duration, Duration::from_millis(500));
+    assert!(matches!(rows[0].result, PhaseResult::Failed(_)));
+}
+
+#[test]
+fn durations_in_messages_are_rounded() {
+    assert_eq!(Rounded(Duration::from_millis(5_123)).to_string(), "5.1 s");
+    assert_eq!(Rounded(Duration::from_secs(600)).to_string(), "600 s");
 }

@@ -67,13 +67,36 @@ abandon() {
 # for at most 10 minutes, and only while the lock is still this session's: a session that
 # a reconnect replaced stops it, as the new one does the work.
 finish() {
+  # Once: a reclaim's TERM while this session waits or heals must not start it again (a
+  # handler, not an ignore, which the heal's children would inherit).
+  trap : TERM HUP INT
   if [ -n "$keep" ] && [ -n "$pid" ] && ours; then
     i=0; while alive "$pid" && [ $i -lt 6000 ]; do sleep 0.1; i=$((i+1)); done
   fi
   stop_command
-  abandon; kill "$beat" 2>/dev/null; kill -KILL "$watcher" 2>/dev/null
+  kill -KILL "$watcher" 2>/dev/null
+  [ -f "$lock/heal" ] && ours && heal
+  abandon; kill "$beat" 2>/dev/null
   [ -n "$fifo" ] && rm -f "$fifo"
   exit 0
+}
+# The session ended before berth's verdict with a heal armed (remote::heal): the host
+# restores the newest proven release by itself.
+heal() {
+  # berth is gone, not reconnecting: a reconnect makes the lock its new session's within
+  # the reconnect window (then it is not ours any more). A cancelled run hands over.
+  i=0; while [ ! -e "$lock/handover" ] && [ $i -lt HEAL_WAIT_TENTHS ]; do sleep 0.1; i=$((i+1)); ours || return 0; done
+  # Under the mutex the lock becomes the heal's: a reconnect later finds it taken and
+  # leaves the host to the heal, and no deploy takes it before the heal is done.
+  m="$lock.takeover" i=0
+  until mkdir "$m" 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || return 0; sleep 0.05; done
+  if ! ours; then rmdir "$m"; return 0; fi
+  ht="heal-$sid"
+  printf '%s\n' "$ht" > "$lock/token"
+  printf '{"token":"","run_url":"","actor":"the host itself (self-heal: the run that held the lock was gone before its verdict)","sha":"","started_at":"%s"}\n' "$(date -u +%FT%TZ)" > "$lock/holder.json"
+  touch "$lock/heartbeat"; rmdir "$m"
+  t=; command -v timeout >/dev/null && t="timeout -k 10 HEAL_BOUND_SECS"
+  $t sh "$lock/heal" "$lock" "$ht" </dev/null >"${lock%/lock}/heal.log" 2>&1
 }
 trap finish TERM HUP INT
 trap stop_command USR1
@@ -120,6 +143,23 @@ finish
 "#;
 
 const READY: &str = "berth-agent-ready";
+
+/// How long the agent of a session that ended with a heal armed waits for berth to
+/// connect again (and make the lock its new session's) before it heals the host. berth
+/// tries to reconnect for 20 s; one that comes back later finds the lock the heal's.
+pub const HEAL_WAIT: Duration = Duration::from_secs(30);
+/// The longest a heal may take (settle, `up`, steady, twice), after which it is stopped.
+pub const HEAL_BOUND: Duration = Duration::from_secs(900);
+
+/// The agent's script with its bounds filled in.
+pub(super) fn agent_script() -> String {
+    AGENT
+        .replace(
+            "HEAL_WAIT_TENTHS",
+            &(HEAL_WAIT.as_millis() / 100).to_string(),
+        )
+        .replace("HEAL_BOUND_SECS", &HEAL_BOUND.as_secs().to_string())
+}
 
 /// A command that prints nothing for this long makes berth ask the host whether the
 /// connection is still alive; libssh2's keepalives cannot tell (it sends them, but a
@@ -180,7 +220,7 @@ pub(super) fn agent_command(lock_dir: &str, token: &str, session: &str) -> Strin
     quote_argv(&[
         "sh".into(),
         "-c".into(),
-        AGENT.into(),
+        agent_script(),
         "berth-agent".into(),
         lock_dir.into(),
         token.into(),
@@ -505,7 +545,7 @@ mod tests {
         std::fs::write(lock.join("session"), format!("{session} 1\n")).unwrap();
         let mut child = std::process::Command::new(shell[0])
             .args(&shell[1..])
-            .args(["-c", AGENT, "berth-agent"])
+            .args(["-c", &agent_script(), "berth-agent"])
             .arg(&lock)
             .args(["tok", "sid1"])
             .stdin(std::process::Stdio::piped())
@@ -631,6 +671,58 @@ mod tests {
                 "{shell:?}: {text}"
             );
             agent.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_session_that_ends_with_a_heal_armed_heals_under_a_lock_of_its_own() {
+        for shell in [&["dash"][..], &["bash"], &["busybox", "sh"]] {
+            // Handed over (a cancelled run): the heal runs at once when the session
+            // ends, with the lock dir and the heal's own token, which the lock now holds.
+            let (mut agent, dir) = spawn_agent(shell, "sid1");
+            let lock = dir.path().join("lock");
+            let ran = dir.path().join("ran");
+            std::fs::write(
+                lock.join("heal"),
+                format!("echo \"$1 $2 $(cat \"$1/token\")\" > '{}'", ran.display()),
+            )
+            .unwrap();
+            std::fs::write(lock.join("handover"), "").unwrap();
+            drop(agent.stdin.take());
+            assert!(exits_within(&mut agent, 10), "{shell:?}");
+            let said = std::fs::read_to_string(&ran).unwrap_or_default();
+            assert_eq!(
+                said.trim(),
+                format!("{} heal-sid1 heal-sid1", lock.display()),
+                "{shell:?}"
+            );
+            assert!(
+                std::fs::read_to_string(lock.join("holder.json"))
+                    .unwrap()
+                    .contains("self-heal"),
+                "{shell:?}"
+            );
+
+            // Not handed over: the agent first waits for a reconnect, and one that
+            // comes (the lock names a newer session) means no heal at all.
+            let (mut agent, dir) = spawn_agent(shell, "sid1");
+            let lock = dir.path().join("lock");
+            let ran = dir.path().join("ran");
+            std::fs::write(lock.join("heal"), format!("touch '{}'", ran.display())).unwrap();
+            drop(agent.stdin.take());
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(!ran.exists(), "{shell:?}: healed without waiting");
+            assert!(
+                agent.try_wait().unwrap().is_none(),
+                "{shell:?}: did not wait"
+            );
+            std::fs::write(lock.join("session"), "sid2 1\n").unwrap();
+            assert!(exits_within(&mut agent, 5), "{shell:?}");
+            assert!(!ran.exists(), "{shell:?}: healed under a reconnected run");
+            assert_eq!(
+                std::fs::read_to_string(lock.join("token")).unwrap().trim(),
+                "tok"
+            );
         }
     }
 }

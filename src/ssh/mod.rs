@@ -80,7 +80,7 @@ pub enum SshError {
         file: String,
         cause: UploadCause,
     },
-    #[error("`{command}` on {host} did not finish within {timeout:?}; it was stopped")]
+    #[error("`{command}` on {host} did not finish within {}; it was stopped", crate::report::Rounded(*timeout))]
     Timeout {
         host: String,
         command: String,

@@ -71,6 +71,17 @@ pub trait Target: Send {
     ) -> Result<(String, Option<String>), ReleaseError>;
     /// After `mode: rollback` proved `restored` healthy: the records say so.
     fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError>;
+    /// After a restore began `elapsed` ago and proved healthy: whether what it started
+    /// stays up long enough that no stop already in flight can still take it down.
+    /// `Some(why)` when it did not.
+    fn steady(&mut self, _elapsed: Duration) -> Result<Option<String>, ReleaseError> {
+        Ok(None)
+    }
+    /// A cancelled run is leaving: the host finishes what berth cannot (see
+    /// `remote::heal`).
+    fn hand_over(&mut self) -> Result<(), ReleaseError> {
+        Ok(())
+    }
 }
 
 /// A host as the engine and the report see it.
@@ -97,13 +108,18 @@ pub struct HostState {
     /// Another deploy took the lock while this run was disconnected: berth leaves the
     /// host to it (no record, no restore).
     pub lock_lost: bool,
+    /// An earlier run was gone before its verdict, and the host restored a release by
+    /// itself: what it did.
+    pub healed: Option<crate::remote::HealedNote>,
+    /// A cancelled run handed its restore over to the host, which finishes and proves it.
+    pub handed_over: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     #[error(transparent)]
     Ssh(#[from] SshError),
-    #[error("the deploy lock on {host} is held by {holder}; waited {waited:?} (`lock-timeout`). Wait for that deploy to finish, or raise `lock-timeout`. If it is dead, its lock goes stale after {LOCK_STALE_AFTER:?} without a heartbeat and is taken over.")]
+    #[error("the deploy lock on {host} is held by {holder}; waited {} (`lock-timeout`). Wait for that deploy to finish, or raise `lock-timeout`. If it is dead, its lock goes stale after {} without a heartbeat and is taken over.", crate::report::Rounded(*waited), crate::report::Rounded(LOCK_STALE_AFTER))]
     LockHeld {
         host: String,
         holder: String,
@@ -115,6 +131,12 @@ pub enum ReleaseError {
         step: &'static str,
         status: i32,
         tail: String,
+    },
+    #[error("the registry stopped sending: the pull on {host} made no progress for {secs} s (`pull-stall-timeout`) while pulling {}. It was stopped and nothing was switched; the previous release still runs. Check that the registry is up and answering, then deploy again.", if images.is_empty() { "the release's images".to_string() } else { images.join(", ") })]
+    PullStalled {
+        host: String,
+        secs: u64,
+        images: Vec<String>,
     },
     #[error("after `up`, {host} does not run the pinned images: {mismatches}. A pull may have failed silently or another process changed the containers.")]
     DigestMismatch { host: String, mismatches: String },
@@ -172,6 +194,8 @@ pub struct ReleaseSpec {
     pub built: BTreeMap<String, String>,
     pub pre_deploy: Option<PreDeploy>,
     pub pre_deploy_timeout: Duration,
+    /// How long the pull may go without progress (`pull-stall-timeout`).
+    pub pull_stall: Duration,
     pub registry: Option<RegistryLogin>,
     pub holder: LockHolder,
     pub lock_timeout: Duration,

@@ -11,6 +11,7 @@ mod image;
 mod images;
 mod injection;
 mod inputs;
+mod interrupt;
 mod plan;
 mod records;
 mod release;

@@ -304,6 +304,14 @@ fn a_host_without_room_fails_preflight_before_anything_is_pushed() {
     );
     let (_, catalog) = stage.registry.api("/v2/_catalog");
     assert!(catalog.contains("\"repositories\":[]"), "{catalog}");
+    // One `connect` row, which says it failed (not an ok row and a failed one).
+    let rows: Vec<&str> = run
+        .summary
+        .lines()
+        .filter(|l| l.starts_with("| connect |"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{}", run.summary);
+    assert!(rows[0].contains("❌"), "{}", rows[0]);
 }
 
 #[test]
@@ -328,6 +336,19 @@ fn a_full_disk_during_upload_says_so_names_the_file_and_switches_nothing() {
         "{err}"
     );
     assert!(!err.contains("may have dropped"), "{err}");
+    // The next step is about the disk, not the registry.
+    let next = run
+        .summary
+        .split("**What to do next:** ")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default();
+    assert!(
+        next.contains("free disk space") && !next.contains("registry"),
+        "{next}"
+    );
     assert_eq!(
         stage.current().as_deref(),
         Some(r1.as_str()),

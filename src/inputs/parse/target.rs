@@ -70,6 +70,7 @@ pub(super) fn parse_target(
         env_file,
         pre_deploy: read_pre_deploy(p),
         pre_deploy_timeout: p.duration("pre-deploy-timeout", "10m"),
+        pull_stall_timeout: p.duration("pull-stall-timeout", "60s"),
         keep_releases: read_keep_releases(p),
         lock_timeout: p.duration("lock-timeout", "10m"),
     }

@@ -35,6 +35,7 @@ impl ComposeHost {
                         layout: self.layout.clone(),
                         token: spec.holder.token.clone(),
                         restoring: false,
+                        handed_over: false,
                     });
                     return Ok(self.took_over(&out.stdout));
                 }
@@ -106,6 +107,15 @@ impl ComposeHost {
         let Some(token) = self.lock_token.clone() else {
             return Ok(());
         };
+        if self.handed_over && self.heal_armed {
+            // A cancelled run whose restore is not proven: the host finishes and proves it
+            // when this session ends, under this lock, and releases it then.
+            self.runner.line(&format!(
+                "{}: the deploy lock is left to the host, which finishes and proves the restore by itself",
+                self.conn.name
+            ));
+            return Ok(());
+        }
         let cmd = self.layout.lock_release(&token);
         let step = "release the deploy lock";
         if let Err(e) = self.step(step, &cmd, None, QUICK) {
@@ -166,6 +176,8 @@ struct HeldLock {
     /// A restore runs on the host: it finishes there even if berth is gone, so its lock
     /// must not be released under it.
     restoring: bool,
+    /// The host heals itself once berth is gone: its lock is the heal's.
+    handed_over: bool,
 }
 
 static HELD_LOCKS: std::sync::Mutex<Vec<HeldLock>> = std::sync::Mutex::new(Vec::new());
@@ -204,8 +216,19 @@ pub struct LastResort {
     pub restoring: Vec<String>,
 }
 
+/// Marks the host of `access` as handed over: the host heals itself when the session
+/// ends (see `remote::heal`), so the last resort leaves its lock to it.
+pub(super) fn set_handed_over(access: &Access, token: &str) {
+    for h in held_locks().iter_mut() {
+        if h.token == token && h.access.spec == access.spec {
+            h.handed_over = true;
+        }
+    }
+}
+
 /// Releases every lock this process holds, over fresh connections, except where a
-/// restore still runs. For a cancelled run (SIGTERM/SIGINT) whose grace ran out.
+/// restore still runs or was handed over to the host. For a cancelled run
+/// (SIGTERM/SIGINT) whose grace ran out.
 pub fn release_held_locks() -> LastResort {
     let locks: Vec<HeldLock> = {
         let mut held = held_locks();
@@ -214,7 +237,7 @@ pub fn release_held_locks() -> LastResort {
     };
     let mut done = LastResort::default();
     for h in locks {
-        if h.restoring {
+        if h.restoring || h.handed_over {
             done.restoring.push(h.access.spec.to_string());
             continue;
         }

@@ -14,6 +14,7 @@ use crate::ssh::{ExecOutput, HostSession, Supervision};
 use crate::target::{Access, Action, Body, Output, ReleaseError, ReleaseSpec, Step, Undo};
 use crate::workflow::Runner;
 
+mod heal;
 pub(crate) mod lock;
 mod pull;
 mod records;
@@ -21,9 +22,9 @@ mod seam;
 mod steps;
 mod watch;
 
-pub use steps::{activation_step, release_steps, LONG, QUICK};
+use steps::DEPLOY_UP;
+pub use steps::{activation_step, release_steps, restore_step, LONG, QUICK};
 pub(crate) use steps::{pull_steps, upload_steps, PIN_BY_TAG};
-use steps::{DEPLOY_UP, RESTORE_UP};
 pub use watch::{container_state, describe_failing, failing_containers};
 
 /// The state of a container of the project, from `docker inspect`.
@@ -83,6 +84,16 @@ pub struct ComposeHost {
     restoring: bool,
     /// Another deploy took the lock while this run was disconnected: the host is its now.
     pub lock_lost: bool,
+    /// What the host did by itself after an earlier run was gone before its verdict.
+    pub healed: Option<remote::HealedNote>,
+    /// The heal is armed: if the session ends before berth's verdict, the host restores
+    /// this release by itself.
+    pub(super) heal_armed: bool,
+    /// A cancelled run handed the restore over to the host (see [`heal`]).
+    pub(super) handed_over: bool,
+    /// Whether the host heals itself with a compose `up` (the Swarm target, which wraps
+    /// this host, restores a stack otherwise).
+    pub(crate) self_heals: bool,
 }
 
 impl ComposeHost {
@@ -122,6 +133,10 @@ impl ComposeHost {
             running: None,
             restoring: false,
             lock_lost: false,
+            healed: None,
+            heal_armed: false,
+            handed_over: false,
+            self_heals: true,
         })
     }
 
@@ -448,7 +463,7 @@ impl ComposeHost {
     /// Re-activates a release: its compose file, its pins and its env file.
     /// Its pins (from its release.json) become what `verify` checks.
     fn reactivate(&mut self, id: &str) -> Result<(), ReleaseError> {
-        let up = activation_step(&self.layout, id, RESTORE_UP);
+        let up = restore_step(&self.layout, id);
         self.reactivate_with(id, &up)
     }
 

@@ -1,7 +1,7 @@
 //! `compose config` beside the pull (see [`crate::remote::config_beside_pull`]): the pull's
 //! output streamed, then the model kept, or the config's failure reported as its own.
 
-use crate::remote::Cmd;
+use crate::remote::{self, Cmd};
 use crate::ssh::ExecOutput;
 use crate::target::{ReleaseError, Step};
 
@@ -123,6 +123,13 @@ impl ComposeHost {
             });
         };
         let host = &self.conn.name;
+        if b.pull_status == remote::PULL_STALLED {
+            return Err(ReleaseError::PullStalled {
+                host: host.clone(),
+                secs: step_stall(&cmd),
+                images: stalled_images(&b),
+            });
+        }
         let model = match judge_beside(&b) {
             Ok(model) => model,
             Err(BesideFailure::MissingVariables(names)) => {
@@ -163,6 +170,40 @@ impl ComposeHost {
         }
         Ok(())
     }
+}
+
+/// The stall bound the command was built with (its argument before the end marker).
+fn step_stall(cmd: &Cmd) -> u64 {
+    let n = cmd.0.len();
+    cmd.0
+        .get(n.saturating_sub(2))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What a stalled pull was still pulling: the services the command named, each with the
+/// image the model gives it when the config told it.
+fn stalled_images(b: &Beside) -> Vec<String> {
+    let model: Option<Value> = serde_json::from_str(b.after).ok();
+    let services = b
+        .pulled
+        .lines()
+        .find_map(|l| l.strip_prefix("berth: no progress for "))
+        .and_then(|l| l.split_once("still being pulled:"))
+        .map(|(_, s)| s.split_whitespace().collect::<Vec<_>>())
+        .unwrap_or_default();
+    services
+        .into_iter()
+        .map(|service| {
+            match model
+                .as_ref()
+                .and_then(|m| m["services"][service]["image"].as_str())
+            {
+                Some(image) => format!("`{service}` ({image})"),
+                None => format!("`{service}`"),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

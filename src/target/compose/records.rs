@@ -18,6 +18,17 @@ impl ComposeHost {
         };
         self.releases = remote::parse_release_records(records);
         self.previous = Some(current.trim().to_string()).filter(|s| !s.is_empty());
+        let (rest, note) = rest.split_once(remote::HEALED_MARK).unwrap_or((rest, ""));
+        self.healed = remote::parse_healed_note(note);
+        if self.healed.is_some() {
+            // Reported once: by this run.
+            let _ = self.step(
+                "heal note",
+                &remote::consume_healed_note(&self.layout),
+                None,
+                QUICK,
+            );
+        }
         let containers = parse_containers(rest);
         self.restarts_before = containers
             .iter()

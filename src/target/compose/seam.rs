@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::{lock, release_steps, ComposeHost, RECONNECT_FOR};
 use crate::remote::Cmd;
 use crate::report::Diagnostics;
-use crate::target::{HostState, ReleaseError, ReleaseSpec, Step, Target};
+use crate::target::{HostState, ReleaseError, ReleaseSpec, Step, Target, Undo};
 
 impl ComposeHost {
     /// Nothing changes a host whose lock another deploy took while this run was away.
@@ -33,6 +33,8 @@ impl Target for ComposeHost {
             slow_stops: self.slow_stops.clone(),
             warnings: Vec::new(),
             lock_lost: self.lock_lost,
+            healed: self.healed.clone(),
+            handed_over: self.handed_over && self.heal_armed,
         }
     }
     fn reconnect(&mut self) -> Result<(), ReleaseError> {
@@ -96,6 +98,9 @@ impl Target for ComposeHost {
     }
     fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
         self.still_ours()?;
+        if step.undo == Undo::Restore {
+            self.arm_heal()?;
+        }
         self.execute(spec, step)
     }
     fn verify(&mut self) -> Result<(), ReleaseError> {
@@ -114,7 +119,12 @@ impl Target for ComposeHost {
     }
     fn record(&mut self, spec: &ReleaseSpec, outcome: &str) -> Result<(), ReleaseError> {
         self.still_ours()?;
-        self.write_record(spec, outcome)
+        self.write_record(spec, outcome)?;
+        // A verdict recorded: nothing is left for the host to heal.
+        if matches!(outcome, "deployed" | "rolled-back") {
+            self.disarm_heal()?;
+        }
+        Ok(())
     }
     fn prune(&mut self, spec: &ReleaseSpec) -> Result<Vec<String>, ReleaseError> {
         self.still_ours()?;
@@ -132,5 +142,11 @@ impl Target for ComposeHost {
     fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {
         self.still_ours()?;
         ComposeHost::record_manual_rollback(self, restored)
+    }
+    fn steady(&mut self, elapsed: Duration) -> Result<Option<String>, ReleaseError> {
+        ComposeHost::steady(self, elapsed)
+    }
+    fn hand_over(&mut self) -> Result<(), ReleaseError> {
+        ComposeHost::hand_over(self)
     }
 }

@@ -82,44 +82,40 @@ pub(crate) fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
     ]
 }
 
-/// The registry login (when berth pushed), then `compose config` beside the pull: the
-/// config fails on a variable nothing sets (field notes A.5, C), which stops the pull,
-/// and no container has changed. Then the pins of what compose names by tag, so the
-/// release can be restored exactly later; the record names every pin before anything
-/// runs from them.
+/// `compose config` beside the pull, logged in to the registry inside the same command
+/// (when berth pushed), so that the credential exists on the host only while that command
+/// runs: however it ends, cut off included, its throwaway config goes with it. The config
+/// fails on a variable nothing sets (field notes A.5, C), which stops the pull, and no
+/// container has changed. Then the pins of what compose names by tag, so the release can
+/// be restored exactly later; the record names every pin before anything runs from them.
 pub(crate) fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
     let id = spec.id.as_str();
     let file = |name, file, body| release_file(layout, id, Phase::Pull, name, file, body, 0o644);
     let config = layout.compose(id, &["config", "--format", "json"]);
-    let pull = layout.compose(id, &["pull", "--quiet", "--ignore-buildable"]);
-    let mut steps = Vec::new();
-    let both = |login| {
-        let cmd = remote::config_beside_pull(&config, &pull, login);
-        Step::run(
-            Phase::Pull,
-            CONFIG_AND_PULL,
-            cmd,
-            Output::ConfigBesidePull,
-            LONG,
-        )
-    };
-    match &spec.registry {
-        None => steps.push(both(None)),
-        Some(login) => {
-            let cmd = remote::registry_login(&login.server, &login.username, docker_config);
-            // The pull removes the login config when it ends; if it never ran to its end
-            // (connection lost, timeout), the credential must not stay on the host.
-            let cleanup = Undo::Cleanup(remote::remove_docker_config(docker_config));
-            steps.push(
-                Step::run(Phase::Pull, "docker login", cmd, Output::Quiet, QUICK)
-                    .stdin(login.password.clone())
-                    .undo(cleanup.clone()),
-            );
-            steps.push(both(Some(docker_config)).undo(cleanup));
-        }
+    let pull = layout.compose(id, &["pull", "--ignore-buildable"]);
+    let login = spec.registry.as_ref().map(|l| remote::PullLogin {
+        registry: &l.server,
+        username: &l.username,
+        config_dir: docker_config,
+    });
+    let cmd = remote::config_beside_pull(&config, &pull, login.as_ref(), spec.pull_stall);
+    let mut both = Step::run(
+        Phase::Pull,
+        CONFIG_AND_PULL,
+        cmd,
+        Output::ConfigBesidePull,
+        LONG,
+    );
+    if let Some(login) = &spec.registry {
+        // The command removes its login config when it ends; if it is killed outright
+        // (KILL skips its trap), the step's cleanup does.
+        both = both
+            .stdin(login.password.clone())
+            .undo(Undo::Cleanup(remote::remove_docker_config(docker_config)));
     }
     let pin = remote::repo_digests(&[]);
-    steps.extend([
+    vec![
+        both,
         Step::run(Phase::Pull, PIN_BY_TAG, pin, Output::PinByTag, QUICK),
         file("digest pins", remote::OVERRIDE_FILE, Body::Pins),
         file(
@@ -127,8 +123,7 @@ pub(crate) fn pull_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &st
             remote::RECORD_FILE,
             Body::Record("pending"),
         ),
-    ]);
-    steps
+    ]
 }
 
 /// The one-shot, named so that it can be removed when stopped: a `compose run` container
@@ -156,6 +151,14 @@ pub fn activation_step(layout: &Layout, id: &str, name: &'static str) -> Step {
     Step::run(Phase::Up, name, cmd, Output::Activate, LONG).undo(Undo::Restore)
 }
 
+/// A restore of release `id`: like [`activation_step`], after waiting for whatever Docker
+/// still stops or removes in the project (an interrupted `up` leaves the daemon stopping
+/// the container the restore wants running: see `remote::heal`).
+pub fn restore_step(layout: &Layout, id: &str) -> Step {
+    let cmd = layout.settle_and_activate(id);
+    Step::run(Phase::Up, RESTORE_UP, cmd, Output::Activate, LONG).undo(Undo::Restore)
+}
+
 /// The deploy's activation step; a restore's is named [`RESTORE_UP`].
 pub const DEPLOY_UP: &str = "docker compose up, switch current";
 pub const RESTORE_UP: &str = "docker compose up (restore), switch current";
@@ -179,6 +182,7 @@ mod tests {
                 argv: vec!["sh".into(), "/migrate.sh".into()],
             }),
             pre_deploy_timeout: Duration::from_secs(600),
+            pull_stall: Duration::from_secs(60),
             registry: Some(RegistryLogin {
                 server: "reg:5000".into(),
                 username: "bot".into(),
@@ -211,9 +215,7 @@ mod tests {
             phases[0].1,
             "release dir, compose file, digest pins, env file (0600), release record"
         );
-        assert!(phases[1]
-            .1
-            .starts_with("docker login, docker compose config + pull, "));
+        assert!(phases[1].1.starts_with("docker compose config + pull, "));
         let first_restore = steps.iter().position(|s| s.undo == Undo::Restore).unwrap();
         assert_eq!(steps[first_restore].name, DEPLOY_UP);
         assert!(steps[first_restore..]

@@ -74,7 +74,11 @@ impl SwarmHost {
                 runner.clone(),
                 token.clone(),
             ) {
-                Ok(host) => host,
+                Ok(mut host) => {
+                    // The stack is restored by a stack deploy, never by a compose `up`.
+                    host.self_heals = false;
+                    host
+                }
                 Err(e) => {
                     tried.push(format!("- {}: {e}", access.spec));
                     continue;
@@ -229,8 +233,8 @@ impl SwarmHost {
                     if Instant::now() >= deadline {
                         let mut services = services;
                         services.push(format!(
-                            "still updating after {:?} (`health-timeout`, which bounds the update of every replica)",
-                            self.converge_within
+                            "still updating after {} (`health-timeout`, which bounds the update of every replica)",
+                            crate::report::Rounded(self.converge_within)
                         ));
                         return Err(ReleaseError::StackFailed {
                             host: self.host.name().into(),

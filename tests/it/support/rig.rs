@@ -143,6 +143,14 @@ impl Registry {
         wait_for_port(port, "the registry", &self.log);
     }
 
+    /// The registry's process (a test freezes it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("the registry is running")
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
