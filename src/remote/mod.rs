@@ -573,9 +573,9 @@ if [ -n "$dc" ]; then
   mkdir -m 0700 "$dc" || exit 125
   made=1
   printf '%s' "$empty" > "$dc/config.json" || exit 125
-  if ! out=$(DOCKER_CONFIG="$dc" docker login --username "$user" --password-stdin "$reg" 2>&1); then
+  out=$(DOCKER_CONFIG="$dc" docker login --username "$user" --password-stdin "$reg" 2>&1) || {
     s=$?; echo "docker login to $reg failed:"; printf '%s\n' "$out"; exit $s
-  fi
+  }
   export DOCKER_CONFIG="$dc"
 fi
 t=$(mktemp -d) || exit 125

@@ -164,6 +164,7 @@ fn failed_with(cause: Cause, phase: Phase, outcome_rolled_back: bool) -> Report 
         f.cause = cause;
     }
     if outcome_rolled_back {
+        r.outcome = Some(Outcome::RolledBack);
         r.rollback = Some(RollbackReport {
             restored: Some("20261201T000000Z-abcdef0".into()),
             healthy: true,
