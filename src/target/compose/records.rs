@@ -17,7 +17,7 @@ impl ComposeHost {
             None => (rest, ""),
         };
         self.releases = remote::parse_release_records(records);
-        self.previous = Some(current.trim().to_string()).filter(|s| !s.is_empty());
+        self.previous = remote::current_release(current);
         let containers = parse_containers(rest);
         self.restarts_before = containers
             .iter()
