@@ -54,8 +54,66 @@ pub enum GateError {
     UnknownWorkflow { name: String, known: String },
     #[error("`sha` is {sha}, but the workflow_run that triggered berth tested {tested}; its conclusion says nothing about {sha}. Leave `sha` empty to deploy the tested commit, or set `ci-workflows` so that berth checks CI for {sha} itself.")]
     ShaNotTested { sha: String, tested: String },
+    #[error("berth cannot prove that commit {sha} is on branch `{branch}`: {source} Under workflow_run, `head_branch` is only a name, which a tag can carry too, so berth asks GitHub for the branch; the token needs `permissions: contents: read`.")]
+    BranchUnproven {
+        branch: String,
+        sha: String,
+        #[source]
+        source: GithubError,
+    },
     #[error(transparent)]
     Api(#[from] GithubError),
+}
+
+/// Whether GitHub shows a commit on a branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnBranch {
+    Proven,
+    /// Why not, for the refusal.
+    No(String),
+}
+
+/// No proof that a commit is on a branch may take longer than this.
+const BRANCH_PROOF_WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether `sha` is on `refs/heads/{branch}`: the branch's head, or in its history
+/// (comparing the head with `sha` says `behind` or `identical`). The base of the
+/// comparison is the head's sha, never the bare name, which a tag of that name would win.
+pub async fn prove_on_branch(
+    api: &GithubApi,
+    branch: &str,
+    sha: &str,
+) -> Result<OnBranch, GateError> {
+    let deadline = Instant::now() + BRANCH_PROOF_WINDOW;
+    let unproven = |source| GateError::BranchUnproven {
+        branch: branch.into(),
+        sha: sha.into(),
+        source,
+    };
+    let Some(head) = api.branch_head(branch, deadline).await.map_err(unproven)? else {
+        return Ok(OnBranch::No(format!(
+            "the repository has no branch `{branch}`"
+        )));
+    };
+    if head.eq_ignore_ascii_case(sha) {
+        return Ok(OnBranch::Proven);
+    }
+    Ok(
+        match api
+            .compare(&head, sha, deadline)
+            .await
+            .map_err(unproven)?
+            .as_deref()
+        {
+            Some("identical" | "behind") => OnBranch::Proven,
+            Some(status) => OnBranch::No(format!(
+            "the branch's head is {head}, and comparing it with {sha} says `{status}`, not `behind`"
+        )),
+            None => OnBranch::No(format!(
+                "the branch's head is {head}, and GitHub cannot compare it with {sha}"
+            )),
+        },
+    )
 }
 
 /// The commit to deploy and why it was chosen.

@@ -204,6 +204,7 @@ fn gate_title(e: &GateError) -> &'static str {
         GateError::UnknownWorkflow { .. } => "berth: unknown CI workflow",
         GateError::Api(_) => "berth: GitHub API error in the CI gate",
         GateError::ShaNotTested { .. } => "berth: the commit to deploy is not the one CI tested",
+        GateError::BranchUnproven { .. } => "berth: cannot prove the commit is on its branch",
         GateError::Event { .. } | GateError::NoHeadSha | GateError::NoSha => {
             "berth: cannot tell which commit to deploy"
         }

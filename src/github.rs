@@ -246,10 +246,7 @@ impl GithubApi {
         let mut runs = Vec::new();
         while let Some(p) = path.take() {
             let (body, next) = self.get(&p, deadline).await?;
-            let page: Page = serde_json::from_str(&body).map_err(|e| GithubError::Decode {
-                path: p.clone(),
-                detail: e.to_string(),
-            })?;
+            let page: Page = decode(&p, &body)?;
             runs.extend(page.workflow_runs);
             path = next;
         }
@@ -269,15 +266,92 @@ impl GithubApi {
         let mut out = Vec::new();
         while let Some(p) = path.take() {
             let (body, next) = self.get(&p, deadline).await?;
-            let page: Page = serde_json::from_str(&body).map_err(|e| GithubError::Decode {
-                path: p.clone(),
-                detail: e.to_string(),
-            })?;
+            let page: Page = decode(&p, &body)?;
             out.extend(page.workflows);
             path = next;
         }
         Ok(out)
     }
+}
+
+impl GithubApi {
+    /// The commit at the head of the branch `refs/heads/{branch}`, or `None` when the
+    /// repository has no such branch. Asks for the branch, never a bare name a tag could
+    /// answer to.
+    pub async fn branch_head(
+        &self,
+        branch: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, GithubError> {
+        #[derive(Deserialize)]
+        struct Branch {
+            commit: Commit,
+        }
+        #[derive(Deserialize)]
+        struct Commit {
+            sha: String,
+        }
+        let path = format!(
+            "/repos/{}/branches/{}",
+            self.repository,
+            // A branch name's `/` stays a separator, as GitHub's own links have it.
+            branch
+                .split('/')
+                .map(urlencode)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let Some(body) = self.get_found(&path, deadline).await? else {
+            return Ok(None);
+        };
+        let branch: Branch = decode(&path, &body)?;
+        Ok(Some(branch.commit.sha))
+    }
+
+    /// How `head` compares with `base` (two commit shas): `identical`, `behind` (`head` is
+    /// in `base`'s history), `ahead` or `diverged`; `None` when GitHub knows no such commit.
+    pub async fn compare(
+        &self,
+        base: &str,
+        head: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, GithubError> {
+        #[derive(Deserialize)]
+        struct Comparison {
+            status: String,
+        }
+        let path = format!(
+            "/repos/{}/compare/{}...{}?per_page=1",
+            self.repository,
+            urlencode(base),
+            urlencode(head)
+        );
+        let Some(body) = self.get_found(&path, deadline).await? else {
+            return Ok(None);
+        };
+        let comparison: Comparison = decode(&path, &body)?;
+        Ok(Some(comparison.status))
+    }
+
+    /// A GET whose 404 is an answer (`None`), not an error.
+    async fn get_found(
+        &self,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, GithubError> {
+        match self.get(path, deadline).await {
+            Ok((body, _)) => Ok(Some(body)),
+            Err(GithubError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(path: &str, body: &str) -> Result<T, GithubError> {
+    serde_json::from_str(body).map_err(|e| GithubError::Decode {
+        path: path.into(),
+        detail: e.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -502,6 +576,8 @@ fn api_message(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(200).collect())
 }
 
+/// Encoded for a path segment or a query value: `/`, `#`, `?`, `%` cannot change the
+/// request (git allows no space in a ref name, which this would make `+`).
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

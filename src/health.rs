@@ -11,6 +11,10 @@ use crate::inputs::{redact_url, HealthSettings, JsonExpectation, StatusMatcher};
 /// No single probe waits longer than this, and never past the deadline.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const BODY_EXCERPT: usize = 512;
+/// The most of a health answer's body berth reads. A health endpoint that streams without
+/// end (a bug, or a compromised app) would otherwise fill memory after `current` was
+/// switched, where an OOM kill leaves no one to roll back.
+pub const BODY_CAP: usize = 1 << 20;
 /// Same-origin redirects followed before a probe counts as failed.
 pub const MAX_REDIRECTS: usize = 5;
 
@@ -32,6 +36,8 @@ pub enum ProbeOutcome {
     Refused(String),
     Tls(String),
     Timeout,
+    /// The body passed [`BODY_CAP`]; reading stopped there.
+    BodyTooLarge,
     /// The app redirected to another origin; berth does not follow (see `from_config`).
     Redirect(String),
     Http {
@@ -54,6 +60,7 @@ impl ProbeOutcome {
             ProbeOutcome::Refused(_) => "connection refused",
             ProbeOutcome::Tls(_) => "TLS error",
             ProbeOutcome::Timeout => "timeout",
+            ProbeOutcome::BodyTooLarge => "body too large",
             ProbeOutcome::Redirect(_) => "redirect refused",
             ProbeOutcome::Http { .. } => "HTTP status",
             ProbeOutcome::JsonMismatch { .. } => "JSON mismatch",
@@ -70,6 +77,11 @@ impl std::fmt::Display for ProbeOutcome {
             ProbeOutcome::Refused(d) => write!(f, "connection refused: {d}"),
             ProbeOutcome::Tls(d) => write!(f, "TLS error: {d}"),
             ProbeOutcome::Timeout => write!(f, "timeout: no answer within the probe timeout"),
+            ProbeOutcome::BodyTooLarge => write!(
+                f,
+                "the body passed {} MiB, where berth stops reading; a health endpoint should answer briefly",
+                BODY_CAP >> 20
+            ),
             ProbeOutcome::Redirect(d) => write!(f, "redirect refused: {d}"),
             ProbeOutcome::Http { status, body } => write!(f, "HTTP {status}, body: {body}"),
             ProbeOutcome::JsonMismatch {
@@ -217,8 +229,9 @@ impl HealthProbe {
             Err(e) => return classify(&e.without_url()),
         };
         let status = resp.status().as_u16();
-        let body = match tokio::time::timeout(limit, resp.bytes()).await {
-            Ok(Ok(b)) => b,
+        let body = match tokio::time::timeout(limit, read_capped(resp)).await {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => return ProbeOutcome::BodyTooLarge,
             Ok(Err(e)) => return classify(&e.without_url()),
             Err(_) => return ProbeOutcome::Timeout,
         };
@@ -272,6 +285,21 @@ impl HealthProbe {
             tokio::time::sleep_until(next.into()).await;
         }
     }
+}
+
+/// The body in chunks, or `None` once it passes [`BODY_CAP`].
+async fn read_capped(mut resp: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > BODY_CAP as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > BODY_CAP {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// Status, then each JSON pointer, against the expectations.

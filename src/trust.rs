@@ -5,7 +5,11 @@
 //! before anything is built, pushed or uploaded, berth checks where the code came from:
 //! - code from another repository (a fork) is refused, always;
 //! - the event must be one of `events` (default `push`, `workflow_dispatch`);
-//! - the branch must match `branches` (default: the repository's default branch).
+//! - the branch must match `branches` (default: the repository's default branch), and be
+//!   a branch: a tag can be named like one (`git tag main <sha>`), so a direct event's
+//!   `GITHUB_REF` must be `refs/heads/<branch>`, and under `workflow_run` (whose
+//!   `head_branch` is only a name) GitHub must show `head_sha` on `refs/heads/<branch>`
+//!   (`pipeline::gate` asks it, after this check).
 //!
 //! And the workspace berth builds from must be the very commit that was gated.
 
@@ -24,8 +28,11 @@ pub struct Origin {
     pub repository: String,
     /// The repository the code came from, when the event names one.
     pub head_repository: Option<String>,
-    /// The branch (or tag) the code is on.
+    /// The branch the code is on, as the event says. Under `workflow_run` this is only a
+    /// name (`head_branch`), which the gate still proves through the API.
     pub branch: Option<String>,
+    /// A direct event's ref that is not a branch (`refs/tags/main`, `refs/pull/7/merge`).
+    pub not_a_branch: Option<String>,
     pub default_branch: Option<String>,
     /// Whether this came through `workflow_run` (for the messages).
     pub via_workflow_run: bool,
@@ -50,9 +57,17 @@ pub enum Refusal {
         allowed: String,
         example: String,
     },
-    #[error("the event names no branch, so berth cannot check it against {allowed}. Deploy from a branch, or trigger berth on an event that has one.")]
+    #[error("`{git_ref}` is not a branch, and berth deploys only branches (`refs/heads/...`) that {allowed} allows: a tag or another ref can carry an allowed branch's name (a tag `main` is not the branch `main`). Push the commit to an allowed branch and deploy from there.")]
+    NotABranch { git_ref: String, allowed: String },
+    #[error("commit {sha} is not on branch `{branch}` ({why}). Under workflow_run, `head_branch` is only a name, which a tag can carry too, so berth deploys only a commit that GitHub shows on `refs/heads/{branch}` (its head, or behind it). Push the commit to `{branch}` and let CI run there.")]
+    NotOnBranch {
+        branch: String,
+        sha: String,
+        why: String,
+    },
+    #[error("the event names no branch (GITHUB_REF, or `workflow_run.head_branch`, is empty), so berth cannot check it against {allowed}. Deploy from a branch, or trigger berth on an event that has one.")]
     NoBranch { allowed: String },
-    #[error("the event payload does not name the repository's default branch, so berth cannot tell which branch may deploy. Set `branches`, e.g. `branches: main`.")]
+    #[error("the event payload does not name the repository's default branch (`repository.default_branch`), so berth cannot tell which branch may deploy. On a runner every payload names it; `act push` without `-e` does not. Either set `branches`, e.g. `branches: main`, or give act a payload that names it: `act push -e event.json` with `{{\"ref\": \"refs/heads/main\", \"repository\": {{\"default_branch\": \"main\"}}}}`.")]
     NoDefaultBranch,
 }
 
@@ -76,6 +91,7 @@ impl Origin {
                     text(&run["head_repository"]["full_name"]).unwrap_or_default(),
                 ),
                 branch: text(&run["head_branch"]),
+                not_a_branch: None,
                 default_branch,
                 via_workflow_run: true,
             };
@@ -83,11 +99,13 @@ impl Origin {
         // A pull request event (if `events` allows one) says where its head lives.
         let head_repository = text(&payload["pull_request"]["head"]["repo"]["full_name"])
             .or_else(|| payload["pull_request"].is_object().then(String::new));
+        let (branch, not_a_branch) = branch_of_ref(&ctx.git_ref, &ctx.ref_type);
         Origin {
             event: ctx.event_name.clone(),
             repository,
             head_repository,
-            branch: Some(ctx.ref_name.clone()).filter(|b| !b.is_empty()),
+            branch,
+            not_a_branch,
             default_branch,
             via_workflow_run: false,
         }
@@ -137,6 +155,12 @@ impl Origin {
         } else {
             quoted(&patterns)
         };
+        if let Some(git_ref) = &self.not_a_branch {
+            return Err(Refusal::NotABranch {
+                git_ref: git_ref.clone(),
+                allowed,
+            });
+        }
         let Some(branch) = &self.branch else {
             return Err(Refusal::NoBranch { allowed });
         };
@@ -149,6 +173,18 @@ impl Origin {
                 example: format!("{}, {branch}", patterns.join(", ")),
             })
         }
+    }
+}
+
+/// The branch of a direct event's `GITHUB_REF`, or the ref when it is no branch. The
+/// name alone (`GITHUB_REF_NAME`) is the same for the branch `main` and a tag `main`.
+fn branch_of_ref(git_ref: &str, ref_type: &str) -> (Option<String>, Option<String>) {
+    if git_ref.is_empty() {
+        return (None, None);
+    }
+    match git_ref.strip_prefix("refs/heads/") {
+        Some(b) if !b.is_empty() && ref_type != "tag" => (Some(b.to_string()), None),
+        _ => (None, Some(git_ref.to_string())),
     }
 }
 
@@ -344,6 +380,7 @@ mod tests {
             repository: "acme/shop".into(),
             head_repository: head.map(String::from),
             branch: branch.map(String::from),
+            not_a_branch: None,
             default_branch: Some("main".into()),
             via_workflow_run: true,
         }
@@ -407,6 +444,7 @@ mod tests {
             event_name: "workflow_run".into(),
             repository: "acme/shop".into(),
             ref_name: "main".into(),
+            git_ref: "refs/heads/main".into(),
             ..Default::default()
         };
         let payload = serde_json::json!({
@@ -498,6 +536,32 @@ mod tests {
         );
         assert_eq!(check_checkouts(ws, &[compose], B), Ok(()));
         assert_eq!(check_checkouts(ws, &[ws.join("top.yml")], A), Ok(()));
+    }
+
+    #[test]
+    fn a_direct_events_branch_is_read_from_the_full_ref_not_the_name() {
+        assert_eq!(
+            branch_of_ref("refs/heads/release/1", "branch"),
+            (Some("release/1".into()), None)
+        );
+        assert_eq!(
+            branch_of_ref("refs/tags/main", "tag"),
+            (None, Some("refs/tags/main".into()))
+        );
+        // The ref and its type disagree: not provably a branch.
+        assert_eq!(
+            branch_of_ref("refs/heads/main", "tag"),
+            (None, Some("refs/heads/main".into()))
+        );
+        assert_eq!(branch_of_ref("", "branch"), (None, None));
+        let mut tag = origin("push", Some("acme/shop"), None);
+        tag.not_a_branch = Some("refs/tags/main".into());
+        for branches in [vec![], list(&["**"])] {
+            assert!(matches!(
+                tag.check(&list(&["push"]), &branches),
+                Err(Refusal::NotABranch { .. })
+            ));
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn expand_tags(
 ) -> Vec<String> {
     let values = TagValues {
         sha: sha.into(),
-        branch: ctx.ref_name.clone(),
+        branch: report.branch.clone().unwrap_or_default(),
         run_number: ctx.run_number.clone(),
     };
     let mut tags = Vec::new();
@@ -123,7 +123,7 @@ pub async fn build_and_push(
                 .filter(|t| t.is_immutable())
                 .map(|t| t.0.clone())
                 .collect(),
-            branch: ctx.ref_name.clone(),
+            branch: report.branch.clone().unwrap_or_default(),
             run_number: ctx.run_number.clone(),
         });
     }

@@ -22,6 +22,11 @@ pub struct GithubContext {
     pub event_path: Option<PathBuf>,
     pub sha: String,
     pub ref_name: String,
+    /// The full ref (`refs/heads/main`, `refs/tags/v1`, `refs/pull/7/merge`): a tag may be
+    /// named like a branch, so only this says which one a run is on.
+    pub git_ref: String,
+    /// `branch` or `tag`.
+    pub ref_type: String,
     pub run_id: Option<u64>,
     pub run_number: String,
     pub actor: String,
@@ -77,6 +82,8 @@ impl GithubContext {
                 .map(PathBuf::from),
             sha: get("GITHUB_SHA"),
             ref_name: get("GITHUB_REF_NAME"),
+            git_ref: get("GITHUB_REF"),
+            ref_type: get("GITHUB_REF_TYPE"),
             run_id: env.get("GITHUB_RUN_ID").and_then(|v| v.parse().ok()),
             run_number: or("GITHUB_RUN_NUMBER", "0"),
             actor: get("GITHUB_ACTOR"),

@@ -3,10 +3,11 @@
 
 use std::time::Instant;
 
-use crate::ci_gate::{self, GateError, GateVerdict};
+use crate::ci_gate::{self, GateError, GateVerdict, OnBranch};
 use crate::github::GithubApi;
 use crate::inputs::{Config, GithubContext, Mode};
 use crate::report::{Phase, PhaseResult, Report};
+use crate::trust::{Origin, Refusal};
 use crate::workflow::Runner;
 
 /// Chooses the commit and proves CI succeeded for it. Read-only, so it runs in dry-run too.
@@ -24,33 +25,43 @@ pub async fn ci_gate(
     report.sha_source = Some(commit.source.clone());
 
     // Whose code this is comes before whether its CI passed: a fork's green CI proves
-    // nothing berth may act on. A local run (no event at all) has no origin to check.
-    // On a runner there is always an event; without one, fail closed there.
-    if !ctx.event_name.is_empty() || ctx.on_runner {
-        let origin = crate::trust::Origin::of(ctx, event.as_ref());
+    // nothing berth may act on. A local run (no event) has no origin to check, and its
+    // `{branch}` is GITHUB_REF_NAME. On a runner there is always an event; without one,
+    // fail closed there.
+    let origin = if !ctx.event_name.is_empty() || ctx.on_runner {
+        let origin = Origin::of(ctx, event.as_ref());
         if let Err(refusal) = origin.check(&cfg.gate.events, &cfg.gate.branches) {
-            let reason = format!("Not deploying {}: {refusal}", commit.sha);
+            return Ok(refused(report, started, &commit.sha, refusal));
+        }
+        Some(origin)
+    } else {
+        None
+    };
+
+    let decided = decide(cfg, ctx, event.as_ref(), &commit.sha, runner, report).await;
+    // Only a commit that would deploy costs the API calls that prove its branch.
+    let proven = match (&decided, &origin) {
+        (Ok((GateVerdict::Passed, _)), Some(origin)) => {
+            on_its_branch(cfg, ctx, origin, &commit.sha).await
+        }
+        _ => Ok(Ok(())),
+    };
+    let (verdict, result) = match (decided, proven) {
+        (Err(e), _) | (_, Err(e)) => {
             report.record(
                 Phase::CiGate,
                 started.elapsed(),
-                PhaseResult::Skipped(format!("refused: {refusal}")),
+                PhaseResult::Failed(e.to_string()),
             );
-            return Ok(GateVerdict::Refused { reason });
+            return Err(e);
         }
-    }
-
-    let (verdict, result) =
-        match decide(cfg, ctx, event.as_ref(), &commit.sha, runner, report).await {
-            Ok(decided) => decided,
-            Err(e) => {
-                report.record(
-                    Phase::CiGate,
-                    started.elapsed(),
-                    PhaseResult::Failed(e.to_string()),
-                );
-                return Err(e);
-            }
-        };
+        (_, Ok(Err(refusal))) => return Ok(refused(report, started, &commit.sha, refusal)),
+        (Ok(decided), Ok(Ok(()))) => decided,
+    };
+    report.branch = match origin {
+        Some(o) => o.branch,
+        None => Some(ctx.ref_name.clone()).filter(|b| !b.is_empty()),
+    };
     report.ci.verdict = Some(match &result {
         PhaseResult::Ok(t) | PhaseResult::Skipped(t) | PhaseResult::Failed(t) => t.clone(),
     });
@@ -63,6 +74,41 @@ pub async fn ci_gate(
     }
     report.record(Phase::CiGate, started.elapsed(), result);
     Ok(verdict)
+}
+
+/// A refused origin: the phase says why, and nothing deploys.
+fn refused(report: &mut Report, started: Instant, sha: &str, refusal: Refusal) -> GateVerdict {
+    report.record(
+        Phase::CiGate,
+        started.elapsed(),
+        PhaseResult::Skipped(format!("refused: {refusal}")),
+    );
+    GateVerdict::Refused {
+        reason: format!("Not deploying {sha}: {refusal}"),
+    }
+}
+
+/// Under workflow_run, the branch `check` allowed is only `head_branch`, a name a tag can
+/// carry too: GitHub must show `sha` on `refs/heads/<branch>`. A direct event's
+/// `GITHUB_REF` already said `refs/heads/<branch>`.
+async fn on_its_branch(
+    cfg: &Config,
+    ctx: &GithubContext,
+    origin: &Origin,
+    sha: &str,
+) -> Result<Result<(), Refusal>, GateError> {
+    let (true, Some(branch)) = (origin.via_workflow_run, &origin.branch) else {
+        return Ok(Ok(()));
+    };
+    let api = GithubApi::new(&ctx.api_url, &cfg.gate.github_token, &ctx.repository)?;
+    Ok(match ci_gate::prove_on_branch(&api, branch, sha).await? {
+        OnBranch::Proven => Ok(()),
+        OnBranch::No(why) => Err(Refusal::NotOnBranch {
+            branch: branch.clone(),
+            sha: sha.into(),
+            why,
+        }),
+    })
 }
 
 /// The gate's verdict on `sha` and its row in the phase table.

@@ -31,8 +31,9 @@ use records::records_script;
 
 use crate::ssh::quote_argv;
 pub use records::{
-    is_release_id, newest_proven, parse_release_records, release_id, releases_to_prune, LockHolder,
-    Outcome, ReleaseEntry, ReleaseRecord, RECORD_MARK, UNPROVEN_KEPT,
+    current_release, is_release_id, newest_proven, parse_release_records, release_id,
+    releases_to_prune, LockHolder, Outcome, ReleaseEntry, ReleaseRecord, RECORD_MARK,
+    UNPROVEN_KEPT,
 };
 
 /// `up` (the rest of the arguments), then `current` (`$c`) switched to the release

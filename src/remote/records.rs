@@ -160,6 +160,16 @@ pub fn parse_release_records(out: &str) -> Vec<ReleaseEntry> {
     entries
 }
 
+/// The release the snapshot's first line names (the basename of `current`'s target), if
+/// it is shaped like one berth made. The host's link is not trusted: a tampered
+/// `current -> .berth/releases/$(curl x|sh)` must not become the `previous-release`
+/// output that a later `run:` step may interpolate, nor a release to restore.
+pub fn current_release(line: &str) -> Option<String> {
+    Some(line.trim())
+        .filter(|id| is_release_id(id))
+        .map(String::from)
+}
+
 /// `20261124T101500Z-abc1234`, or anything shaped like one: letters, digits, `_.-`.
 pub fn is_release_id(id: &str) -> bool {
     let mut chars = id.chars();

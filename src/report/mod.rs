@@ -177,6 +177,10 @@ pub struct Report {
     pub outcome: Option<Outcome>,
     pub sha: Option<String>,
     pub sha_source: Option<String>,
+    /// The branch the gate proved the commit is on, which `{branch}` in tags names: under
+    /// workflow_run that is `head_branch`, not GITHUB_REF_NAME (the default branch there).
+    /// A local run (no event) has GITHUB_REF_NAME.
+    pub branch: Option<String>,
     pub environment: String,
     pub phases: Vec<PhaseRecord>,
     pub ci: CiReport,

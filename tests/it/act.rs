@@ -140,6 +140,8 @@ fn act_runs_the_action_for_workflow_run_push_and_a_broken_release() {
             .trim()
             .to_string();
     let event = crate::support::workflow_run_payload(&head, "success");
+    // Under workflow_run berth asks GitHub whether `head_sha` is on `head_branch`.
+    fake.branch("master", &head, &[]);
     let event_path = stage.deploy_dir.with_file_name("workflow_run.json");
     std::fs::write(&event_path, event.to_string()).unwrap();
     let a = act(

@@ -45,14 +45,17 @@ fn workflow_run_event(b: Berth, conclusion: &str) -> Berth {
 #[test]
 fn workflow_run_success_passes_with_the_payload_sha_not_github_sha() {
     let fake = FakeGithub::start();
+    fake.branch("master", PAYLOAD_SHA, &[]);
     let (verdict, report, log) = gate(&workflow_run_event(push(&fake), "success"));
     assert_eq!(verdict.unwrap(), GateVerdict::Passed);
     assert_eq!(report.sha.as_deref(), Some(PAYLOAD_SHA));
     assert_ne!(PAYLOAD_SHA, SHA);
     assert!(log.contains("workflow_run.head_sha"), "{log}");
-    assert!(
-        fake.requests().is_empty(),
-        "the payload is the evidence; no API call is needed"
+    let asked: Vec<String> = fake.requests().into_iter().map(|r| r.url).collect();
+    assert_eq!(
+        asked,
+        ["/repos/acme/shop/branches/master"],
+        "the payload is the CI evidence; only the branch is asked"
     );
 }
 

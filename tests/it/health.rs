@@ -572,3 +572,41 @@ fn credentials_in_the_health_url_are_sent_but_never_printed() {
         .collect();
     assert!(leaked.is_empty(), "{leaked:#?}");
 }
+
+/// An endpoint that answers 200 and then streams its body without end, in chunks.
+fn endless_body_server() -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let thread = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = conn.read(&mut request);
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+        if conn.write_all(head.as_bytes()).is_err() || conn.write_all(b"2\r\n[\"\r\n").is_err() {
+            return;
+        }
+        // Until berth hangs up: never past the cap, if berth stops where it should.
+        while conn.write_all(chunk.as_bytes()).is_ok() {}
+    });
+    (url, thread)
+}
+
+#[test]
+fn a_health_body_that_streams_without_end_fails_the_probe_at_the_cap_not_the_timeout() {
+    let (url, server) = endless_body_server();
+    let started = std::time::Instant::now();
+    let outcome = once(&probe(&url, &[("health-json", "/status=ok")]));
+    assert_eq!(outcome, ProbeOutcome::BodyTooLarge, "{outcome}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ended by the cap, not by the probe's 2 s limit: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        outcome.to_string().contains("the body passed 1 MiB"),
+        "{outcome}"
+    );
+    server.join().unwrap();
+}

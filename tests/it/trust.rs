@@ -13,16 +13,20 @@ use crate::support::{captured_runner, workflow_run_payload, Berth, Run, SHA};
 
 /// Runs only the gate, through the library.
 fn gate(b: &Berth) -> Result<GateVerdict, GateError> {
+    gate_report(b, &mut Report::default())
+}
+
+/// The gate, recording into `report`.
+fn gate_report(b: &Berth, report: &mut Report) -> Result<GateVerdict, GateError> {
     let env = b.env_map();
     let ctx = GithubContext::from_env(&env);
     let cfg = inputs::parse(&env, &ctx).expect("valid inputs");
     let (runner, _) = captured_runner();
-    let mut report = Report::default();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(berth::pipeline::ci_gate(&cfg, &ctx, &runner, &mut report))
+        .block_on(berth::pipeline::ci_gate(&cfg, &ctx, &runner, report))
 }
 
 fn fork_payload() -> serde_json::Value {
@@ -103,6 +107,7 @@ fn a_same_repository_pull_request_is_refused_by_default_and_allowed_by_events() 
     let fake = FakeGithub::start();
     let mut event = workflow_run_payload(SHA, "success");
     event["workflow_run"]["event"] = "pull_request".into();
+    fake.branch("master", SHA, &[]);
     let b = Berth::valid()
         .env("GITHUB_API_URL", &fake.url)
         .event("workflow_run", &event)
@@ -129,7 +134,7 @@ fn a_push_on_another_branch_is_refused_and_branches_allows_it() {
         .run("ci.yml", FakeRun::new(800, SHA, &[SUCCESS]));
     let b = Berth::valid()
         .env("GITHUB_API_URL", &fake.url)
-        .env("GITHUB_REF_NAME", "feature/login")
+        .git_ref("refs/heads/feature/login")
         .input("ci-poll-interval", "100ms");
     let warning = refusal(&b.run());
     assert!(
@@ -162,7 +167,7 @@ fn a_dispatch_deploys_from_the_default_branch_only() {
         .event("workflow_dispatch", &payload)
         .input("ci-poll-interval", "100ms");
     assert_eq!(gate(&b).unwrap(), GateVerdict::Passed);
-    let warning = refusal(&b.env("GITHUB_REF_NAME", "hotfix").run());
+    let warning = refusal(&b.git_ref("refs/heads/hotfix").run());
     assert!(
         warning.contains("branch `hotfix` may not deploy"),
         "{warning}"
@@ -280,4 +285,149 @@ fn under_workflow_run_an_explicit_sha_must_be_the_tested_one() {
         err.contains("not the one CI tested") && err.contains(other) && err.contains(SHA),
         "{err}"
     );
+}
+
+#[test]
+fn a_tag_named_like_an_allowed_branch_is_not_that_branch() {
+    // `git tag main <sha>; git push origin refs/tags/main`: GITHUB_REF_NAME is `main`.
+    let fake = FakeGithub::start();
+    fake.workflow(1, "CI", "ci.yml")
+        .run("ci.yml", FakeRun::new(802, SHA, &[SUCCESS]));
+    let tag = || {
+        Berth::valid()
+            .env("GITHUB_API_URL", &fake.url)
+            .git_ref("refs/tags/main")
+            .input("ci-poll-interval", "100ms")
+    };
+    for b in [
+        tag(),
+        // No glob lets a tag through: `branches` names branches.
+        tag().input("branches", "**"),
+        // A dispatch on a tag names the tag's ref too.
+        tag().event(
+            "workflow_dispatch",
+            &serde_json::json!({"ref": "refs/tags/main", "inputs": {},
+                "repository": {"full_name": "acme/shop", "default_branch": "main"}}),
+        ),
+    ] {
+        let warning = refusal(&b.run());
+        assert!(
+            warning.contains("`refs/tags/main` is not a branch")
+                && warning.contains("a tag `main` is not the branch `main`"),
+            "{warning}"
+        );
+    }
+    // A pull request's merge ref is no branch either.
+    let pr = tag()
+        .git_ref("refs/pull/7/merge")
+        .input("events", "push, pull_request")
+        .env("GITHUB_EVENT_NAME", "pull_request");
+    assert!(refusal(&pr.run()).contains("`refs/pull/7/merge` is not a branch"));
+    assert!(
+        fake.requests().is_empty(),
+        "refused before the CI gate asks"
+    );
+}
+
+/// A workflow_run whose CI run tested `sha` on something named `head_branch`.
+fn workflow_run_on(b: Berth, head_branch: &str) -> Berth {
+    let mut event = workflow_run_payload(SHA, "success");
+    event["workflow_run"]["head_branch"] = head_branch.into();
+    event["repository"]["default_branch"] = "main".into();
+    b.event("workflow_run", &event).input("ci-workflows", "")
+}
+
+#[test]
+fn under_workflow_run_head_sha_must_be_on_the_branch_head_branch_names() {
+    let main_head = "3333333333333333333333333333333333333333";
+    let older = "4444444444444444444444444444444444444444";
+    let fake = FakeGithub::start();
+    fake.branch("main", main_head, &[older]);
+    let b = workflow_run_on(Berth::valid().env("GITHUB_API_URL", &fake.url), "main");
+
+    // A tag `main` at unreviewed code: the CI run's head_branch says `main` as well.
+    let warning = refusal(&b.run());
+    assert!(
+        warning.contains(&format!("commit {SHA} is not on branch `main`"))
+            && warning.contains(main_head)
+            && warning.contains("`diverged`"),
+        "{warning}"
+    );
+    let asked: Vec<String> = fake.requests().into_iter().map(|r| r.url).collect();
+    assert_eq!(
+        asked,
+        [
+            "/repos/acme/shop/branches/main".to_string(),
+            format!("/repos/acme/shop/compare/{main_head}...{SHA}?per_page=1"),
+        ],
+        "the compare's base is the branch's head sha, never the name a tag can answer to"
+    );
+
+    // The branch's head, or a commit the branch has moved past, is on it.
+    let at_head = FakeGithub::start();
+    at_head.branch("main", SHA, &[]);
+    let b = workflow_run_on(Berth::valid().env("GITHUB_API_URL", &at_head.url), "main");
+    assert_eq!(gate(&b).unwrap(), GateVerdict::Passed);
+    let behind = FakeGithub::start();
+    behind.branch("main", main_head, &[older, SHA]);
+    let b = workflow_run_on(Berth::valid().env("GITHUB_API_URL", &behind.url), "main");
+    assert_eq!(gate(&b).unwrap(), GateVerdict::Passed);
+
+    // No such branch at all (only a tag has the name).
+    let none = FakeGithub::start();
+    let b = workflow_run_on(Berth::valid().env("GITHUB_API_URL", &none.url), "main");
+    assert!(refusal(&b.run()).contains("the repository has no branch `main`"));
+
+    // GitHub unreachable: it cannot be proven, so nothing deploys, naming both.
+    let run = workflow_run_on(Berth::valid(), "main").run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let err = run.errors()[0];
+    assert!(
+        err.contains(&format!(
+            "cannot prove that commit {SHA} is on branch `main`"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn branch_in_tags_under_workflow_run_is_the_proven_head_branch_not_github_ref_name() {
+    let fake = FakeGithub::start();
+    fake.branch("release/1.2", SHA, &[]);
+    let b = workflow_run_on(
+        Berth::valid().env("GITHUB_API_URL", &fake.url),
+        "release/1.2",
+    )
+    .input("branches", "release/*")
+    .input("tags", "{branch}-{short_sha}\n{branch}-latest")
+    // Under workflow_run the runner's ref is the default branch's.
+    .git_ref("refs/heads/main");
+    let mut report = Report::default();
+    assert_eq!(gate_report(&b, &mut report).unwrap(), GateVerdict::Passed);
+    let env = b.env_map();
+    let ctx = GithubContext::from_env(&env);
+    let cfg = inputs::parse(&env, &ctx).expect("valid inputs");
+    assert_eq!(report.branch.as_deref(), Some("release/1.2"));
+    let short = &SHA[..7];
+    for (immutable, want) in [
+        (true, format!("release-1.2-{short}")),
+        (false, "release-1.2-latest".to_string()),
+    ] {
+        let tags = berth::images::expand_tags(&cfg.build, &ctx, SHA, immutable, &mut report);
+        assert_eq!(tags, [want], "never `main`");
+    }
+}
+
+#[test]
+fn under_act_push_without_a_default_branch_the_warning_names_both_ways_through() {
+    // act's own push payload: a ref, but no `repository.default_branch`.
+    let run = Berth::valid()
+        .event("push", &serde_json::json!({"ref": "refs/heads/main"}))
+        .run();
+    let warning = refusal(&run);
+    assert!(
+        warning.contains("branches: main") && warning.contains("act push -e event.json"),
+        "{warning}"
+    );
+    assert!(warning.contains("repository.default_branch"), "{warning}");
 }

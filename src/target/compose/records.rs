@@ -17,7 +17,7 @@ impl ComposeHost {
             None => (rest, ""),
         };
         self.releases = remote::parse_release_records(records);
-        self.previous = Some(current.trim().to_string()).filter(|s| !s.is_empty());
+        self.previous = remote::current_release(current);
         let (rest, note) = rest.split_once(remote::HEALED_MARK).unwrap_or((rest, ""));
         self.healed = remote::parse_healed_note(note);
         if self.healed.is_some() {

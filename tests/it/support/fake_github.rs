@@ -117,9 +117,17 @@ struct Workflow {
     polls: usize,
 }
 
+/// A branch (`refs/heads/<name>`): its head, and older commits in its history.
+struct Branch {
+    name: String,
+    head: String,
+    history: Vec<String>,
+}
+
 #[derive(Default)]
 struct State {
     workflows: Vec<Workflow>,
+    branches: Vec<Branch>,
     faults: VecDeque<Fault>,
     requests: Vec<Recorded>,
     remaining: u64,
@@ -208,6 +216,17 @@ impl FakeGithub {
             .find(|w| w.file == file)
             .expect("declare the workflow first");
         wf.runs.push(run);
+        self
+    }
+
+    /// A branch whose head is `head`, with `history` (older commits) behind it. Only
+    /// branches declared here exist; a tag of the same name is none of them.
+    pub fn branch(&self, name: &str, head: &str, history: &[&str]) -> &Self {
+        self.state.lock().unwrap().branches.push(Branch {
+            name: name.into(),
+            head: head.into(),
+            history: history.iter().map(|s| s.to_string()).collect(),
+        });
         self
     }
 
@@ -429,6 +448,11 @@ fn handle(
         }
         return conditional(st, headers, body, if_none_match);
     }
+    if method == "GET" {
+        if let Some(answer) = branch_answer(st, path, if_none_match) {
+            return answer;
+        }
+    }
     if method == "GET" && path == format!("/repos/{REPO}/actions/workflows") {
         let workflows: Vec<Value> = st
             .workflows
@@ -454,6 +478,44 @@ fn handle(
         json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})
             .to_string(),
     )
+}
+
+/// `GET .../branches/{name}` and `GET .../compare/{base}...{head}`, from GitHub's example
+/// bodies: a compare's `status` is `identical`, `behind` (the head is in the base's
+/// history) or `diverged`.
+fn branch_answer(st: &mut State, path: &str, if_none_match: Option<&str>) -> Option<Answer> {
+    let not_found = |st: &State, message: &str| {
+        let body = json!({"message": message, "documentation_url": "https://docs.github.com/rest"});
+        (404, rate_headers(st), body.to_string())
+    };
+    if let Some(name) = path.strip_prefix(&format!("/repos/{REPO}/branches/")) {
+        let Some(b) = st.branches.iter().find(|b| b.name == name) else {
+            return Some(not_found(st, "Branch not found"));
+        };
+        let mut v = fixture("get-branch.200.json");
+        v["name"] = json!(b.name);
+        v["commit"]["sha"] = json!(b.head);
+        v["protected"] = json!(true);
+        let headers = rate_headers(st);
+        return Some(conditional(st, headers, v.to_string(), if_none_match));
+    }
+    let basehead = path.strip_prefix(&format!("/repos/{REPO}/compare/"))?;
+    let (base, head) = basehead.split_once("...")?;
+    let Some(b) = st.branches.iter().find(|b| b.head == base) else {
+        return Some(not_found(st, "Not Found"));
+    };
+    let (status, ahead, behind) = match b.history.iter().position(|c| c == head) {
+        _ if head == base => ("identical", 0, 0),
+        Some(i) => ("behind", 0, i + 1),
+        None => ("diverged", 1, b.history.len() + 1),
+    };
+    let mut v = fixture("compare-commits.200.json");
+    v["status"] = json!(status);
+    v["ahead_by"] = json!(ahead);
+    v["behind_by"] = json!(behind);
+    v["base_commit"]["sha"] = json!(base);
+    let headers = rate_headers(st);
+    Some(conditional(st, headers, v.to_string(), if_none_match))
 }
 
 fn conditional(

@@ -92,7 +92,9 @@ impl Berth {
         env.insert("GITHUB_WORKSPACE".into(), ws.to_string_lossy().to_string());
         env.insert("GITHUB_EVENT_NAME".into(), "push".into());
         env.insert("GITHUB_SHA".into(), SHA.into());
+        env.insert("GITHUB_REF".into(), "refs/heads/main".into());
         env.insert("GITHUB_REF_NAME".into(), "main".into());
+        env.insert("GITHUB_REF_TYPE".into(), "branch".into());
         env.insert("GITHUB_RUN_ID".into(), "4242".into());
         env.insert("GITHUB_RUN_NUMBER".into(), "17".into());
         env.insert("GITHUB_ACTOR".into(), "octocat".into());
@@ -129,6 +131,18 @@ impl Berth {
         std::fs::write(&path, payload.to_string()).unwrap();
         self.env("GITHUB_EVENT_NAME", name)
             .env("GITHUB_EVENT_PATH", path.to_str().unwrap())
+    }
+
+    /// The run's ref, as the runner sets it: `GITHUB_REF`, and from it `GITHUB_REF_NAME`
+    /// (the bare name, the same for a branch and a tag) and `GITHUB_REF_TYPE`.
+    pub fn git_ref(self, git_ref: &str) -> Berth {
+        let (kind, name) = match git_ref.strip_prefix("refs/tags/") {
+            Some(tag) => ("tag", tag),
+            None => ("branch", git_ref.trim_start_matches("refs/heads/")),
+        };
+        self.env("GITHUB_REF", git_ref)
+            .env("GITHUB_REF_NAME", name)
+            .env("GITHUB_REF_TYPE", kind)
     }
 
     pub fn input(mut self, name: &str, value: &str) -> Berth {
