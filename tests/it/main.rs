@@ -19,3 +19,4 @@ mod rig_smoke;
 mod secrets;
 mod swarm;
 mod trust;
+mod upload;
