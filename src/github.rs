@@ -573,7 +573,7 @@ fn api_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["message"].as_str().map(String::from))
-        .unwrap_or_else(|| body.chars().take(200).collect())
+        .unwrap_or_else(|| crate::secret::excerpt(&crate::secret::registered(), body, 200))
 }
 
 /// Encoded for a path segment or a query value: `/`, `#`, `?`, `%` cannot change the

@@ -309,9 +309,10 @@ pub fn judge(
     matcher: &StatusMatcher,
     json: &[JsonExpectation],
 ) -> ProbeOutcome {
+    // Scrubbed whole before the cut: a cut first could leave half a secret no mask matches.
     let excerpt = || {
-        let cut = &body[..body.len().min(BODY_EXCERPT)];
-        String::from_utf8_lossy(cut).replace('\n', " ")
+        let whole = String::from_utf8_lossy(body).replace('\n', " ");
+        crate::secret::excerpt(&crate::secret::registered(), &whole, BODY_EXCERPT)
     };
     if !matcher.accepts(status) {
         return ProbeOutcome::Http {
@@ -429,6 +430,31 @@ mod tests {
         assert!(
             matches!(judge(503, &big, &ok200(), &[]), ProbeOutcome::Http { ref body, .. } if body.len() == BODY_EXCERPT)
         );
+    }
+
+    #[test]
+    fn a_secret_across_the_body_excerpt_cut_is_masked_not_halved() {
+        let secret = "health-body-secret-7719";
+        crate::secret::register(&crate::secret::Secret::new(secret));
+        // Whole in the body, but across byte 512: a cut first left `health-body-secr`.
+        let body = format!("{}{secret} and more", "a".repeat(BODY_EXCERPT - 8));
+        let ProbeOutcome::Http { body: shown, .. } = judge(503, body.as_bytes(), &ok200(), &[])
+        else {
+            panic!("a 503 is an HTTP failure");
+        };
+        assert!(shown.len() <= BODY_EXCERPT, "{}", shown.len());
+        assert!(
+            shown.starts_with(&format!("{}***", "a".repeat(BODY_EXCERPT - 8))),
+            "{shown}"
+        );
+        assert!(!shown.contains("health-b"), "{shown}");
+        // A start of the secret at the cut edge, whatever follows it, is masked too.
+        let cut = format!("{}health-body-seXXX", "b".repeat(BODY_EXCERPT - 14));
+        let ProbeOutcome::Http { body: shown, .. } = judge(503, cut.as_bytes(), &ok200(), &[])
+        else {
+            panic!("a 503 is an HTTP failure");
+        };
+        assert!(!shown.contains("health-b"), "{shown}");
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub fn fence(info: &str, body: &str) -> String {
 /// Every line cut to at most `max` bytes (on a char boundary), saying how much went.
 pub fn cut_long_lines(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(1 << 20));
+    let masks = crate::secret::registered();
     for (i, line) in crate::workflow::runner_lines(s).into_iter().enumerate() {
         if i > 0 {
             out.push('\n');
@@ -126,7 +127,9 @@ pub fn cut_long_lines(s: &str, max: usize) -> String {
         while !line.is_char_boundary(end) {
             end -= 1;
         }
-        out.push_str(&line[..end]);
+        // Text is scrubbed before it is cut; what was cut before berth saw it (a log line
+        // cut on the host) may still end in the start of a secret.
+        out.push_str(&crate::secret::mask_cut_end(&masks, &line[..end]));
         out.push_str(&format!(" … [line cut: {} more bytes]", line.len() - end));
     }
     out
@@ -165,6 +168,12 @@ pub struct Md<'a> {
 impl<'a> Md<'a> {
     pub fn new(scrub: &'a dyn Fn(&str) -> String) -> Md<'a> {
         Md { scrub }
+    }
+
+    /// The raw text scrubbed, for a caller that cuts it (a tail) before it is written:
+    /// cut first, a secret could be split into halves that no mask matches.
+    pub fn scrub(&self, s: &str) -> String {
+        (self.scrub)(s)
     }
 
     pub fn text(&self, s: &str) -> String {

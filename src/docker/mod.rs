@@ -313,7 +313,7 @@ impl ClassicProgress {
         let mut pending = std::mem::take(&mut self.pending).into_bytes();
         pending.extend_from_slice(text.as_bytes());
         let mut lines = Vec::new();
-        crate::workflow::drain_lines(&mut pending, &mut |l| {
+        crate::workflow::drain_lines(&mut pending, &crate::secret::registered(), &mut |l| {
             lines.push(String::from_utf8_lossy(l).trim_end().to_string())
         });
         self.pending = String::from_utf8_lossy(&pending).into_owned();
@@ -388,7 +388,7 @@ impl BuildkitProgress {
             let n = self.number(&log.vertex);
             let buf = self.partial.entry(log.vertex.clone()).or_default();
             buf.extend_from_slice(&log.msg);
-            crate::workflow::drain_lines(buf, &mut |line| {
+            crate::workflow::drain_lines(buf, &crate::secret::registered(), &mut |line| {
                 on_line(&format!(
                     "#{n} {}",
                     String::from_utf8_lossy(line).trim_end()

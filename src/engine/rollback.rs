@@ -413,13 +413,18 @@ pub fn telling_lines(diagnostics: &[Diagnostics], n: usize) -> Vec<String> {
     ];
     let mut telling = Vec::new();
     let mut tail = Vec::new();
+    // Scrubbed before the cut: a cut first could leave half a secret no mask matches.
+    let masks = crate::secret::registered();
     for d in diagnostics {
         for (container, log) in &d.logs {
             for line in log.lines().filter(|l| !l.trim().is_empty()) {
                 // One huge line must not crowd the others out of the annotation.
                 let tagged = format!(
                     "{container}: {}",
-                    crate::markdown::cut_long_lines(line.trim(), 300)
+                    crate::markdown::cut_long_lines(
+                        &crate::secret::scrub(&masks, line.trim()),
+                        300
+                    )
                 );
                 let lower = line.to_ascii_lowercase();
                 if keywords.iter().any(|k| lower.contains(k)) {
@@ -431,4 +436,28 @@ pub fn telling_lines(diagnostics: &[Diagnostics], n: usize) -> Vec<String> {
     }
     let pick = if telling.is_empty() { tail } else { telling };
     pick[pick.len().saturating_sub(n)..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 25: a log line was cut at 300 bytes before it was scrubbed.
+    #[test]
+    fn a_secret_across_the_telling_line_cut_is_scrubbed_whole() {
+        let secret = "telling-line-secret-8042";
+        crate::secret::register(&crate::secret::Secret::new(secret));
+        let d = Diagnostics {
+            host: "h".into(),
+            ps: String::new(),
+            logs: vec![(
+                "web-1".into(),
+                format!("error: {}{secret} and on", "c".repeat(285)),
+            )],
+        };
+        let lines = telling_lines(&[d], 5);
+        assert_eq!(lines.len(), 1);
+        assert!(!lines[0].contains("telling-l"), "{}", lines[0]);
+        assert!(lines[0].contains("***"), "{}", lines[0]);
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::sync::LazyLock;
 
+use base64::engine::general_purpose::{STANDARD as BASE64, STANDARD_NO_PAD as BASE64_NO_PAD};
+use base64::Engine as _;
 use regex::Regex;
 use url::Url;
 
@@ -37,14 +39,54 @@ pub(crate) fn raw_secrets(env: &Env) -> Vec<Secret> {
         .and_then(|u| Url::parse(u.trim()).ok())
     {
         out.extend(url_password(&u).into_iter().map(Secret::new));
+        if !u.password().unwrap_or("").is_empty() {
+            // reqwest sends the userinfo as `Authorization: Basic base64(user:password)`.
+            let pair = format!("{}:{}", u.username(), u.password().unwrap_or(""));
+            out.push(Secret::new(BASE64.encode(&pair)));
+            out.push(Secret::new(pair));
+        }
     }
     if let Some(h) = env.get(&env_name("health-headers")) {
         for line in list_lines(h) {
             match line.split_once(':') {
-                Some((_, value)) if !value.trim().is_empty() => out.push(Secret::new(value.trim())),
+                Some((_, value)) if !value.trim().is_empty() => {
+                    out.push(Secret::new(value.trim()));
+                    out.extend(credential_parts(value.trim()).into_iter().map(Secret::new));
+                }
                 // A line that is not `Name: value` may be a bare secret: mask all of it.
                 _ => out.push(Secret::new(line)),
             }
+        }
+    }
+    out
+}
+
+/// The credentials inside an HTTP authorization value, each masked on its own: an app that
+/// logs its request may print the token of `Bearer <token>` without the scheme, or the
+/// `user:password` of `Basic <base64>` decoded (an app's auth middleware does).
+fn credential_parts(value: &str) -> Vec<String> {
+    let Some((scheme, token)) = value.split_once(char::is_whitespace) else {
+        return Vec::new();
+    };
+    let token = token.trim();
+    // Other values with a space (`Accept: text/html, */*`) are no credentials: masking
+    // their words would garble logs.
+    let scheme = scheme.to_ascii_lowercase();
+    if token.is_empty() || !matches!(scheme.as_str(), "bearer" | "basic" | "token") {
+        return Vec::new();
+    }
+    let mut out = vec![token.to_string()];
+    if scheme == "basic" {
+        let decoded = BASE64
+            .decode(token)
+            .or_else(|_| BASE64_NO_PAD.decode(token.trim_end_matches('=')))
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        if let Some((user, password)) = decoded.as_deref().and_then(|d| d.split_once(':')) {
+            out.push(format!("{user}:{password}"));
+            out.extend(Some(password).filter(|p| !p.is_empty()).map(String::from));
+            // A short user name (`admin`) is no secret; see `url_password`.
+            out.extend(Some(user).filter(|u| u.len() >= 8).map(String::from));
         }
     }
     out
@@ -105,5 +147,58 @@ mod tests {
     fn env_values_are_masked_unless_short_and_plain() {
         let v = env_file_values("PORT=3000\nMIGRATE=fail\nDB_PASS=abc\nNODE_ENV=production\n# X=commented-out-secret\nJWT=\"long-enough-secret\"\n");
         assert_eq!(v, vec!["abc", "production", "long-enough-secret"]);
+    }
+
+    fn masked_for(inputs: &[(&str, &str)]) -> Vec<String> {
+        let env: Env = inputs
+            .iter()
+            .map(|(k, v)| (env_name(k), v.to_string()))
+            .collect();
+        raw_secrets(&env)
+            .iter()
+            .flat_map(|s| s.fragments().into_iter().map(String::from))
+            .collect()
+    }
+
+    #[test]
+    fn a_bearer_token_is_masked_without_its_scheme() {
+        let masks = masked_for(&[("health-headers", "Authorization: Bearer tok-3391-secret")]);
+        assert!(
+            masks.contains(&"Bearer tok-3391-secret".to_string()),
+            "{masks:?}"
+        );
+        assert!(masks.contains(&"tok-3391-secret".to_string()), "{masks:?}");
+    }
+
+    #[test]
+    fn basic_auth_is_masked_encoded_decoded_and_by_its_password() {
+        // base64("deployer-bot:pw-5521-secret")
+        let b64 = BASE64.encode("deployer-bot:pw-5521-secret");
+        let masks = masked_for(&[("health-headers", &format!("Authorization: Basic {b64}"))]);
+        for m in [
+            b64.as_str(),
+            "deployer-bot:pw-5521-secret",
+            "pw-5521-secret",
+            "deployer-bot",
+        ] {
+            assert!(masks.iter().any(|x| x == m), "{m} not in {masks:?}");
+        }
+        // A short user name is no secret: masking `admin` would garble every log line.
+        let short = BASE64.encode("admin:pw-7781-secret");
+        let masks = masked_for(&[("health-headers", &format!("X-Auth: basic {short}"))]);
+        assert!(masks.iter().any(|x| x == "pw-7781-secret"), "{masks:?}");
+        assert!(!masks.iter().any(|x| x == "admin"), "{masks:?}");
+    }
+
+    #[test]
+    fn a_health_url_with_a_password_is_masked_as_the_basic_auth_reqwest_sends() {
+        let masks = masked_for(&[(
+            "health-url",
+            "https://probe:pw-6613-secret@app.example/health",
+        )]);
+        let sent = BASE64.encode("probe:pw-6613-secret");
+        for m in [sent.as_str(), "probe:pw-6613-secret", "pw-6613-secret"] {
+            assert!(masks.iter().any(|x| x == m), "{m} not in {masks:?}");
+        }
     }
 }

@@ -388,7 +388,7 @@ pub(crate) fn log_tail(reader: &str, name: &str, n: usize, entries: usize) -> Cm
         "sh".to_string(),
         "-c".into(),
         format!(
-            r#"{reader} --tail "$3" "$1" 2>&1 | awk -v max="$4" '{{ if (length($0) > max) print substr($0, 1, max) " … [line cut: " length($0) - max " more]"; else print }}' | tail -n "$2""#
+            r#"{reader} --tail "$3" "$1" 2>&1 | awk -v max="$4" '{{ if (length($0) > max) print substr($0, 1, max) "{LOG_CUT}" length($0) - max " more]"; else print }}' | tail -n "$2""#
         ),
         "sh".into(),
         name.into(),
@@ -400,6 +400,26 @@ pub(crate) fn log_tail(reader: &str, name: &str, n: usize, entries: usize) -> Cm
 
 const LOG_ENTRIES_PER_LINE: usize = 20;
 const LOG_LINE_BYTES: usize = 2000;
+/// What [`log_tail`] puts where it cut a line on the host.
+const LOG_CUT: &str = " … [line cut: ";
+
+/// A log tail read by [`log_tail`] as berth keeps it: scrubbed, and where a line was cut
+/// on the host, a start of a secret left before the cut masked (its rest never crossed,
+/// so no mask matches it whole).
+pub fn scrubbed_log(masks: &[String], log: &str) -> String {
+    let log = crate::secret::scrub(masks, log);
+    let mut out = String::with_capacity(log.len());
+    for line in log.split_inclusive('\n') {
+        match line.rfind(LOG_CUT) {
+            Some(at) => {
+                out.push_str(&crate::secret::mask_cut_end(masks, &line[..at]));
+                out.push_str(&line[at..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
 
 pub const COMPOSE_FILE: &str = "compose.yml";
 pub const OVERRIDE_FILE: &str = "berth.override.yml";

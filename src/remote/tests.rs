@@ -972,3 +972,23 @@ esac"#,
     );
     assert!(text.ends_with("up ran\n"), "{text}");
 }
+
+/// Issue 25: a log line cut at 2,000 bytes on the host can end in the start of a secret
+/// whose rest never crossed the connection, so no mask matches it.
+#[test]
+fn a_secret_cut_with_a_log_line_on_the_host_is_masked() {
+    let secret = "host-cut-secret-9150".to_string();
+    let masks = [secret.clone()];
+    let log = format!(
+        "{}host-cut-se … [line cut: 9 more]\nwhole {secret} line\nlast\n",
+        "a".repeat(1989)
+    );
+    let kept = scrubbed_log(&masks, &log);
+    assert_eq!(
+        kept,
+        format!(
+            "{}*** … [line cut: 9 more]\nwhole *** line\nlast\n",
+            "a".repeat(1989)
+        )
+    );
+}

@@ -29,7 +29,7 @@ impl Report {
             blocks.push(format!(
                 "**{}**\n\n{}\n**What to do next:** {}\n\n",
                 w.text(&f.title),
-                w.fence("", &tail_of(&truncate_lines(&f.message, 40))),
+                w.fence("", &tail_of(&truncate_lines(&w.scrub(&f.message), 40))),
                 next_step(f.cause, f.phase, self.outcome(), self.recovery.is_some())
             ));
         }
@@ -309,7 +309,7 @@ fn diagnostics_block(d: &Diagnostics, w: &Md) -> String {
             md,
             "**{}** (last lines of its log)\n\n{}",
             w.text(container),
-            w.fence("", &tail_of(log.trim_end()))
+            w.fence("", &tail_of(&w.scrub(log.trim_end())))
         );
     }
     md.push_str("</details>\n\n");
@@ -317,7 +317,8 @@ fn diagnostics_block(d: &Diagnostics, w: &Md) -> String {
 }
 
 /// The end of a log for the summary: long lines cut first, so that one huge line cannot
-/// push every line before it out of the tail, then the last [`LOG_BYTES`].
+/// push every line before it out of the tail, then the last [`LOG_BYTES`]. The log must
+/// be scrubbed already ([`Md::scrub`]): a cut can split a secret.
 fn tail_of(log: &str) -> String {
     truncate_bytes(
         &markdown::cut_long_lines(log, markdown::LINE_BYTES),
@@ -364,7 +365,7 @@ pub fn truncate_bytes(s: &str, max: usize) -> String {
     format!(
         "[truncated: {} earlier bytes not shown]\n{}",
         start,
-        &s[start..]
+        crate::secret::mask_cut_start(&crate::secret::registered(), &s[start..])
     )
 }
 

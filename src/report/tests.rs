@@ -258,3 +258,36 @@ fn durations_in_messages_are_rounded() {
     assert_eq!(Rounded(Duration::from_millis(5_123)).to_string(), "5.1 s");
     assert_eq!(Rounded(Duration::from_secs(600)).to_string(), "600 s");
 }
+
+/// Issue 25: a log tail was cut (lines at 2,000 bytes, the tail at 64 KiB) before it was
+/// scrubbed, so a secret across a cut was left in halves that no mask matched.
+#[test]
+fn a_secret_across_a_log_tail_cut_is_scrubbed_whole() {
+    let secret = "summary-tail-secret-5147";
+    let masks = vec![secret.to_string()];
+    let scrub = |s: &str| crate::secret::scrub(&masks, s);
+    let mut r = Report::default();
+    // Across the 2,000-byte line cut, and across the 64 KiB tail's front edge.
+    let long_line = format!("{}{secret} after", "a".repeat(1990));
+    let tail_edge = format!("{secret}{}", "b\n".repeat(32 * 1024 - 4));
+    r.fail(
+        Phase::Health,
+        "berth: health check failed",
+        long_line.clone(),
+    );
+    r.diagnostics = vec![Diagnostics {
+        host: "h".into(),
+        ps: "p".into(),
+        logs: vec![
+            ("web-1".into(), long_line),
+            ("worker-1".into(), format!("start\n{tail_edge}")),
+        ],
+    }];
+    let md = r.summary_with(&crate::markdown::Md::new(&scrub));
+    for part in [&secret[..8], &secret[secret.len() - 8..]] {
+        assert!(
+            !md.contains(part),
+            "{part} of the secret is left in the summary"
+        );
+    }
+}

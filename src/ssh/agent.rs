@@ -247,7 +247,7 @@ impl Marked {
         }
         self.pending.extend_from_slice(bytes);
         let mut lines: Vec<String> = Vec::new();
-        crate::workflow::drain_lines(&mut self.pending, &mut |l| {
+        crate::workflow::drain_lines(&mut self.pending, &crate::secret::registered(), &mut |l| {
             lines.push(String::from_utf8_lossy(l).into_owned())
         });
         for line in lines {

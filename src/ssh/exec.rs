@@ -205,7 +205,7 @@ impl LineBuffer {
     pub(super) fn push(&mut self, bytes: &[u8], on_line: &mut impl FnMut(&str)) {
         self.pending.extend_from_slice(bytes);
         let mut lines = Vec::new();
-        crate::workflow::drain_lines(&mut self.pending, &mut |l| {
+        crate::workflow::drain_lines(&mut self.pending, &crate::secret::registered(), &mut |l| {
             lines.push(String::from_utf8_lossy(l).into_owned())
         });
         for line in lines {
@@ -218,10 +218,14 @@ impl LineBuffer {
         self.all.push_str(line);
         self.all.push('\n');
         if self.all.len() > KEPT_BYTES {
-            let mut cut = self.all.len() - KEPT_BYTES / 2;
-            while !self.all.is_char_boundary(cut) {
-                cut += 1;
-            }
+            // At the start of a line: a cut inside one could leave the end of a secret
+            // that no mask matches. No line splits a secret (see `drain_lines`), and a
+            // secret of several lines is masked line by line too.
+            let from = self.all.len() - KEPT_BYTES / 2;
+            let cut = self.all.as_bytes()[from..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.all.len(), |i| from + i + 1);
             self.all.drain(..cut);
             self.dropped += cut;
         }

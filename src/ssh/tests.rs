@@ -136,3 +136,25 @@ fn a_known_hosts_line_for_another_host_does_not_vouch_for_this_one() {
     let err = check_host_key("u@web2:22", &blob, "ssh-ed25519", "ed25519", &trust).unwrap_err();
     assert!(matches!(err, SshError::HostKeyNotPinned { .. }), "{err}");
 }
+
+/// Issue 25: the kept tail of a command's output was cut inside a line, which could leave
+/// the end of a secret at its start, where no mask matches it.
+#[test]
+fn the_kept_tail_is_cut_at_a_line_start_not_inside_a_secret() {
+    let secret = "kept-tail-secret-3370";
+    let mut buf = LineBuffer::default();
+    let mut on_line = |_: &str| {};
+    buf.take(&"a".repeat(100), &mut on_line);
+    buf.take(
+        &format!("{}{secret}{}", "b".repeat(KEPT_BYTES / 2), "c".repeat(100)),
+        &mut on_line,
+    );
+    // The next line makes the buffer cut `KEPT_BYTES / 2` before its end: 5 bytes into
+    // the secret.
+    let secret_at = 101 + KEPT_BYTES / 2;
+    let line = secret_at + 5 + KEPT_BYTES / 2 - buf.all.len() - 1;
+    buf.take(&"d".repeat(line), &mut on_line);
+    buf.finish(&mut on_line);
+    assert!(!buf.all.contains(&secret[5..]), "a partial secret is kept");
+    assert!(buf.all.ends_with(&format!("{}\n", "d".repeat(line))));
+}

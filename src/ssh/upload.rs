@@ -8,6 +8,13 @@ use super::{quote_argv, HostSession, SshError, UploadCause};
 impl HostSession {
     /// Writes a file over SFTP: to a temporary name with `mode` set before any byte is
     /// written, then renamed over the target, so a reader never sees a partial file.
+    ///
+    /// The directory may be one that containers can write (the compose project directory,
+    /// bind-mounted as `.`): a container could plant a symlink at the temporary name or
+    /// the target, pointing at, say, `~/.ssh/authorized_keys`. So the temporary name is
+    /// unlinked and then created exclusively (`O_CREAT|O_EXCL` fails on any symlink), its
+    /// mode is set on the open handle, and a symlink at the target is removed before the
+    /// rename, which replaces the name itself; nothing is written through a link.
     pub fn upload(&self, path: &str, contents: &[u8], mode: i32) -> Result<(), SshError> {
         let started = Instant::now();
         let result = self.upload_inner(path, contents, mode);
@@ -148,10 +155,12 @@ impl HostSession {
         let target = std::path::Path::new(path);
         let tmp_path = std::path::Path::new(&tmp);
         {
+            // What a crashed upload left, or a planted link: removed, never followed.
+            let _ = sftp.unlink(tmp_path);
             let mut file = sftp
                 .open_mode(
                     tmp_path,
-                    ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::TRUNCATE,
+                    ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::EXCLUSIVE,
                     mode,
                     ssh2::OpenType::File,
                 )
@@ -177,6 +186,13 @@ impl HostSession {
             })?;
             // Close now, so a server-side failure to flush is this file's, not a later one's.
             file.close().map_err(|e| self.upload_error(path, &e))?;
+        }
+        // `mv` onto a symlink to a directory would move the file into that directory.
+        if sftp
+            .lstat(target)
+            .is_ok_and(|st| st.file_type().is_symlink())
+        {
+            let _ = sftp.unlink(target);
         }
         // SFTP v3 (OpenSSH) cannot rename over an existing file; rename(2) on the host can,
         // atomically. Through the remote session, so it costs a `mv`, not a login shell.

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::secret::Secret;
+use crate::secret::{scrub, Secret};
 
 /// The runner records at most this many annotations of each level per step.
 /// GitHub drops a step summary over 1 MiB (actions/runner `AttachmentSizeLimit`), and errors
@@ -187,27 +187,28 @@ impl Runner {
             let _ = writeln!(inner.out, "::add-mask::{}", escape_data(fragment));
             inner.masks.push(fragment.to_string());
         }
+        crate::secret::register(secret);
         // Longest first, so a fragment inside a longer secret does not leave a tail behind.
         inner.masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
     }
 
     /// Replaces every registered secret fragment with `***`.
     pub fn scrub(&self, text: &str) -> String {
-        scrub_with(&self.lock().masks, text)
+        scrub(&self.lock().masks, text)
     }
 
     /// Prints text that is not a command. Any of it may have come from outside berth (a
     /// container's log, a health body, a remote error), so every line is defused first.
     pub fn line(&self, text: &str) {
         let mut inner = self.lock();
-        let text = scrub_with(&inner.masks, text);
+        let text = scrub(&inner.masks, text);
         let _ = write!(inner.out, "{}", defuse(&text));
         let _ = inner.out.flush();
     }
 
     pub fn debug_line(&self, text: &str) {
         let mut inner = self.lock();
-        let text = scrub_with(&inner.masks, text);
+        let text = scrub(&inner.masks, text);
         let _ = write!(inner.err, "{}", defuse(&text));
     }
 
@@ -219,8 +220,8 @@ impl Runner {
         *count += 1;
         let over_cap = *count > ANNOTATIONS_PER_LEVEL;
         let mut a = annotation.clone();
-        a.message = scrub_with(&inner.masks, &a.message);
-        a.title = a.title.map(|t| scrub_with(&inner.masks, &t));
+        a.message = scrub(&inner.masks, &a.message);
+        a.title = a.title.map(|t| scrub(&inner.masks, &t));
         let line = if over_cap {
             // Past the cap the runner would only log it; say it as a plain, defused line.
             defuse(&format!(
@@ -242,7 +243,7 @@ impl Runner {
     /// Opens a folded log section; it closes when the guard drops.
     pub fn group(&self, title: &str) -> GroupGuard {
         let mut inner = self.lock();
-        let title = scrub_with(&inner.masks, title);
+        let title = scrub(&inner.masks, title);
         let _ = writeln!(inner.out, "::group::{}", escape_data(&title));
         let _ = inner.out.flush();
         GroupGuard {
@@ -253,7 +254,7 @@ impl Runner {
     /// `name<<DELIM` heredoc with a random delimiter absent from the value.
     pub fn set_output(&self, name: &str, value: &str) {
         let mut inner = self.lock();
-        let value = scrub_with(&inner.masks, value);
+        let value = scrub(&inner.masks, value);
         match inner.files.output.clone() {
             Some(path) => {
                 let record = heredoc(name, &value);
@@ -269,7 +270,7 @@ impl Runner {
 
     pub fn append_summary(&self, markdown: &str) {
         let mut inner = self.lock();
-        let mut markdown = scrub_with(&inner.masks, markdown);
+        let mut markdown = scrub(&inner.masks, markdown);
         // The report keeps itself well under the limit; this is the last line of defence,
         // since over it GitHub drops the whole summary and fails the step.
         let limit = SUMMARY_LIMIT - 1024;
@@ -354,9 +355,11 @@ pub const PENDING_LINE_BYTES: usize = 64 * 1024;
 
 /// Takes every complete line out of `pending` (ended by `\n`, `\r\n` or a lone `\r`, as
 /// the runner splits them) and hands it to `on_line` without its end. A partial line
-/// longer than [`PENDING_LINE_BYTES`] is handed over as it is, so that output that never
-/// ends a line (a progress bar, a huge blob) cannot grow without bound.
-pub fn drain_lines(pending: &mut Vec<u8>, on_line: &mut impl FnMut(&[u8])) {
+/// longer than [`PENDING_LINE_BYTES`] is handed over in part, so that output that never
+/// ends a line (a progress bar, a huge blob) cannot grow without bound: the part ends on a
+/// char boundary and before any of `masks` it would split, and the last (longest mask - 1)
+/// bytes stay pending, so a secret that has not fully arrived is never cut either.
+pub fn drain_lines(pending: &mut Vec<u8>, masks: &[String], on_line: &mut impl FnMut(&[u8])) {
     let mut start = 0;
     let mut i = 0;
     while i < pending.len() {
@@ -382,8 +385,15 @@ pub fn drain_lines(pending: &mut Vec<u8>, on_line: &mut impl FnMut(&[u8])) {
     }
     pending.drain(..start);
     if pending.len() > PENDING_LINE_BYTES {
-        on_line(pending);
-        pending.clear();
+        let overlap = masks.iter().map(|m| m.len().saturating_sub(1)).max();
+        let at = pending.len() - overlap.unwrap_or(0);
+        let at = match crate::secret::split_point(masks, pending, at) {
+            // Nothing but secrets overlapping each other: no place is better than another.
+            0 => pending.len(),
+            at => at,
+        };
+        on_line(&pending[..at]);
+        pending.drain(..at);
     }
 }
 
@@ -401,16 +411,6 @@ fn cut_line(line: &str) -> std::borrow::Cow<'_, str> {
         line.len() - end
     )
     .into()
-}
-
-fn scrub_with(masks: &[String], text: &str) -> String {
-    let mut text = text.to_string();
-    for mask in masks {
-        if text.contains(mask.as_str()) {
-            text = text.replace(mask.as_str(), "***");
-        }
-    }
-    text
 }
 
 fn append(path: &PathBuf, text: &str) -> std::io::Result<()> {

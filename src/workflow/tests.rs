@@ -94,14 +94,14 @@ fn a_logged_line_cannot_inject_a_command() {
 fn streamed_output_is_drained_in_runner_lines_and_bounded() {
     let mut pending = b"a\rb\r\nc\nd\r".to_vec();
     let mut lines = Vec::new();
-    drain_lines(&mut pending, &mut |l| {
+    drain_lines(&mut pending, &[], &mut |l| {
         lines.push(String::from_utf8_lossy(l).to_string())
     });
     assert_eq!(lines, ["a", "b", "c"]);
     assert_eq!(pending, b"d\r", "a CR last may be the start of CR LF");
     let mut huge = vec![b'x'; PENDING_LINE_BYTES + 1];
     let mut n = 0;
-    drain_lines(&mut huge, &mut |_| n += 1);
+    drain_lines(&mut huge, &[], &mut |_| n += 1);
     assert_eq!((n, huge.len()), (1, 0));
 }
 
@@ -198,4 +198,50 @@ fn without_file_commands_outputs_go_to_stderr() {
     r.append_summary("## Summary");
     assert_eq!(out.text(), "");
     assert_eq!(err.text(), "output status=deployed\n## Summary\n");
+}
+
+/// Issue 25: a line over 64 KiB was flushed with whatever the stream had, so a secret
+/// (or a char) that straddled two reads was handed over in two halves, each scrubbed on
+/// its own.
+#[test]
+fn a_secret_across_the_64_kib_flush_is_handed_over_whole() {
+    let secret = "flush-edge-secret-6208";
+    let masks = vec![secret.to_string()];
+    let mut pieces: Vec<String> = Vec::new();
+    let mut reads = [
+        format!("{}{}", "x".repeat(PENDING_LINE_BYTES), &secret[..7]).into_bytes(),
+        format!("{}\n", &secret[7..]).into_bytes(),
+    ];
+    let mut pending = Vec::new();
+    for read in &mut reads {
+        pending.append(read);
+        drain_lines(&mut pending, &masks, &mut |l| {
+            pieces.push(crate::secret::scrub(&masks, &String::from_utf8_lossy(l)))
+        });
+    }
+    assert!(pieces.len() >= 2, "the long line is handed over in parts");
+    assert_eq!(
+        pieces.concat(),
+        format!("{}***", "x".repeat(PENDING_LINE_BYTES))
+    );
+}
+
+#[test]
+fn a_char_across_the_64_kib_flush_is_handed_over_whole() {
+    let e = "é".as_bytes();
+    let mut pending = [vec![b'x'; PENDING_LINE_BYTES], vec![e[0]]].concat();
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    drain_lines(&mut pending, &[], &mut |l| pieces.push(l.to_vec()));
+    pending.extend_from_slice(&[e[1], b'\n']);
+    drain_lines(&mut pending, &[], &mut |l| pieces.push(l.to_vec()));
+    for piece in &pieces {
+        assert!(
+            std::str::from_utf8(piece).is_ok(),
+            "a piece ends inside a char"
+        );
+    }
+    assert_eq!(
+        pieces.concat(),
+        [vec![b'x'; PENDING_LINE_BYTES], e.to_vec()].concat()
+    );
 }

@@ -20,3 +20,4 @@ mod rig_smoke;
 mod secrets;
 mod swarm;
 mod trust;
+mod upload;

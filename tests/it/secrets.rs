@@ -174,3 +174,36 @@ fn a_secret_printed_by_the_app_is_scrubbed_before_the_summary_escapes_it() {
         run.stdout
     );
 }
+
+/// Issue 25: an app that logs its requests may print the token of `Bearer <token>`
+/// without its scheme, or Basic auth decoded; each is masked on its own, before any
+/// other output.
+#[test]
+fn bearer_and_basic_credentials_are_masked_on_their_own() {
+    // base64 of `probe-account:basic-pw-4471`.
+    let basic = "cHJvYmUtYWNjb3VudDpiYXNpYy1wdy00NDcx";
+    let run = Berth::valid()
+        .input("hosts", "deploy@:22")
+        .input(
+            "health-headers",
+            &format!("Authorization: Bearer bearer-token-7730\nProxy-Authorization: Basic {basic}"),
+        )
+        .run();
+    let masks: Vec<&str> = run
+        .stdout
+        .lines()
+        .take_while(|l| l.starts_with("::add-mask::"))
+        .map(|l| &l["::add-mask::".len()..])
+        .collect();
+    for m in [
+        "bearer-token-7730",
+        basic,
+        "probe-account:basic-pw-4471",
+        "basic-pw-4471",
+    ] {
+        assert!(
+            masks.contains(&m),
+            "{m} is not masked on its own: {masks:#?}"
+        );
+    }
+}

@@ -276,7 +276,7 @@ impl ComposeHost {
         let lock = match &p.lock_holder {
             Some(h) => format!(
                 "; the deploy lock is held ({}), berth will wait up to `lock-timeout`",
-                h.chars().take(300).collect::<String>()
+                crate::secret::excerpt(&crate::secret::registered(), h, 300)
             ),
             None => String::new(),
         };

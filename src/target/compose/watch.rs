@@ -189,7 +189,10 @@ impl ComposeHost {
         for c in pick {
             if let Ok(out) = self.quiet(&remote::container_logs(&c.name, lines), None, QUICK, false)
             {
-                d.logs.push((c.name.clone(), out.stdout));
+                d.logs.push((
+                    c.name.clone(),
+                    remote::scrubbed_log(&crate::secret::registered(), &out.stdout),
+                ));
             }
         }
         d

@@ -640,7 +640,10 @@ impl Target for SwarmHost {
                 self.host
                     .quiet(&cmds::service_logs(&service, lines), None, QUICK, false)
             {
-                d.logs.push((service, out.stdout));
+                d.logs.push((
+                    service,
+                    crate::remote::scrubbed_log(&crate::secret::registered(), &out.stdout),
+                ));
             }
         }
         d
