@@ -38,7 +38,8 @@ pub const STEADY_MARGIN_SECS: u64 = 5;
 /// S seconds any container of P (one-offs aside) is not running (a clean exit 0 aside),
 /// restarts, is replaced, or is unhealthy. Both touch `$beat` (a heartbeat file) if set.
 pub const FUNCTIONS: &str = r#"window() {
-  w=$(docker ps -aq --filter "label=com.docker.compose.project=$1" | xargs -r docker inspect -f '{{if .Config.StopTimeout}}{{.Config.StopTimeout}}{{else}}10{{end}}' 2>/dev/null | sort -n | tail -n 1)
+  # A newer CLI templates inspect's raw JSON, where an unset StopTimeout is a missing key.
+  w=$(docker ps -aq --filter "label=com.docker.compose.project=$1" | xargs -r docker inspect -f '{{json .Config}}' 2>/dev/null | awk '{ n = 10; if (match($0, /"StopTimeout":[0-9]+/)) n = substr($0, RSTART + 14, RLENGTH - 14) + 0; print n }' | sort -n | tail -n 1)
   echo $(( ${w:-10} + MARGIN ))
 }
 settle() {
@@ -58,7 +59,8 @@ settle() {
   done
 }
 looks() {
-  docker ps -aq --filter "label=com.docker.compose.project=$1" --filter label=com.docker.compose.oneoff=False | xargs -r docker inspect -f '{{.Id}} {{.Name}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' 2>/dev/null | sort
+  # Health from the state's JSON: a missing key would fail a newer CLI's template.
+  docker ps -aq --filter "label=com.docker.compose.project=$1" --filter label=com.docker.compose.oneoff=False | xargs -r docker inspect -f '{{.Id}} {{.Name}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}} {{json .State}}' 2>/dev/null | awk '{ h = "none"; if (index($0, "\"Health\":{\"Status\":\"unhealthy\"")) h = "unhealthy"; print $1, $2, $3, $4, $5, h }' | sort
 }
 steady() {
   first=$(looks "$1") end=$(( $(date +%s) + $2 ))
@@ -183,8 +185,9 @@ for attempt in 1 2; do
   ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c" || { why="current could not be switched"; continue; }
   w=$(( $(window "$p") - $(date +%s) + t0 )); [ "$w" -ge 2 ] || w=2
   if ! why=$(steady "$p" "$w"); then continue; fi
-  want=$(images 2>/dev/null | sort -u) odd=
-  have=$(docker ps --filter "label=com.docker.compose.project=$p" --filter label=com.docker.compose.oneoff=False --format '{{.Image}}' | sort -u)
+  # By image id: what the release pins, against what the containers run.
+  want=$(images 2>/dev/null | xargs -r docker image inspect -f '{{.Id}}' 2>/dev/null | sort -u) odd=
+  have=$(docker ps -q --filter "label=com.docker.compose.project=$p" --filter label=com.docker.compose.oneoff=False | xargs -r docker inspect -f '{{.Image}}' 2>/dev/null | sort -u)
   [ -z "$want" ] || odd=$(printf '%s\n' "$have" | grep -vxF "$want")
   if [ -n "$odd" ]; then why="containers run images the release does not pin: $(echo $odd)"; continue; fi
   proven=1 why=; break

@@ -849,12 +849,14 @@ fn heal_docker(dir: &std::path::Path) -> String {
         r#"case " $* " in
 *" compose "*" up "*) echo up >> {d}/ups ;;
 *" config --images "*) echo reg/web@sha256:1 ;;
+*" image inspect "*) echo sha256:1 ;;
 *" events "*) ;;
 *" status=removing "*) ;;
 *" ps -aq "*) echo c1 ;;
-*" ps "*"{{{{.Image}}}}"*) echo reg/web@sha256:1 ;;
-*" inspect "*StopTimeout*) echo 0 ;;
-*" inspect "*RestartCount*) echo "c1 /shop-web-1 ${{STATE:-running}} ${{CODE:-0}} 0 none" ;;
+*" ps -q "*) echo c1 ;;
+*" inspect "*"{{{{.Image}}}}"*) echo sha256:1 ;;
+*" inspect "*".Config}}}}"*) echo '{{"StopTimeout":0}}' ;;
+*" inspect "*RestartCount*) echo "c1 /shop-web-1 ${{STATE:-running}} ${{CODE:-0}} 0 {{\"Health\":{{\"Status\":\"${{HEALTH:-healthy}}\"}}}}" ;;
 esac"#,
         d = dir.display()
     )
@@ -944,7 +946,7 @@ fn a_restore_waits_for_a_stop_in_flight() {
 *" events "*) echo "kill c1" ;;
 *" status=removing "*) ;;
 *" ps -aq "*) echo c1 ;;
-*" inspect "*StopTimeout*) echo 10 ;;
+*" inspect "*".Config}}}}"*) echo '{{"Hostname":"x"}}' ;;
 *" inspect "*State.Running*) [ -e {f} ] && echo " /shop-web-1" ;;
 *" up "*) echo "up ran" ;;
 esac"#,

@@ -127,6 +127,14 @@ fn healed_note(stage: &Stage) -> Option<serde_json::Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// The note, which must say the heal proved `release` (the log of the heal otherwise).
+fn assert_healed_to(stage: &Stage, release: &str) {
+    let note = healed_note(stage).expect("the heal left no note");
+    let log = std::fs::read_to_string(stage.deploy_dir.join(".berth/heal.log")).unwrap_or_default();
+    assert_eq!(note["restored"], release, "{note}\n{log}");
+    assert_eq!(note["proven"], true, "{note}\n{log}");
+}
+
 /// v1 deployed (an app that ignores SIGTERM: each `up` spends 10 s stopping it), and
 /// the deploy of v2 that will be interrupted.
 fn v1_then_v2(stage: &Stage, mode: &'static str) -> (String, Berth) {
@@ -179,9 +187,7 @@ fn sigkill_mid_stop_leaves_a_host_that_restores_itself_and_the_next_run_says_so(
     let r2 = run.output("release");
     // Within the bound the README names: the reconnect wait, then settle, up, steady.
     let took = lock_gone_within(&stage, Duration::from_secs(150));
-    let note = healed_note(&stage).expect("the heal left no note");
-    assert_eq!(note["restored"], r1.as_str(), "{note}");
-    assert_eq!(note["proven"], true, "{note}");
+    assert_healed_to(&stage, &r1);
     assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
     serves_for(&stage, "v1", 30);
     eprintln!("the host healed itself {took:?} after the lock was first seen");
@@ -275,9 +281,7 @@ fn sigkill_during_health_of_an_app_that_stops_at_once_heals_the_host() {
     assert_eq!(run.code, -1, "{}", run.stdout);
     // v2 was switched in and unproven; the host goes back to v1 by itself.
     lock_gone_within(&stage, Duration::from_secs(150));
-    let note = healed_note(&stage).expect("the heal left no note");
-    assert_eq!(note["restored"], r1.as_str(), "{note}");
-    assert_eq!(note["proven"], true, "{note}");
+    assert_healed_to(&stage, &r1);
     assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
     serves_for(&stage, "v1", 30);
 }
@@ -293,15 +297,29 @@ fn a_registry_that_stops_sending_mid_pull_fails_with_its_cause_and_frees_the_loc
     let registry = stage.registry.pid().to_string();
     let lock = stage.deploy_dir.join(".berth/lock");
     let (run, froze) = std::thread::scope(|s| {
-        // The push is over once berth holds the lock: freeze the registry then, so the
-        // host's pull gets nothing from it.
+        // The host's login is the first request to the registry once berth holds the lock
+        // (the push is over by then): freeze it right after that, so the login works and
+        // the pull gets nothing.
         let freezer = s.spawn(|| {
             let deadline = Instant::now() + Duration::from_secs(120);
+            let logins = || {
+                std::fs::read_to_string(&stage.registry.log)
+                    .unwrap_or_default()
+                    .matches("\"GET /v2/ HTTP/1.1\" 200")
+                    .count()
+            };
             while !lock.exists() {
                 if Instant::now() > deadline {
                     return false;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let before = logins();
+            while logins() == before {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
             sh(Command::new("kill").args(["-STOP", &registry]));
             true
@@ -381,7 +399,16 @@ fn a_run_cancelled_or_killed_while_the_host_pulls_leaves_no_registry_credential(
             "{signal}: a registry login stayed on the host: {left:?}\n{}",
             run.stdout
         );
-        lock_gone_within(&stage, Duration::from_secs(60));
+        // A cancelled run releases its lock; a killed one's session marks it abandoned
+        // (nothing had changed, so there is nothing to heal), and the next deploy takes it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lock.exists() && !lock.join("abandoned").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{signal}: the lock was neither released nor abandoned"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         // Nothing was switched: v1 serves.
         serves_for(&stage, "v1", 2);
     }
