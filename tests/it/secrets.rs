@@ -300,12 +300,13 @@ fn env_file_values_are_read_exactly_as_compose_reads_them() {
         .chain(generated.iter().map(String::as_str))
         .collect();
     assert!(corpus.len() >= 30);
-    let mut refused = 0;
+    let (mut read, mut refused) = (0, 0);
     for body in corpus {
         let ours = berth::inputs::read_env_file(body);
         let keys = candidate_keys(body, &ours);
         match (compose_resolves(dir.path(), body, &keys), ours.resolved()) {
             (Ok(theirs), Some(resolved)) => {
+                read += 1;
                 for (key, value) in &theirs {
                     assert_eq!(
                         resolved.get(key),
@@ -327,10 +328,8 @@ fn env_file_values_are_read_exactly_as_compose_reads_them() {
             }
         }
     }
-    assert!(
-        refused >= 7,
-        "the refused files must be tested too: {refused}"
-    );
+    // Both outcomes are tested, many times each.
+    assert!(read >= 40 && refused >= 8, "read {read}, refused {refused}");
 }
 
 #[test]
