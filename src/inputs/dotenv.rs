@@ -14,6 +14,8 @@
 //!   in the environment of the process that runs it (on the host), which berth cannot
 //!   see; a key named alone on its line (`FOO`, which takes the host's value) gives
 //!   nothing here.
+//!   So `${VAR:?}` (and `${VAR?}`) of a variable no earlier line sets is an error here,
+//!   even where the host's environment would set it.
 //! - Errors name the line where the statement starts, and never the text of the line:
 //!   Compose's messages quote the line, value and all.
 
@@ -71,7 +73,7 @@ pub enum DotenvError {
     UnterminatedQuote { line: usize },
     #[error("line {line}: a `$` starts no variable Compose can read. Write a literal `$` as `$$`, or a variable as `${{NAME}}`")]
     InvalidTemplate { line: usize },
-    #[error("line {line}: `${{{variable}:?...}}` requires `{variable}`, which is not set earlier in the file")]
+    #[error("line {line}: `${{{variable}:?...}}` requires `{variable}`, which no earlier line sets. berth reads `env-file` on its own, without the host's environment, so set `{variable}` on a line above, or give a default: `${{{variable}:-...}}`")]
     MissingRequired { line: usize, variable: String },
 }
 
