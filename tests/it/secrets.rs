@@ -133,6 +133,8 @@ const HAND_WRITTEN: &[&str] = &[
     "A=1\nFOO",
     "=no-key-value\nB=2\n",
     "K.dot-dash[0]=v\nünïcode=ok\n_U=1\n9LEAD=digit\n",
+    // Go folds `(?i)[a-z]` to the Kelvin sign too; a tab inside a key is kept.
+    "\u{212a}=kelvin\nA=${\u{212a}}-$\u{212a}\nT\tAB=tabbed key\n",
     // Files Compose refuses: berth must refuse them too.
     "A B=x\n",
     "A=1\nDB_PASSWORD s3cret!\n",
