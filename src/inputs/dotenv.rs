@@ -13,9 +13,10 @@
 //! - Variables expand from the earlier assignments of the file only. Compose first looks
 //!   in the environment of the process that runs it (on the host), which berth cannot
 //!   see; a key named alone on its line (`FOO`, which takes the host's value) gives
-//!   nothing here.
-//!   So `${VAR:?}` (and `${VAR?}`) of a variable no earlier line sets is an error here,
-//!   even where the host's environment would set it.
+//!   nothing here, and `${VAR:?}` (or `${VAR?}`) of a variable no earlier line sets is
+//!   an error here, even where the host's environment would set it.
+//! - A value with no key (`=x`) is refused (`EnvFile::problems`); Compose keeps it under
+//!   the empty name.
 //! - Errors name the line where the statement starts, and never the text of the line:
 //!   Compose's messages quote the line, value and all.
 
@@ -57,8 +58,8 @@ pub struct Assignment {
     pub line: usize,
 }
 
-/// Why Compose would refuse the file. Each names a line, never its text: the line may
-/// hold a secret.
+/// Why berth refuses an env file: a value with no key, or what Compose would refuse.
+/// Each names a line, never its text: the line may hold a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DotenvError {
     #[error("line {line}: a value has no key. Write it as `KEY=value`")]
@@ -73,22 +74,8 @@ pub enum DotenvError {
     UnterminatedQuote { line: usize },
     #[error("line {line}: a `$` starts no variable Compose can read. Write a literal `$` as `$$`, or a variable as `${{NAME}}`")]
     InvalidTemplate { line: usize },
-    #[error("line {line}: `${{{variable}:?...}}` requires `{variable}`, which no earlier line sets. berth reads `env-file` on its own, without the host's environment, so set `{variable}` on a line above, or give a default: `${{{variable}:-...}}`")]
+    #[error("line {line}: `{variable}` is required there (`?` or `:?`), but no earlier line sets it. berth reads `env-file` on its own, without the host's environment, so set `{variable}` on a line above, or give a default: `${{{variable}:-...}}`")]
     MissingRequired { line: usize, variable: String },
-}
-
-impl DotenvError {
-    pub fn line(&self) -> usize {
-        match self {
-            DotenvError::NoKey { line }
-            | DotenvError::ExportAlone { line }
-            | DotenvError::SpaceInKey { line }
-            | DotenvError::KeyCharacter { line }
-            | DotenvError::UnterminatedQuote { line }
-            | DotenvError::InvalidTemplate { line }
-            | DotenvError::MissingRequired { line, .. } => *line,
-        }
-    }
 }
 
 /// An env file as Compose reads it: the assignments in the order Compose makes them (a
