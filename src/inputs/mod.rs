@@ -2,9 +2,11 @@
 //! problem reported at once before anything has a side effect.
 //!
 //! `table` lists the inputs, `parse` reads them into the per-area settings of `settings`,
-//! and `secrets` finds what to mask before any of that can fail.
+//! and `secrets` finds what to mask before any of that can fail. `dotenv` reads `env-file`
+//! with Compose's own grammar.
 
 mod context;
+mod dotenv;
 mod grammar;
 mod parse;
 mod secrets;
@@ -15,9 +17,9 @@ mod urls;
 use std::collections::HashMap;
 
 pub use context::GithubContext;
+pub use dotenv::{parse as read_env_file, Assignment, DotenvError, EnvFile};
 pub use grammar::{parse_host, parse_known_host};
 pub use parse::parse;
-pub use secrets::env_file_pairs;
 pub(crate) use secrets::raw_secrets;
 pub(crate) use settings::{is_valid_tag, TagValues};
 pub use settings::{

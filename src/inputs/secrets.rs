@@ -8,6 +8,7 @@ use base64::Engine as _;
 use regex::Regex;
 use url::Url;
 
+use super::dotenv;
 use super::grammar::list_lines;
 use super::table::{env_name, INPUTS};
 use super::urls::url_password;
@@ -92,51 +93,66 @@ fn credential_parts(value: &str) -> Vec<String> {
     out
 }
 
-/// The values of a `.env` body, unquoted, so each is masked on its own. A value is masked
-/// when it has at least 8 characters, or at least 3 under a secret-looking key. Shorter
-/// values (`3000`, `true`, `fail`) are not secrets, and masking them would garble every log
-/// line, output and summary that contains the word (and make GitHub drop job outputs).
+/// The values of a `.env` body as Compose resolves them, so each is masked on its own. A
+/// value is masked when it has at least 8 characters, or at least 3 under a
+/// secret-looking key. Shorter values (`3000`, `true`, `fail`) are not secrets, and
+/// masking them would garble every log line, output and summary that contains the word
+/// (and make GitHub drop job outputs).
 ///
-/// The body is read the way Compose reads a `.env` file (quotes, escapes, `export `,
-/// inline `# comments`), through `dotenvy`, so the mask is the value the app really gets.
-/// Should a line not parse, the rest is read line by line as `KEY=value`, unquoted, so
-/// nothing goes unmasked for want of a parse.
+/// The body is read with Compose's own grammar (`dotenv`), so the mask is the value the
+/// app really gets. Should Compose refuse the file (an input error then stops the run),
+/// every line's would-be value is masked as well, so nothing goes unmasked for want of
+/// a parse.
 fn env_file_values(body: &str) -> Vec<String> {
-    let mut out: Vec<String> = env_file_pairs(body)
+    let file = dotenv::parse(body);
+    let mut pairs: Vec<(String, String)> = file
+        .assignments
         .into_iter()
-        .filter(|(k, v)| v.len() >= 8 || (v.len() >= 3 && SECRET_LOOKING_KEY.is_match(k)))
-        .map(|(_, v)| v)
+        .map(|a| (a.key, a.value))
         .collect();
-    out.dedup();
+    if file.error.is_some() {
+        pairs.extend(would_be_values(body));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (k, v) in pairs {
+        let masked = v.len() >= 8 || (v.len() >= 3 && SECRET_LOOKING_KEY.is_match(&k));
+        if masked && !out.contains(&v) {
+            out.push(v);
+        }
+    }
     out
 }
 
-/// The `KEY`/value pairs of a `.env` body as Compose reads them. Should a line not
-/// parse, the rest is read line by line as `KEY=value`, unquoted, so that nothing goes
-/// unmasked for want of a parse.
-pub fn env_file_pairs(body: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
-    for item in dotenvy::from_read_iter(body.as_bytes()) {
-        match item {
-            Ok(pair) => pairs.push(pair),
-            Err(_) => {
-                pairs.extend(
-                    body.lines()
-                        .filter(|l| !l.trim_start().starts_with('#'))
-                        .filter_map(|l| {
-                            let (k, v) = l.split_once('=')?;
-                            let k = k.trim().trim_start_matches("export ").trim();
-                            Some((
-                                k.to_string(),
-                                v.trim().trim_matches(['"', '\'']).to_string(),
-                            ))
-                        }),
-                );
-                break;
+/// Each line's would-be value, read the naive way, for a body Compose refuses: the text
+/// after the first `=` or `:` (as it is, and unquoted, less a ` #` comment), or, when
+/// it has neither, the whole line (it may be a line of a multi-line value) and what
+/// follows its first word (`KEY value`).
+fn would_be_values(body: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in body.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(at) = line.find(['=', ':']) else {
+            out.push((String::new(), line.to_string()));
+            if let Some((key, value)) = line.split_once(char::is_whitespace) {
+                out.push((key.to_string(), value.trim().to_string()));
             }
+            continue;
+        };
+        let key = line[..at].trim().trim_start_matches("export").trim();
+        let raw = line[at + 1..].trim();
+        let uncommented = raw.split_once(" #").map_or(raw, |(v, _)| v).trim_end();
+        for value in [
+            raw,
+            uncommented,
+            raw.trim_matches(['"', '\'']),
+            uncommented.trim_matches(['"', '\'']),
+        ] {
+            out.push((key.to_string(), value.to_string()));
         }
     }
-    pairs
+    out
 }
 
 #[cfg(test)]
@@ -199,6 +215,26 @@ mod tests {
         let sent = BASE64.encode("probe:pw-6613-secret");
         for m in [sent.as_str(), "probe:pw-6613-secret", "pw-6613-secret"] {
             assert!(masks.iter().any(|x| x == m), "{m} not in {masks:?}");
+        }
+    }
+
+    #[test]
+    fn env_values_are_the_values_compose_resolves() {
+        let v = env_file_values(
+            "GREETING=hello world\nDB_PASSWORD=\"s3cret-pw\" # rotated\nMOTD=Don't panic\nAPI_KEY: ${DB_PASSWORD}-2\n",
+        );
+        assert_eq!(
+            v,
+            vec!["hello world", "s3cret-pw", "Don't panic", "s3cret-pw-2"]
+        );
+    }
+
+    #[test]
+    fn a_file_compose_refuses_masks_every_lines_would_be_value() {
+        let v =
+            env_file_values("PW=\"unclosed-secret\nAPI_TOKEN tok-secret\nURL: http://u:p@h # c\n");
+        for value in ["unclosed-secret", "tok-secret", "http://u:p@h"] {
+            assert!(v.iter().any(|m| m == value), "{value} not in {v:?}");
         }
     }
 }

@@ -28,21 +28,30 @@ fn with_secrets(b: Berth) -> Berth {
         .input("health-headers", "Authorization: Bearer header-secret-6630")
 }
 
+/// The lines of everything berth printed or wrote that show `secret`. `::add-mask::`
+/// lines are the one place a secret is meant to appear: the runner consumes them.
+fn shown<'a>(everything: &'a str, secret: &str) -> Vec<&'a str> {
+    everything
+        .lines()
+        .filter(|l| l.contains(secret) && !l.starts_with("::add-mask::"))
+        .collect()
+}
+
+/// The masks berth registered before its first other line.
+fn leading_masks(run: &Run) -> Vec<&str> {
+    run.stdout
+        .lines()
+        .take_while(|l| l.starts_with("::add-mask::"))
+        .collect()
+}
+
 fn assert_clean(run: &Run) {
     let all = run.everything();
     for s in SECRETS {
-        // add-mask lines are the one place a secret is meant to appear: the runner consumes them.
-        let leaked: Vec<&str> = all
-            .lines()
-            .filter(|l| l.contains(s) && !l.starts_with("::add-mask::"))
-            .collect();
+        let leaked = shown(&all, s);
         assert!(leaked.is_empty(), "secret {s} leaked in: {leaked:#?}");
     }
-    let masks: Vec<&str> = run
-        .stdout
-        .lines()
-        .take_while(|l| l.starts_with("::add-mask::"))
-        .collect();
+    let masks = leading_masks(run);
     for s in SECRETS {
         assert!(
             masks.iter().any(|m| m.contains(s)),
@@ -83,41 +92,246 @@ ESCAPED_SECRET=\"esc\\\"aped-secret-3306\"\n\
 # a comment line\n\
 PLAIN=plain-value-3307\n";
 
-#[test]
-fn env_file_values_are_read_exactly_as_compose_reads_them() {
-    crate::support::rig::require_engine();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("berth.env"), DOTENV_FORMS).unwrap();
-    let ours = berth::inputs::env_file_pairs(DOTENV_FORMS);
-    let environment: Vec<String> = ours
-        .iter()
-        .map(|(k, _)| format!("      {k}: ${{{k}}}\n"))
+/// Env files written by hand, one or more per form Compose reads, with the issues'
+/// leaks among them. Each is given to berth and to `docker compose config`.
+const HAND_WRITTEN: &[&str] = &[
+    DOTENV_FORMS,
+    // Issue 25's three leaks.
+    "GREETING=hello world\nDB_PASSWORD=\"s3cret-pw\" # rotated\n",
+    "MOTD=Don't panic\nDB_PASSWORD=s3cr3t-pw\nSIGNATURE=Bob's\n",
+    "DB_PASSWORD: s3cr3t-pw\n",
+    // Unquoted values with spaces and apostrophes.
+    "NAME=Jane Q. Public\nQUOTE=it's a 'test'\nTRAIL=spaces after   \n",
+    "A=don't\nB=won't stop\nC='closed'\n",
+    // `#` with and without a space before it.
+    "A=a#b\nB=a #b\nC=a\t#b\nD=#start\nE= #only-comment\n",
+    "# comment\n  # indented comment\nA=1 # one\n#B=2\nC='x # y'\nD=\"x # y\" # z\n",
+    // YAML style.
+    "A: yaml value\nB : spaced\nexport C: exported yaml\nD:\"quoted yaml\"\n",
+    "URL: http://host:8080/path\nE:\n",
+    // Multi-line double-quoted values.
+    "CERT=\"-----BEGIN-----\nline-one\nline-two\n-----END-----\"\nAFTER=after-value\n",
+    "A=\"l1\n  l2 indented\n\"\nB='single\nquoted lines'\n",
+    // Escapes and `export`.
+    "A=\"\\n\\t\\\"q\\\" \\$HOME \\0101\\0777 \\a\\c \\\\\"\nB='no \\n escapes, it\\'s'\n",
+    "export A=1\nexport  B=\"two\"\nexport\tC='three'\nexportD=4\n",
+    "A=\"x\\\\\"\nB=\"\\0\\01\\012\\0123\\0189\"\nC=\"\\$\\{not}\"\n",
+    // Empty values.
+    "A=\nB=\"\"\nC=''\nD= \nE=   # comment\n",
+    // `${VAR}` and `${VAR:-default}`, and the other operators.
+    "HOST=db\nPORT=5432\nURL=postgres://${HOST}:$PORT/x\nQ=\"${HOST}-${PORT}\"\nS='${HOST}'\n",
+    "A=1\nB=${A}2$A-${X:-def}${A:+alt}${X-u}|${A:-${X:-n}}\n",
+    "A=\nB=${A:-d}${A-d}${A+s}${A:+n}$$A\nC=${UNSET}x\nD=\"${B}\"\n",
+    "A=1\nA=${A}${A}\nB=${A:-{braces}}\nC=${A:-x} and ${A}\n",
+    "PRICE=$5 and $$6\nT=${A-}${A+}\n",
+    // CRLF line ends.
+    "A=1\r\nB=\"q\"\r\nC=x #c\r\nD: yaml\r\nE=\r\nALONE\r\n",
+    "CERT=\"l1\r\nl2\"\r\nexport X='y'\r\n",
+    // A key alone, the quirks of quotes, and a byte order mark.
+    "SET=1\nSET\nUNSET_IN_FILE\nD=\"x\"junk\nE=\"y\" F=z\n",
+    "\u{feff}BOM=after-mark\n",
+    "A=1\nFOO",
+    "=no-key-value\nB=2\n",
+    "K.dot-dash[0]=v\nünïcode=ok\n_U=1\n9LEAD=digit\n",
+    // Go folds `(?i)[a-z]` to the Kelvin sign too; a tab inside a key is kept.
+    "\u{212a}=kelvin\nA=${\u{212a}}-$\u{212a}\nT\tAB=tabbed key\n",
+    // Files Compose refuses: berth must refuse them too.
+    "A B=x\n",
+    "A=1\nDB_PASSWORD s3cret!\n",
+    "A=\"unterminated\nB=2\n",
+    "A=x${\n",
+    "A=${X:?boom}\n",
+    "A=${X?}\n",
+    "A=1\nexport   ",
+];
+
+/// A small deterministic generator of env files that combine the forms at random: each
+/// line a form, each value drawn from words with spaces, apostrophes, `#`, `$` and
+/// quotes, with `\n` or `\r\n` line ends.
+fn generated_env_files(count: usize) -> Vec<String> {
+    let mut seed: u64 = 0x5eed_2025;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as usize) % n
+    };
+    const WORDS: &[&str] = &[
+        "s3cret-pw",
+        "hello world",
+        "Don't panic",
+        "Bob's",
+        "a#b",
+        "a #b",
+        "x\\ny",
+        "$$lit",
+        "tab\there",
+        "",
+        "p@ss:word",
+        "'q'",
+        "\\\"esc\\\"",
+        "${K0}",
+        "${K1:-fallback}",
+        "$K0-suffix",
+        "${NOPE-dflt}",
+        "${K0:+alt}",
+        "end \\",
+        "ünï",
+    ];
+    (0..count)
+        .map(|_| {
+            let eol = if next(3) == 0 { "\r\n" } else { "\n" };
+            let mut body = String::new();
+            for i in 0..2 + next(6) {
+                let key = format!("K{i}");
+                let word = WORDS[next(WORDS.len())];
+                let other = WORDS[next(WORDS.len())];
+                let line = match next(10) {
+                    0 => format!("{key}={word}"),
+                    1 => format!("{key}=\"{word}\""),
+                    2 => format!("{key}='{word}'"),
+                    3 => format!("export {key}={word}"),
+                    4 => format!("{key}: {word}"),
+                    5 => format!("{key}=\"{word}{eol}{other}\""),
+                    6 => format!("{key}={word} # note {other}"),
+                    7 => format!("# {key}={word}"),
+                    8 => format!("{key}="),
+                    _ => format!("{key}=${{K{}:-{word}}}", next(3)),
+                };
+                body.push_str(&line);
+                body.push_str(eol);
+            }
+            body
+        })
+        .collect()
+}
+
+/// Every name Compose could have read from `body`, found without berth's parser: each
+/// run of key characters, each line's text before its `=` or `:`, and the empty name.
+fn candidate_keys(body: &str, ours: &berth::inputs::EnvFile) -> std::collections::BTreeSet<String> {
+    let runs = regex::Regex::new(r"[\p{L}\p{N}_.\-\[\]]+").unwrap();
+    let mut keys: std::collections::BTreeSet<String> = runs
+        .find_iter(body)
+        .map(|m| m.as_str().to_string())
         .collect();
-    std::fs::write(
-        dir.path().join("compose.yml"),
-        format!(
-            "services:\n  app:\n    image: busybox\n    environment:\n{}",
-            environment.concat()
-        ),
-    )
-    .unwrap();
-    let json = crate::support::rig::sh(
-        std::process::Command::new("docker")
-            .current_dir(dir.path())
-            .args(["compose", "-f", "compose.yml", "--env-file", "berth.env"])
-            .args(["config", "--format", "json"]),
-    );
-    let config: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let theirs = &config["services"]["app"]["environment"];
-    assert_eq!(ours.len(), 6, "{ours:?}");
-    for (key, value) in &ours {
-        assert_eq!(
-            theirs[key].as_str(),
-            Some(value.as_str()),
-            "{key}: berth reads {value:?}, compose {:?}",
-            theirs[key]
+    for line in body.lines() {
+        let before = line.split([':', '=']).next().unwrap_or_default();
+        keys.insert(
+            before
+                .trim()
+                .trim_start_matches("export")
+                .trim()
+                .to_string(),
         );
     }
+    keys.insert(String::new());
+    keys.extend(ours.assignments.iter().map(|a| a.key.clone()));
+    keys
+}
+
+/// What `docker compose config` resolves for `keys` with `body` as `--env-file`: each
+/// key's value (`None` when unset), or Compose's error. Compose runs with an empty
+/// environment, as berth reads the file with none.
+fn compose_resolves(
+    dir: &std::path::Path,
+    body: &str,
+    keys: &std::collections::BTreeSet<String>,
+) -> Result<std::collections::BTreeMap<String, Option<String>>, String> {
+    std::fs::write(dir.join("berth.env"), body).unwrap();
+    let environment: String = keys
+        .iter()
+        // A JSON string is a YAML string; `$$` keeps Compose from interpolating the name.
+        .map(|k| {
+            format!(
+                "      - {}\n",
+                serde_json::to_string(k).unwrap().replace('$', "$$")
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("compose.yml"),
+        format!("services:\n  app:\n    image: busybox\n    environment:\n{environment}"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(docker())
+        .env_clear()
+        .current_dir(dir)
+        .args(["compose", "-f", "compose.yml", "--env-file", "berth.env"])
+        .args(["config", "--format", "json"])
+        .output()
+        .expect("run docker compose");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into());
+    }
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let env = config["services"]["app"]["environment"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    Ok(keys
+        .iter()
+        .map(|k| {
+            // `compose config` writes a literal `$` as `$$`.
+            let value = env
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(|v| v.replace("$$", "$"));
+            (k.clone(), value)
+        })
+        .collect())
+}
+
+/// The `docker` on `PATH`, found before the environment is cleared.
+fn docker() -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("docker"))
+        .find(|p| p.is_file())
+        .expect("docker on PATH. Run scripts/test, which installs the rig.")
+}
+
+/// Issue 25: berth masks what it reads, so it must read an env file exactly as Compose
+/// does. Compose itself is the oracle: every value it resolves is berth's value for that
+/// key, berth reads no key Compose does not, and a file Compose refuses, berth refuses.
+#[test]
+fn env_file_values_are_read_exactly_as_compose_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = generated_env_files(40);
+    let corpus: Vec<&str> = HAND_WRITTEN
+        .iter()
+        .copied()
+        .chain(generated.iter().map(String::as_str))
+        .collect();
+    assert!(corpus.len() >= 30);
+    let (mut read, mut refused) = (0, 0);
+    for body in corpus {
+        let ours = berth::inputs::read_env_file(body);
+        let keys = candidate_keys(body, &ours);
+        match (compose_resolves(dir.path(), body, &keys), ours.resolved()) {
+            (Ok(theirs), Some(resolved)) => {
+                read += 1;
+                for (key, value) in &theirs {
+                    assert_eq!(
+                        resolved.get(key),
+                        value.as_ref(),
+                        "{key:?} in {body:?}: berth reads {:?}, Compose {value:?}",
+                        resolved.get(key)
+                    );
+                }
+            }
+            (Err(_), None) => refused += 1,
+            (Ok(theirs), None) => {
+                panic!(
+                    "berth refuses {body:?} ({:?}); Compose reads {theirs:?}",
+                    ours.error
+                )
+            }
+            (Err(why), Some(resolved)) => {
+                panic!("Compose refuses {body:?} ({why}); berth reads {resolved:?}")
+            }
+        }
+    }
+    // Both outcomes are tested, many times each.
+    assert!(read >= 40 && refused >= 8, "read {read}, refused {refused}");
 }
 
 #[test]
@@ -143,6 +357,77 @@ fn every_dotenv_form_is_masked_as_its_real_value() {
         !run.stdout.contains("::add-mask::quoted-secret-3301\" #"),
         "the comment is not part of the value"
     );
+}
+
+/// Issue 25's three leaks, each in a file of its own: the value the app gets is masked,
+/// exactly, before anything else is printed.
+#[test]
+fn env_file_values_that_dotenvy_misread_are_masked_as_compose_reads_them() {
+    for (body, secret) in [
+        // Valid for Compose, an error for dotenvy, whose fallback masked the comment too.
+        (
+            "GREETING=hello world\nDB_PASSWORD=\"s3cret-pw-2501\" # rotated\n",
+            "s3cret-pw-2501",
+        ),
+        // dotenvy joined the three lines into one single-quoted value.
+        (
+            "MOTD=Don't panic\nDB_PASSWORD=s3cr3t-pw-2502\nSIGNATURE=Bob's\n",
+            "s3cr3t-pw-2502",
+        ),
+        // YAML style, which dotenvy did not read at all.
+        ("DB_PASSWORD: s3cr3t-pw-2503\n", "s3cr3t-pw-2503"),
+    ] {
+        assert_masked_exactly(&Berth::valid().input("env-file", body).run(), secret);
+    }
+}
+
+/// A run with `body` as `env-file`, which must fail on an input error naming the input
+/// and `line`.
+fn refused_env_file(body: &str, line: usize) -> Run {
+    let run = Berth::valid().input("env-file", body).run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let errors = run.errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("env-file") && e.contains(&format!("line {line}:"))),
+        "{errors:#?}"
+    );
+    run
+}
+
+fn assert_masked_exactly(run: &Run, secret: &str) {
+    assert!(
+        leading_masks(run).contains(&format!("::add-mask::{secret}").as_str()),
+        "{secret} is not masked exactly, before the first output line:\n{}",
+        run.stdout
+    );
+}
+
+/// Issue 24: an env-file line with no key is an input error that names the line; the
+/// value is never shown.
+#[test]
+fn an_env_file_line_with_no_key_is_an_input_error_naming_the_line() {
+    let run = refused_env_file("PORT=3000\n\n=keyless-secret-2404\n", 3);
+    let all = run.everything();
+    let lines = shown(&all, "keyless-secret-2404");
+    assert!(lines.is_empty(), "the value is shown: {lines:#?}");
+}
+
+/// A file Compose refuses is an input error naming the line; every line's would-be value
+/// is masked, so nothing leaks even then.
+#[test]
+fn an_env_file_compose_refuses_is_an_input_error_and_still_masked() {
+    let run = refused_env_file(
+        "API_TOKEN=token-secret-2405\nDB_PASSWORD=\"unclosed-secret-2406\nSMTP_PASSWORD s3cret!-2407\n",
+        2,
+    );
+    let all = run.everything();
+    for secret in ["token-secret-2405", "unclosed-secret-2406", "s3cret!-2407"] {
+        let lines = shown(&all, secret);
+        assert!(lines.is_empty(), "{secret} is shown: {lines:#?}");
+        assert_masked_exactly(&run, secret);
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@ use regex::Regex;
 
 use super::Parser;
 use crate::inputs::context::GithubContext;
+use crate::inputs::dotenv;
 use crate::inputs::grammar::{
     check_deploy_dir, check_private_key, list_items, list_lines, parse_host, parse_known_host,
     parse_port, parse_pre_deploy, resolves_inside, sanitise_project, USER_NAME,
@@ -53,9 +54,7 @@ pub(super) fn parse_target(
     let compose_file = read_compose_file(p, ctx, mode);
     // Checked here, after `compose-file`, so the messages keep their order.
     check_images_inside_workspace(p, ctx, images);
-    let env_file = Some(p.raw("env-file"))
-        .filter(|e| !e.trim().is_empty())
-        .map(Secret::new);
+    let env_file = read_env_file(p);
     HostSettings {
         kind,
         hosts,
@@ -74,6 +73,18 @@ pub(super) fn parse_target(
         keep_releases: read_keep_releases(p),
         lock_timeout: p.duration("lock-timeout", "10m"),
     }
+}
+
+/// `env-file`, which must read as Compose reads it (it is the app's `.env` on each host),
+/// and hold no value without a key. The errors name lines, never their text.
+fn read_env_file(p: &mut Parser) -> Option<Secret> {
+    let body = Some(p.raw("env-file"))
+        .filter(|e| !e.trim().is_empty())
+        .map(Secret::new)?;
+    for problem in dotenv::parse(body.expose()).problems() {
+        p.fail("env-file", format!("{problem}."));
+    }
+    Some(body)
 }
 
 /// `target`: `compose` or `swarm`.
