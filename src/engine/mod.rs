@@ -537,6 +537,16 @@ impl<'a> Engine<'a> {
 async fn report_heals(hosts: &[Host], report: &mut Report) {
     for h in states(hosts).await {
         let Some(note) = h.healed else { continue };
+        if note.restored.is_empty() {
+            report.warn(
+                "berth: the previous run was interrupted",
+                format!(
+                    "The previous run was interrupted before its verdict (berth killed, its runner gone, or its connection never came back), and {} had no release proven healthy to go back to ({}); what that run left is as it was. This run's release replaces it.",
+                    h.name, note.at
+                ),
+            );
+            continue;
+        }
         let what = if note.proven {
             "proven: its containers ran the release's images and stayed up past any stop in flight"
         } else {

@@ -120,17 +120,17 @@ impl Layout {
         ])
     }
 
-    /// Arms the heal: writes the script that restores release `restore` (the newest proven
-    /// one) into the lock, for the agent to run if the session ends with no verdict.
-    pub fn arm_heal(&self, restore: &str) -> Cmd {
-        let script = self.heal_script(restore);
+    /// Arms the heal: writes the script that restores the newest release proven healthy
+    /// (chosen when it runs) into the lock, for the agent to run if the session ends with
+    /// no verdict.
+    pub fn arm_heal(&self) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".into(),
             r#"[ -d "$1" ] || exit 3; printf '%s\n' "$2" > "$1/heal.tmp" && chmod 0600 "$1/heal.tmp" && mv -f "$1/heal.tmp" "$1/heal""#.into(),
             "sh".into(),
             self.lock_dir(),
-            script,
+            self.heal_script(),
         ])
     }
 
@@ -149,51 +149,54 @@ impl Layout {
         Cmd::new(["touch", &format!("{}/{HANDOVER_FILE}", self.lock_dir())])
     }
 
-    /// The heal: settle, restore `restore` (up, switch `current`), prove it steady
-    /// (a second try after a failed one), mark what was left pending `interrupted`, write
-    /// the note the next run reports, release the lock. Run by `sh` with the lock dir as
-    /// `$1` and the token the agent took the lock under as `$2`.
-    fn heal_script(&self, restore: &str) -> String {
-        let up = self.compose(restore, &["up", "-d", "--remove-orphans"]);
-        let images = self.compose(restore, &["config", "--images"]);
+    /// The heal: settle, restore the newest release proven healthy (up, switch
+    /// `current`), prove it steady (a second try after a failed one), mark what was left
+    /// pending `interrupted`, write the note the next run reports, release the lock. Run by
+    /// `sh` with the lock dir as `$1` and the token the agent took the lock under as `$2`.
+    fn heal_script(&self) -> String {
         let vars = quote_argv(&[
             self.project.clone(),
             self.current(),
-            format!(".berth/releases/{restore}"),
-            restore.to_string(),
             format!("{}/{HEALED_NOTE}", self.berth_dir()),
             self.releases_dir(),
+            super::COMPOSE_FILE.to_string(),
+            super::OVERRIDE_FILE.to_string(),
+            super::ENV_FILE.to_string(),
+            super::RECORD_FILE.to_string(),
         ]);
-        format!(
-            "{}set -- \"$1\" \"$2\" {vars}\nup() {{ {}; }}\nimages() {{ {}; }}\n{HEAL_BODY}",
-            functions(),
-            quote_argv(&up.0),
-            quote_argv(&images.0),
-        )
+        format!("{}set -- \"$1\" \"$2\" {vars}\n{HEAL_BODY}", functions())
     }
 }
 
 /// See [`Layout::heal_script`]: `$1` lock dir, `$2` token, `$3` project, `$4` current,
-/// `$5` the release's dir relative to the deploy dir, `$6` its id, `$7` the note, `$8`
-/// the releases dir.
-const HEAL_BODY: &str = r#"l=$1 token=$2 p=$3 c=$4 r=$5 id=$6 note=$7 rels=$8 beat="$1/heartbeat"
+/// `$5` the note, `$6` the releases dir, then the names of a release's compose file,
+/// override, env file and record. `compose` is [`Layout::compose`] for release `$id` (a
+/// test keeps the two in step).
+const HEAL_BODY: &str = r#"l=$1 token=$2 p=$3 c=$4 note=$5 rels=$6 cf=$7 of=$8 ef=$9; shift 9; rf=$1
+beat="$l/heartbeat"
+compose() { d="$rels/$id"; docker compose -p "$p" --project-directory "$d" -f "$d/$cf" -f "$d/$of" --env-file "$d/$ef" "$@"; }
+# The newest release proven healthy (`deployed`), as a rollback chooses: the interrupted run
+# left its own `pending`; one recorded `deployed` just before berth was gone is kept.
+id=$(ls -1 "$rels" 2>/dev/null | sort -r | while read -r d; do grep -q '"outcome": "deployed"' "$rels/$d/$rf" 2>/dev/null && { echo "$d"; break; }; done)
+r=".berth/releases/$id"
 started=$(date -u +%FT%TZ) proven= why=
-for attempt in 1 2; do
+[ -n "$id" ] || why="no release on this host was ever proven healthy: nothing to restore"
+[ -z "$id" ] || for attempt in 1 2; do
   t0=$(date +%s)
   settle "$p" >/dev/null
-  if ! out=$(up 2>&1); then why="up failed: $(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')"; continue; fi
+  if ! out=$(compose up -d --remove-orphans 2>&1); then why="up failed: $(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')"; continue; fi
   ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c" || { why="current could not be switched"; continue; }
   w=$(( $(window "$p") - $(date +%s) + t0 )); [ "$w" -ge 2 ] || w=2
   if ! why=$(steady "$p" "$w"); then continue; fi
   # By image id: what the release pins, against what the containers run.
-  want=$(images 2>/dev/null | xargs -r docker image inspect -f '{{.Id}}' 2>/dev/null | sort -u) odd=
+  want=$(compose config --images 2>/dev/null | xargs -r docker image inspect -f '{{.Id}}' 2>/dev/null | sort -u) odd=
   have=$(docker ps -q --filter "label=com.docker.compose.project=$p" --filter label=com.docker.compose.oneoff=False | xargs -r docker inspect -f '{{.Image}}' 2>/dev/null | sort -u)
   [ -z "$want" ] || odd=$(printf '%s\n' "$have" | grep -vxF "$want")
   if [ -n "$odd" ]; then why="containers run images the release does not pin: $(echo $odd)"; continue; fi
   proven=1 why=; break
 done
 now=$(date -u +%FT%TZ)
-for f in "$rels"/*/release.json; do
+for f in "$rels"/*/"$rf"; do
   [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i -e 's/"outcome": "pending"/"outcome": "interrupted"/' -e "s/\"updated_at\": \"[^\"]*\"/\"updated_at\": \"$now\"/" "$f"
 done
 why=$(printf '%s' "$why" | tr -c 'A-Za-z0-9 .,:;()=+/_@-' ' ' | cut -c1-400)
@@ -221,7 +224,7 @@ pub fn parse_healed_note(section: &str) -> Option<HealedNote> {
     section
         .lines()
         .find_map(|l| serde_json::from_str::<HealedNote>(l.trim()).ok())
-        .filter(|n| super::is_release_id(&n.restored))
+        .filter(|n| n.restored.is_empty() || super::is_release_id(&n.restored))
 }
 
 /// Moves the note aside once read, so it is reported once.

@@ -847,7 +847,7 @@ fn preflight_reads_compose_from_docker_info_and_asks_compose_only_when_it_must()
 fn heal_docker(dir: &std::path::Path) -> String {
     format!(
         r#"case " $* " in
-*" compose "*" up "*) echo up >> {d}/ups ;;
+*" compose "*" up "*) echo "docker $*" >> {d}/ups ;;
 *" config --images "*) echo reg/web@sha256:1 ;;
 *" image inspect "*) echo sha256:1 ;;
 *" events "*) ;;
@@ -870,26 +870,33 @@ fn the_heal_restores_proves_records_and_releases_the_lock() {
         project: "shop".into(),
     };
     let lock = layout.lock_dir();
-    std::fs::create_dir_all(format!("{}/r1", layout.releases_dir())).unwrap();
-    std::fs::create_dir_all(format!("{}/r2", layout.releases_dir())).unwrap();
+    // r0 and r1 were proven; r2 is the interrupted run's, pending: the heal goes to r1.
+    for (id, outcome) in [("r0", "deployed"), ("r1", "deployed"), ("r2", "pending")] {
+        let dir = format!("{}/{id}", layout.releases_dir());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            format!("{dir}/{RECORD_FILE}"),
+            format!("{{\n  \"outcome\": \"{outcome}\",\n  \"updated_at\": \"x\"\n}}\n"),
+        )
+        .unwrap();
+    }
     let pending = format!("{}/r2/{RECORD_FILE}", layout.releases_dir());
-    std::fs::write(
-        &pending,
-        "{\"outcome\": \"pending\", \"updated_at\": \"x\"}\n",
-    )
-    .unwrap();
     std::fs::create_dir_all(&lock).unwrap();
     std::fs::write(format!("{lock}/token"), "heal-s1\n").unwrap();
     let docker = heal_docker(tmp.path());
     // Armed: the script is in the lock.
-    run_with_docker(&docker, &layout.arm_heal("r1"));
+    run_with_docker(&docker, &layout.arm_heal());
     let heal = format!("{lock}/{HEAL_FILE}");
     let run = Cmd::new(["sh", &heal, &lock, "heal-s1"]);
     let out = run_with_docker_stdin(&docker, &run, b"");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("ups")).unwrap(),
-        "up\n"
+        // Exactly the command berth itself runs for release r1.
+        format!(
+            "{}\n",
+            quote_argv(&layout.compose("r1", &["up", "-d", "--remove-orphans"]).0)
+        )
     );
     assert_eq!(
         std::fs::read_link(layout.current())
@@ -913,13 +920,16 @@ fn the_heal_restores_proves_records_and_releases_the_lock() {
     std::fs::create_dir_all(&lock).unwrap();
     std::fs::write(format!("{lock}/token"), "heal-s1\n").unwrap();
     std::fs::remove_file(tmp.path().join("ups")).unwrap();
-    run_with_docker(&docker, &layout.arm_heal("r1"));
+    run_with_docker(&docker, &layout.arm_heal());
     let down = format!("STATE=exited CODE=137\n{docker}");
     let out = run_with_docker_stdin(&down, &run, b"");
     assert!(!out.status.success(), "{out:?}");
     assert_eq!(
-        std::fs::read_to_string(tmp.path().join("ups")).unwrap(),
-        "up\nup\n"
+        std::fs::read_to_string(tmp.path().join("ups"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
     );
     let note = std::fs::read_to_string(format!("{}/{HEALED_NOTE}", layout.berth_dir())).unwrap();
     let note: serde_json::Value = serde_json::from_str(&note).unwrap();

@@ -144,6 +144,7 @@ fn the_dry_run_plan_is_exactly_what_the_host_then_receives() {
         const STDIN: &str = " <<< (secret on stdin, redacted)";
         const COMPLETED: &str = " <each image the compose model names by tag>";
         const MARKER: &str = " <random end marker>";
+        let planned = planned.strip_suffix(STDIN).unwrap_or(planned);
         if let Some(prefix) = planned.strip_suffix(MARKER) {
             // Completed at run time with one more word: the random end marker.
             let got = sent.next().map(String::as_str).unwrap_or_default();
@@ -162,7 +163,6 @@ fn the_dry_run_plan_is_exactly_what_the_host_then_receives() {
             }
             continue;
         }
-        let planned = planned.strip_suffix(STDIN).unwrap_or(planned);
         assert_eq!(
             sent.next().map(String::as_str),
             Some(planned),

@@ -1,6 +1,6 @@
 //! The compose target's side of a proven restore and of a host that heals itself (see
-//! `remote::heal`): the heal armed before the running containers may change and disarmed
-//! at the verdict, the hand-over of a cancelled run, and the steady window of a restore.
+//! `remote::heal`): the heal (armed by a release step, [`super::ARM_HEAL`]) disarmed at the
+//! verdict, the hand-over of a cancelled run, and the steady window of a restore.
 
 use std::time::Duration;
 
@@ -8,26 +8,6 @@ use super::{ComposeHost, QUICK};
 use crate::target::ReleaseError;
 
 impl ComposeHost {
-    /// Before the first step that may change the running containers: if the session ends
-    /// before berth's verdict, the host restores the newest proven release by itself.
-    /// Nothing to arm on a first deploy (nothing proven to go back to).
-    pub(super) fn arm_heal(&mut self) -> Result<(), ReleaseError> {
-        if self.heal_armed || !self.self_heals {
-            return Ok(());
-        }
-        let Some(target) = self.restore_target() else {
-            return Ok(());
-        };
-        self.step(
-            "arm the host's self-heal",
-            &self.layout.arm_heal(&target),
-            None,
-            QUICK,
-        )?;
-        self.heal_armed = true;
-        Ok(())
-    }
-
     /// berth has its verdict (and has recorded it): the host has nothing to heal.
     pub(super) fn disarm_heal(&mut self) -> Result<(), ReleaseError> {
         if !self.heal_armed {

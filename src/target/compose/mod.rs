@@ -23,7 +23,7 @@ mod steps;
 mod watch;
 
 use steps::DEPLOY_UP;
-pub use steps::{activation_step, release_steps, restore_step, LONG, QUICK};
+pub use steps::{activation_step, release_steps, restore_step, ARM_HEAL, LONG, QUICK};
 pub(crate) use steps::{pull_steps, upload_steps, PIN_BY_TAG};
 pub use watch::{container_state, describe_failing, failing_containers};
 
@@ -91,9 +91,6 @@ pub struct ComposeHost {
     pub(super) heal_armed: bool,
     /// A cancelled run handed the restore over to the host (see [`heal`]).
     pub(super) handed_over: bool,
-    /// Whether the host heals itself with a compose `up` (the Swarm target, which wraps
-    /// this host, restores a stack otherwise).
-    pub(crate) self_heals: bool,
 }
 
 impl ComposeHost {
@@ -136,7 +133,6 @@ impl ComposeHost {
             healed: None,
             heal_armed: false,
             handed_over: false,
-            self_heals: true,
         })
     }
 

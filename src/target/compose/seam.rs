@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::{lock, release_steps, ComposeHost, RECONNECT_FOR};
 use crate::remote::Cmd;
 use crate::report::Diagnostics;
-use crate::target::{HostState, ReleaseError, ReleaseSpec, Step, Target, Undo};
+use crate::target::{HostState, ReleaseError, ReleaseSpec, Step, Target};
 
 impl ComposeHost {
     /// Nothing changes a host whose lock another deploy took while this run was away.
@@ -98,10 +98,11 @@ impl Target for ComposeHost {
     }
     fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
         self.still_ours()?;
-        if step.undo == Undo::Restore {
-            self.arm_heal()?;
+        self.execute(spec, step)?;
+        if step.name == super::ARM_HEAL {
+            self.heal_armed = true;
         }
-        self.execute(spec, step)
+        Ok(())
     }
     fn verify(&mut self) -> Result<(), ReleaseError> {
         ComposeHost::verify(self)

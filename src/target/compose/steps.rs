@@ -24,6 +24,15 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
     let mut steps = upload_steps(layout, spec);
     steps.extend(pull_steps(layout, spec, docker_config));
     steps.extend(pre_deploy_step(layout, spec));
+    // From here the running containers may change: if berth is gone before its verdict,
+    // the host restores the newest proven release by itself (see `remote::heal`).
+    steps.push(Step::run(
+        Phase::Up,
+        ARM_HEAL,
+        layout.arm_heal(),
+        Output::Quiet,
+        QUICK,
+    ));
     steps.push(activation_step(layout, &spec.id, DEPLOY_UP));
     steps
 }
@@ -158,6 +167,9 @@ pub fn restore_step(layout: &Layout, id: &str) -> Step {
     let cmd = layout.settle_and_activate(id);
     Step::run(Phase::Up, RESTORE_UP, cmd, Output::Activate, LONG).undo(Undo::Restore)
 }
+
+/// The step that arms the host's self-heal.
+pub const ARM_HEAL: &str = "arm the host's self-heal";
 
 /// The deploy's activation step; a restore's is named [`RESTORE_UP`].
 pub const DEPLOY_UP: &str = "docker compose up, switch current";

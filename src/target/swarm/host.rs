@@ -74,11 +74,7 @@ impl SwarmHost {
                 runner.clone(),
                 token.clone(),
             ) {
-                Ok(mut host) => {
-                    // The stack is restored by a stack deploy, never by a compose `up`.
-                    host.self_heals = false;
-                    host
-                }
+                Ok(host) => host,
                 Err(e) => {
                     tried.push(format!("- {}: {e}", access.spec));
                     continue;
