@@ -156,6 +156,7 @@ impl<'a> Engine<'a> {
             pre_deploy: cfg.target.pre_deploy.clone(),
             pre_deploy_timeout: cfg.target.pre_deploy_timeout,
             pull_stall: cfg.target.pull_stall_timeout,
+            self_heal: cfg.rollback != crate::inputs::RollbackPolicy::Off,
             // Only log in when berth pushed images there; otherwise the host pulls as it can.
             registry: None,
             holder: LockHolder {

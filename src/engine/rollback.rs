@@ -30,7 +30,12 @@ impl Engine<'_> {
         // of this run's is recorded or restored there.
         let all = states(hosts).await;
         for (r, s) in reconnected.into_iter().zip(&all) {
-            if s.lock_lost {
+            if s.lock_lost && s.lost_to_heal {
+                report.warn(
+                    "berth: the host is restoring itself",
+                    format!("berth's connection to {} was down longer than the host waits for it, so the host began restoring the newest proven release by itself (its self-heal) and holds the deploy lock for that; berth left the host to it. The next run reports what it did.", s.name),
+                );
+            } else if s.lock_lost {
                 report.warn(
                     "berth: deploy lock taken while disconnected",
                     format!("Another deploy took the deploy lock on {} while berth's connection was down, so berth left that host to it: no restore and no record there. Check what runs on it.", s.name),
@@ -78,7 +83,12 @@ impl Engine<'_> {
                 report.warn("berth: restore not handed over to the host", e.to_string());
             }
         }
-        let rb = self.restore(&touched, &touched_states, report).await;
+        // An `up` cut off half-way (cancelled, connection lost) may have left Docker
+        // stopping a container the restore wants: its proof outlasts any such stop.
+        let cut_off_up = fault.phase() == Phase::Up;
+        let rb = self
+            .restore(&touched, &touched_states, report, cut_off_up)
+            .await;
         if cancelled {
             self.diagnose(hosts, report).await;
         }
@@ -162,6 +172,7 @@ impl Engine<'_> {
         touched: &[Host],
         touched_states: &[HostState],
         report: &mut Report,
+        cut_off_up: bool,
     ) -> RollbackReport {
         let started = Instant::now();
         let targets: Vec<Option<String>> = touched_states
@@ -185,7 +196,9 @@ impl Engine<'_> {
                 rb.detail = format!("restoring the previous release failed: {e}");
                 break;
             }
-            match self.prove_restore(touched, report, began).await {
+            // A second try is for a restore that went down: it outlasts stops in flight.
+            let outlast = cut_off_up || attempt > 1;
+            match self.prove_restore(touched, report, began, outlast).await {
                 Ok(record) => {
                     rb.healthy = true;
                     rb.detail = format!(
@@ -233,9 +246,10 @@ impl Engine<'_> {
         touched: &[Host],
         report: &mut Report,
         began: Instant,
+        outlast_stops: bool,
     ) -> Result<crate::health::HealthRecord, Unproven> {
         let cancelled = crate::cancel::is_cancelled();
-        let budget = crate::cancel::RESTORE_BUDGET.saturating_sub(began.elapsed());
+        let budget = crate::cancel::RESTORE_BUDGET;
         let bounded = |what: &'static str| {
             move |_| {
                 Unproven::OutOfTime(format!(
@@ -254,7 +268,10 @@ impl Engine<'_> {
                 return Err(Unproven::Fault(Fault::host(HostStep::Verify)(e)));
             }
             let elapsed = began.elapsed();
-            let looks = on_all(touched, move |t| (t.state().name, t.steady(elapsed))).await;
+            let looks = on_all(touched, move |t| {
+                (t.state().name, t.steady(elapsed, outlast_stops))
+            })
+            .await;
             for (name, look) in looks {
                 match look {
                     Ok(None) => {}

@@ -47,7 +47,10 @@ settle() {
   while :; do
     busy=$(docker ps -a --filter "$f" --filter status=removing --format '{{.Names}}')
     if [ -z "$busy" ]; then
-      for i in $(docker events --since 15m --until "$(date +%s)" --filter "$f" --filter type=container --format '{{.Action}} {{.ID}}' 2>/dev/null | awk '{ a[$2] = $1 } END { for (i in a) if (a[i] == "kill") print i }'); do
+      # Best effort: the daemon keeps its last 256 events (the steady window covers what
+      # they miss). A health check's exec and status events come between a stop's kill
+      # and its die: they say nothing of the stop.
+      for i in $(docker events --since 15m --until "$(date +%s)" --filter "$f" --filter type=container --format '{{.Actor.ID}} {{.Action}}' 2>/dev/null | awk '$2 ~ /^(exec_|health_status)/ { next } { a[$1] = $2 } END { for (i in a) if (a[i] == "kill") print i }'); do
         busy="$busy$(docker inspect -f '{{if .State.Running}} {{.Name}}{{end}}' "$i" 2>/dev/null)"
       done
     fi
@@ -103,20 +106,21 @@ impl Layout {
         Cmd(argv)
     }
 
-    /// Whether the project's containers stay up: for its longest stop timeout plus the
-    /// margin, less `elapsed` seconds already waited since the restore began (at least 2
-    /// s). Exits 1 with the reason when they do not.
-    pub fn steady(&self, elapsed_secs: u64) -> Cmd {
+    /// Whether the project's containers stay up: with `outlast_stops`, for its longest
+    /// stop timeout plus the margin, less `elapsed` seconds already waited since the
+    /// restore began; at least 2 s. Exits 1 with the reason when they do not.
+    pub fn steady(&self, elapsed_secs: u64, outlast_stops: bool) -> Cmd {
         Cmd::new([
             "sh".to_string(),
             "-c".into(),
             format!(
-                "{}beat=\nw=$(( $(window \"$1\") - $2 )); [ \"$w\" -ge 2 ] || w=2\nsteady \"$1\" \"$w\"",
+                "{}beat=\nw=2; [ \"$3\" = full ] && w=$(( $(window \"$1\") - $2 )); [ \"$w\" -ge 2 ] || w=2\nsteady \"$1\" \"$w\"",
                 functions()
             ),
             "sh".into(),
             self.project.clone(),
             elapsed_secs.to_string(),
+            if outlast_stops { "full" } else { "short" }.into(),
         ])
     }
 
@@ -180,8 +184,19 @@ compose() { d="$rels/$id"; docker compose -p "$p" --project-directory "$d" -f "$
 id=$(ls -1 "$rels" 2>/dev/null | sort -r | while read -r d; do grep -q '"outcome": "deployed"' "$rels/$d/$rf" 2>/dev/null && { echo "$d"; break; }; done)
 r=".berth/releases/$id"
 started=$(date -u +%FT%TZ) proven= why=
+# The lock stays alive for as long as the heal runs (an `up` may take long), and the heal
+# goes on only while the lock is still its own.
+( while :; do touch "$beat" 2>/dev/null; sleep 10; done ) >/dev/null 2>&1 &
+hb=$!
+trap 'kill $hb 2>/dev/null' EXIT
+mine() { [ "$(cat "$l/token" 2>/dev/null)" = "$token" ]; }
+# A stop that the agent cut off goes on in Docker: its window passes before the first `up`.
+if [ -n "$BERTH_STOPPED_AT" ]; then
+  w=$(window "$p"); while [ "$(date +%s)" -lt $((BERTH_STOPPED_AT + w)) ]; do sleep 0.5; done
+fi
 [ -n "$id" ] || why="no release on this host was ever proven healthy: nothing to restore"
 [ -z "$id" ] || for attempt in 1 2; do
+  mine || { why="the lock was taken from the heal"; break; }
   t0=$(date +%s)
   settle "$p" >/dev/null
   if ! out=$(compose up -d --remove-orphans 2>&1); then why="up failed: $(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')"; continue; fi
@@ -191,11 +206,13 @@ started=$(date -u +%FT%TZ) proven= why=
   # By image id: what the release pins, against what the containers run.
   want=$(compose config --images 2>/dev/null | xargs -r docker image inspect -f '{{.Id}}' 2>/dev/null | sort -u) odd=
   have=$(docker ps -q --filter "label=com.docker.compose.project=$p" --filter label=com.docker.compose.oneoff=False | xargs -r docker inspect -f '{{.Image}}' 2>/dev/null | sort -u)
-  [ -z "$want" ] || odd=$(printf '%s\n' "$have" | grep -vxF "$want")
+  [ -n "$want" ] || { why="the release's images could not be read (compose config --images)"; continue; }
+  odd=$(printf '%s\n' "$have" | grep -vxF "$want")
   if [ -n "$odd" ]; then why="containers run images the release does not pin: $(echo $odd)"; continue; fi
   proven=1 why=; break
 done
 now=$(date -u +%FT%TZ)
+mine || exit 1
 for f in "$rels"/*/"$rf"; do
   [ -f "$f" ] && grep -q '"outcome": "pending"' "$f" && sed -i -e 's/"outcome": "pending"/"outcome": "interrupted"/' -e "s/\"updated_at\": \"[^\"]*\"/\"updated_at\": \"$now\"/" "$f"
 done
@@ -203,9 +220,9 @@ why=$(printf '%s' "$why" | tr -c 'A-Za-z0-9 .,:;()=+/_@-' ' ' | cut -c1-400)
 printf '{"at": "%s", "began": "%s", "restored": "%s", "proven": %s, "why": "%s"}\n' "$now" "$started" "$id" "$( [ -n "$proven" ] && echo true || echo false )" "$why" > "$note.tmp" && mv -f "$note.tmp" "$note"
 # The lock goes, if it is still the heal's.
 m="$l.takeover" i=0
+find "$m" -maxdepth 0 -mmin +1 -exec rmdir {} \; 2>/dev/null
 until mkdir "$m" 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || break; sleep 0.05; done
-[ "$(cat "$l/token" 2>/dev/null)" = "$token" ] && rm -rf "$l"
-rmdir "$m" 2>/dev/null
+if [ $i -lt 100 ]; then mine && rm -rf "$l"; rmdir "$m"; fi
 [ -n "$proven" ]"#;
 
 /// What the last heal did, as the next run reads it.

@@ -953,7 +953,7 @@ fn a_restore_waits_for_a_stop_in_flight() {
     // `c1` was sent a kill (a stop) and still runs until the flag goes.
     let docker = format!(
         r#"case " $* " in
-*" events "*) echo "kill c1" ;;
+*" events "*) echo "c1 kill"; echo "c1 exec_die"; echo "c1 health_status: healthy" ;;
 *" status=removing "*) ;;
 *" ps -aq "*) echo c1 ;;
 *" inspect "*".Config}}}}"*) echo '{{"Hostname":"x"}}' ;;

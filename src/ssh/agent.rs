@@ -70,9 +70,13 @@ finish() {
   # Once: a reclaim's TERM while this session waits or heals must not start it again (a
   # handler, not an ignore, which the heal's children would inherit).
   trap : TERM HUP INT
-  if [ -n "$keep" ] && [ -n "$pid" ] && ours; then
-    i=0; while alive "$pid" && [ $i -lt 6000 ]; do sleep 0.1; i=$((i+1)); done
+  # (`ours` each time: a reconnect that makes the lock its new session's stops the wait.)
+  if [ -n "$keep" ] && [ -n "$pid" ]; then
+    i=0; while alive "$pid" && ours && [ $i -lt 6000 ]; do sleep 0.1; i=$((i+1)); done
   fi
+  # What Docker was asked to do by a command stopped now goes on without it: the heal
+  # waits the project's stop window from here before its first `up`.
+  if [ -n "$pid" ] && alive "$pid"; then export BERTH_STOPPED_AT=$(date +%s); fi
   stop_command
   kill -KILL "$watcher" 2>/dev/null
   [ -f "$lock/heal" ] && ours && heal
@@ -89,6 +93,8 @@ heal() {
   # Under the mutex the lock becomes the heal's: a reconnect later finds it taken and
   # leaves the host to the heal, and no deploy takes it before the heal is done.
   m="$lock.takeover" i=0
+  # A taker killed half-way leaves its mark; after a minute it no longer counts.
+  find "$m" -maxdepth 0 -mmin +1 -exec rmdir {} \; 2>/dev/null
   until mkdir "$m" 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || return 0; sleep 0.05; done
   if ! ours; then rmdir "$m"; return 0; fi
   ht="heal-$sid"
@@ -97,6 +103,11 @@ heal() {
   touch "$lock/heartbeat"; rmdir "$m"
   t=; command -v timeout >/dev/null && t="timeout -k 10 HEAL_BOUND_SECS"
   $t sh "$lock/heal" "$lock" "$ht" </dev/null >"${lock%/lock}/heal.log" 2>&1
+  # Stopped at its bound (or ended without freeing the lock): say so, and free it.
+  if [ "$(cat "$lock/token" 2>/dev/null)" = "$ht" ]; then
+    printf '{"at": "%s", "began": "", "restored": "", "proven": false, "why": "the heal was stopped at its bound of HEAL_BOUND_SECS s or ended without releasing the lock"}\n' "$(date -u +%FT%TZ)" > "${lock%/lock}/healed.json"
+    rm -rf "$lock"
+  fi
 }
 trap finish TERM HUP INT
 trap stop_command USR1
@@ -684,24 +695,28 @@ mod tests {
             let ran = dir.path().join("ran");
             std::fs::write(
                 lock.join("heal"),
-                format!("echo \"$1 $2 $(cat \"$1/token\")\" > '{}'", ran.display()),
+                format!(
+                    "echo \"$1 $2 $(cat \"$1/token\")\" > '{r}'; cat \"$1/holder.json\" >> '{r}'",
+                    r = ran.display()
+                ),
             )
             .unwrap();
             std::fs::write(lock.join("handover"), "").unwrap();
             drop(agent.stdin.take());
             assert!(exits_within(&mut agent, 10), "{shell:?}");
             let said = std::fs::read_to_string(&ran).unwrap_or_default();
+            let (args, holder) = said.split_once('\n').unwrap_or_default();
             assert_eq!(
-                said.trim(),
+                args,
                 format!("{} heal-sid1 heal-sid1", lock.display()),
                 "{shell:?}"
             );
-            assert!(
-                std::fs::read_to_string(lock.join("holder.json"))
-                    .unwrap()
-                    .contains("self-heal"),
-                "{shell:?}"
-            );
+            assert!(holder.contains("self-heal"), "{shell:?}: {holder}");
+            // A heal that ended without releasing the lock (stopped at its bound): the
+            // agent frees it and leaves a note saying so.
+            assert!(!lock.exists(), "{shell:?}");
+            let note = std::fs::read_to_string(dir.path().join("healed.json")).unwrap();
+            assert!(note.contains("\"proven\": false"), "{shell:?}: {note}");
 
             // Not handed over: the agent first waits for a reconnect, and one that
             // comes (the lock names a newer session) means no heal at all.

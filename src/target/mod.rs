@@ -72,9 +72,13 @@ pub trait Target: Send {
     /// After `mode: rollback` proved `restored` healthy: the records say so.
     fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError>;
     /// After a restore began `elapsed` ago and proved healthy: whether what it started
-    /// stays up long enough that no stop already in flight can still take it down.
-    /// `Some(why)` when it did not.
-    fn steady(&mut self, _elapsed: Duration) -> Result<Option<String>, ReleaseError> {
+    /// stays up, with `outlast_stops` long enough that no stop already in flight (an `up`
+    /// cut off half-way) can still take it down. `Some(why)` when it did not.
+    fn steady(
+        &mut self,
+        _elapsed: Duration,
+        _outlast_stops: bool,
+    ) -> Result<Option<String>, ReleaseError> {
         Ok(None)
     }
     /// A cancelled run is leaving: the host finishes what berth cannot (see
@@ -108,6 +112,8 @@ pub struct HostState {
     /// Another deploy took the lock while this run was disconnected: berth leaves the
     /// host to it (no record, no restore).
     pub lock_lost: bool,
+    /// The host's own self-heal took it: the host restores the previous release itself.
+    pub lost_to_heal: bool,
     /// An earlier run was gone before its verdict, and the host restored a release by
     /// itself: what it did.
     pub healed: Option<crate::remote::HealedNote>,
@@ -196,6 +202,9 @@ pub struct ReleaseSpec {
     pub pre_deploy_timeout: Duration,
     /// How long the pull may go without progress (`pull-stall-timeout`).
     pub pull_stall: Duration,
+    /// Whether the host restores the previous release by itself when berth is gone
+    /// before its verdict (not with `rollback: off`).
+    pub self_heal: bool,
     pub registry: Option<RegistryLogin>,
     pub holder: LockHolder,
     pub lock_timeout: Duration,

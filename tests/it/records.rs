@@ -94,7 +94,7 @@ fn rollback_goes_to_the_newest_proven_release_past_failed_and_interrupted_ones()
     // v3 is broken too, and its run is cancelled (SIGTERM) while its health is probed:
     // the release was never proven, so the newest proven one serves again before berth
     // exits.
-    let (child, log, r3, v3) = switched_in(&stage, "v3", &r1);
+    let (child, log, r3, v3) = switched_in(&stage, "v3", &r1, &[]);
     sh(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     let run = v3.finished(child.wait_with_output().unwrap());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -112,10 +112,11 @@ fn rollback_goes_to_the_newest_proven_release_past_failed_and_interrupted_ones()
     assert_eq!(stage.record(&r3)["outcome"], "rolled-back");
     std::thread::sleep(Duration::from_secs(1));
 
-    // v3k is killed outright (SIGKILL) during health: no time to restore anything. Its
-    // remote session ends with it: the record says interrupted, and the lock is marked
-    // abandoned, so the next deploy takes it at once (no 90 s wait for a stale heartbeat).
-    let (mut child, _, r3k, _v3k) = switched_in(&stage, "v3k", &r1);
+    // v3k is killed outright (SIGKILL) during health, with `rollback: off` (so the host
+    // does not heal itself: it is left as it is). Its remote session ends with it: the
+    // record says interrupted, and the lock is marked abandoned, so the next deploy takes
+    // it at once (no 90 s wait for a stale heartbeat).
+    let (mut child, _, r3k, _v3k) = switched_in(&stage, "v3k", &r1, &[("rollback", "off")]);
     sh(Command::new("kill").args(["-KILL", &child.id().to_string()]));
     let _ = child.wait();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -184,6 +185,7 @@ fn switched_in(
     stage: &Stage,
     version: &str,
     previous: &str,
+    inputs: &[(&str, &str)],
 ) -> (
     std::process::Child,
     std::path::PathBuf,
@@ -191,9 +193,12 @@ fn switched_in(
     crate::support::Berth,
 ) {
     let log = stage.deploy_dir.with_file_name(format!("{version}.log"));
-    let berth = stage
+    let mut berth = stage
         .berth(&App::new(version).mode("500"))
         .input("health-timeout", "60s");
+    for (name, value) in inputs {
+        berth = berth.input(name, value);
+    }
     let child = berth
         .command()
         // Unread, a pipe would fill and stall berth mid-build.

@@ -747,9 +747,12 @@ fn pre_deploy_containers(stage: &Stage) -> String {
 fn a_lock_taken_while_berth_was_disconnected_leaves_that_host_to_its_new_holder() {
     let stage = Stage::new();
     let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
+    // With `rollback: off` no self-heal is armed, so the session that ends marks the lock
+    // abandoned at once and another deploy may take it (the heal's case is below).
     let b = stage
         .berth(&App::new("v2").mode("500"))
-        .input("health-timeout", "60s");
+        .input("health-timeout", "60s")
+        .input("rollback", "off");
     let lock = stage.deploy_dir.join(".berth/lock");
     let sshd = stage.sshd.pid().to_string();
     let taken = std::thread::scope(|s| {
@@ -878,4 +881,67 @@ fn a_connection_that_goes_silent_during_a_quiet_pre_deploy_is_found_and_its_sess
     assert!(left.trim().is_empty(), "the pre-deploy survived: {left}");
     assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
     assert!(!stage.deploy_dir.join(".berth/lock").exists());
+}
+
+#[test]
+fn a_lock_the_hosts_self_heal_took_while_berth_was_disconnected_is_left_to_the_heal() {
+    let stage = Stage::new();
+    let r1 = stage.deploy_ok(&App::new("v1")).output("release").unwrap();
+    let b = stage
+        .berth(&App::new("v2").mode("500"))
+        .input("health-timeout", "60s");
+    let lock = stage.deploy_dir.join(".berth/lock");
+    let sshd = stage.sshd.pid().to_string();
+    let run = std::thread::scope(|s| {
+        let cutter = s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while stage.current().is_none_or(|c| c == r1) {
+                assert!(std::time::Instant::now() < deadline, "v2 never switched in");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            // As a cancelled run does, hand over (so the host heals without its 30 s wait),
+            // then cut berth's session and hold its reconnect off until the heal holds the
+            // lock.
+            std::fs::write(lock.join("handover"), "").unwrap();
+            sh(Command::new("kill").args(["-STOP", &sshd]));
+            sh(Command::new("pkill").args(["-9", "-P", &sshd]));
+            while !std::fs::read_to_string(lock.join("token"))
+                .unwrap_or_default()
+                .starts_with("heal-")
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the heal never took the lock"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sh(Command::new("kill").args(["-CONT", &sshd]));
+        });
+        let run = b.run();
+        cutter.join().unwrap();
+        run
+    });
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("title=berth%3A the host is restoring itself::"),
+        "{}",
+        run.stdout
+    );
+    // berth restored nothing itself: the heal did, proved it and freed the lock.
+    assert!(!run.stdout.contains("(restore)"), "{}", run.stdout);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while lock.exists() {
+        assert!(std::time::Instant::now() < deadline, "the heal never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let note: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(stage.deploy_dir.join(".berth/healed.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(note["restored"], r1.as_str(), "{note}");
+    assert_eq!(note["proven"], true, "{note}");
+    assert_eq!(stage.current().as_deref(), Some(r1.as_str()));
+    assert!(stage.health().1.contains("\"version\":\"v1\""));
 }

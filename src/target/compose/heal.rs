@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{ComposeHost, QUICK};
+
 use crate::target::ReleaseError;
 
 impl ComposeHost {
@@ -40,12 +41,18 @@ impl ComposeHost {
         Ok(())
     }
 
-    /// Whether the restored containers stay up for the project's longest stop timeout plus
-    /// a margin, counted from when the restore began (`elapsed` ago). Ok(None) when they
-    /// did; Ok(Some(why)) when one did not.
-    pub(super) fn steady(&mut self, elapsed: Duration) -> Result<Option<String>, ReleaseError> {
-        let cmd = self.layout.steady(elapsed.as_secs());
-        let out = self.quiet(&cmd, None, QUICK, false)?;
+    /// Whether the restored containers stay up: with `outlast_stops`, for the project's
+    /// longest stop timeout plus a margin counted from when the restore began (`elapsed`
+    /// ago); else for 2 s. Ok(None) when they did; Ok(Some(why)) when one did not.
+    pub(super) fn steady(
+        &mut self,
+        elapsed: Duration,
+        outlast_stops: bool,
+    ) -> Result<Option<String>, ReleaseError> {
+        let cmd = self.layout.steady(elapsed.as_secs(), outlast_stops);
+        // Bounded by its own window (the longest stop timeout plus a margin), which may
+        // pass QUICK: only a host that stops answering is cut off here.
+        let out = self.quiet(&cmd, None, super::LONG, false)?;
         match out.status {
             0 => Ok(None),
             1 => Ok(Some(out.stdout.trim().to_string())),

@@ -145,6 +145,7 @@ impl ComposeHost {
         }
         self.lock_token = None;
         self.lock_lost = true;
+        self.lost_to_heal = out.stdout.trim() == "healing";
         forget(&self.access, &token);
         Err(ReleaseError::LockLost {
             host: self.conn.name.clone(),

@@ -84,6 +84,8 @@ pub struct ComposeHost {
     restoring: bool,
     /// Another deploy took the lock while this run was disconnected: the host is its now.
     pub lock_lost: bool,
+    /// The one that took it is the host's own self-heal (berth was gone too long).
+    pub lost_to_heal: bool,
     /// What the host did by itself after an earlier run was gone before its verdict.
     pub healed: Option<remote::HealedNote>,
     /// The heal is armed: if the session ends before berth's verdict, the host restores
@@ -130,6 +132,7 @@ impl ComposeHost {
             running: None,
             restoring: false,
             lock_lost: false,
+            lost_to_heal: false,
             healed: None,
             heal_armed: false,
             handed_over: false,

@@ -33,6 +33,7 @@ impl Target for ComposeHost {
             slow_stops: self.slow_stops.clone(),
             warnings: Vec::new(),
             lock_lost: self.lock_lost,
+            lost_to_heal: self.lost_to_heal,
             healed: self.healed.clone(),
             handed_over: self.handed_over && self.heal_armed,
         }
@@ -144,8 +145,12 @@ impl Target for ComposeHost {
         self.still_ours()?;
         ComposeHost::record_manual_rollback(self, restored)
     }
-    fn steady(&mut self, elapsed: Duration) -> Result<Option<String>, ReleaseError> {
-        ComposeHost::steady(self, elapsed)
+    fn steady(
+        &mut self,
+        elapsed: Duration,
+        outlast_stops: bool,
+    ) -> Result<Option<String>, ReleaseError> {
+        ComposeHost::steady(self, elapsed, outlast_stops)
     }
     fn hand_over(&mut self) -> Result<(), ReleaseError> {
         ComposeHost::hand_over(self)

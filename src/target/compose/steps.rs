@@ -25,14 +25,17 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
     steps.extend(pull_steps(layout, spec, docker_config));
     steps.extend(pre_deploy_step(layout, spec));
     // From here the running containers may change: if berth is gone before its verdict,
-    // the host restores the newest proven release by itself (see `remote::heal`).
-    steps.push(Step::run(
-        Phase::Up,
-        ARM_HEAL,
-        layout.arm_heal(),
-        Output::Quiet,
-        QUICK,
-    ));
+    // the host restores the newest proven release by itself (see `remote::heal`), unless
+    // `rollback: off` says to leave the host as it is.
+    if spec.self_heal {
+        steps.push(Step::run(
+            Phase::Up,
+            ARM_HEAL,
+            layout.arm_heal(),
+            Output::Quiet,
+            QUICK,
+        ));
+    }
     steps.push(activation_step(layout, &spec.id, DEPLOY_UP));
     steps
 }
@@ -195,6 +198,7 @@ mod tests {
             }),
             pre_deploy_timeout: Duration::from_secs(600),
             pull_stall: Duration::from_secs(60),
+            self_heal: true,
             registry: Some(RegistryLogin {
                 server: "reg:5000".into(),
                 username: "bot".into(),
