@@ -854,7 +854,7 @@ fn heal_docker(dir: &std::path::Path) -> String {
 *" status=removing "*) ;;
 *" ps -aq "*) echo c1 ;;
 *" ps -q "*) echo c1 ;;
-*" inspect "*"{{{{.Image}}}}"*) echo sha256:1 ;;
+*" inspect "*"{{{{.Image}}}}"*) echo "${{IMG:-sha256:1}}" ;;
 *" inspect "*".Config}}}}"*) echo '{{"StopTimeout":0}}' ;;
 *" inspect "*RestartCount*) echo "c1 /shop-web-1 ${{STATE:-running}} ${{CODE:-0}} 0 {{\"Health\":{{\"Status\":\"${{HEALTH:-healthy}}\"}}}}" ;;
 esac"#,
@@ -942,6 +942,23 @@ fn the_heal_restores_proves_records_and_releases_the_lock() {
         "{note}"
     );
     assert!(!std::path::Path::new(&lock).exists());
+
+    // Containers that run another image than the release pins: not proven either.
+    std::fs::create_dir_all(&lock).unwrap();
+    std::fs::write(format!("{lock}/token"), "heal-s1\n").unwrap();
+    run_with_docker(&docker, &layout.arm_heal());
+    let other = format!("IMG=sha256:2\n{docker}");
+    let out = run_with_docker_stdin(&other, &run, b"");
+    assert!(!out.status.success(), "{out:?}");
+    let note = std::fs::read_to_string(format!("{}/{HEALED_NOTE}", layout.berth_dir())).unwrap();
+    let note = parse_healed_note(&note).unwrap();
+    assert!(!note.proven);
+    assert!(
+        note.why
+            .contains("images the release does not pin: sha256:2"),
+        "{}",
+        note.why
+    );
 }
 
 #[test]
