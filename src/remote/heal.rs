@@ -237,11 +237,25 @@ pub struct HealedNote {
 }
 
 /// The note from the snapshot's section after [`HEALED_MARK`], if a heal left one.
+/// Its text is the host's, which the report then quotes: what is not a timestamp or the
+/// heal's own words is dropped.
 pub fn parse_healed_note(section: &str) -> Option<HealedNote> {
+    let keep = |s: &str, extra: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || extra.contains(*c))
+            .take(400)
+            .collect()
+    };
     section
         .lines()
         .find_map(|l| serde_json::from_str::<HealedNote>(l.trim()).ok())
         .filter(|n| n.restored.is_empty() || super::is_release_id(&n.restored))
+        .map(|n| HealedNote {
+            at: keep(&n.at, ":-.+"),
+            began: keep(&n.began, ":-.+"),
+            why: keep(&n.why, " .,:;()=+/_@-"),
+            ..n
+        })
 }
 
 /// Moves the note aside once read, so it is reported once.

@@ -908,6 +908,16 @@ fn the_heal_restores_proves_records_and_releases_the_lock() {
     let note = std::fs::read_to_string(format!("{}/{HEALED_NOTE}", layout.berth_dir())).unwrap();
     let parsed = parse_healed_note(&note).expect("the note, as the next run reads it");
     assert_eq!((parsed.restored.as_str(), parsed.proven), ("r1", true));
+    // Text from the host goes into the next run's report: only the heal's own characters
+    // (no line break, so nothing of it starts a line of the log).
+    let odd = parse_healed_note(
+        r###"{"at": "2026-12-02T04:00:00Z\n::error::x", "began": "", "restored": "r1", "proven": false, "why": "##[error]x `y`"}"###,
+    )
+    .unwrap();
+    assert_eq!(
+        (odd.at.as_str(), odd.why.as_str()),
+        ("2026-12-02T04:00:00Z::error::x", "errorx y")
+    );
     // A note naming no release id is not taken (it goes into the next run's report).
     assert!(parse_healed_note(&note.replace("\"r1\"", "\"$(x)\"")).is_none());
     assert!(std::fs::read_to_string(&pending)

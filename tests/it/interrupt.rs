@@ -5,7 +5,7 @@
 //! the proven release serving, and still serving 30 s later. When berth was killed, the
 //! host restored itself.
 
-use std::io::BufRead;
+use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,14 @@ use crate::support::{Berth, Run};
 /// Runs `b`; once a line of its output contains `trigger`, waits `delay`, then sends
 /// `signal` to berth. Fails the test if the line never comes.
 fn run_interrupting(b: &Berth, trigger: &str, delay: Duration, signal: &str) -> Run {
+    run_acting_at(b, trigger, delay, |berth| {
+        sh(Command::new("kill").args([&format!("-{signal}"), &berth.to_string()]));
+    })
+}
+
+/// Runs `b`; once a line of its output contains `trigger`, waits `delay`, then does `act`
+/// (given berth's pid). Fails the test if the line never comes.
+fn run_acting_at(b: &Berth, trigger: &str, delay: Duration, act: impl FnOnce(u32)) -> Run {
     let mut child = b
         .command()
         .stdout(Stdio::piped())
@@ -43,7 +51,7 @@ fn run_interrupting(b: &Berth, trigger: &str, delay: Duration, signal: &str) -> 
     let came = seen.recv_timeout(Duration::from_secs(180)).is_ok();
     if came {
         std::thread::sleep(delay);
-        sh(Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]));
+        act(child.id());
     } else {
         let _ = child.kill();
     }
@@ -221,30 +229,8 @@ fn a_connection_dropped_mid_stop_reconnects_and_proves_v1_serving_before_saying_
     let (r1, b) = v1_then_v2(&stage, "ignoreterm");
     let sshd_pid = stage.sshd.pid().to_string();
     // The sshd processes serving berth go 2 s after `Recreate`.
-    let mut child = b.command().stdout(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut cut = false;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap_or_default();
-            if !cut && line.contains("Recreate") {
-                cut = true;
-                std::thread::sleep(Duration::from_secs(2));
-                sh(Command::new("pkill").args(["-9", "-P", &sshd_pid]));
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        (all, cut)
-    });
-    let status = child.wait().unwrap();
-    let (stdout, cut) = reader.join().unwrap();
-    assert!(cut, "`Recreate` never came:\n{stdout}");
-    let run = b.finished(std::process::Output {
-        status,
-        stdout: stdout.into_bytes(),
-        stderr: Vec::new(),
+    let run = run_acting_at(&b, "Recreate", Duration::from_secs(2), |_| {
+        sh(Command::new("pkill").args(["-9", "-P", &sshd_pid]));
     });
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert_eq!(
