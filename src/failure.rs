@@ -8,7 +8,7 @@ use crate::images::ImageError;
 use crate::inputs::InputErrors;
 use crate::report::{Cause, Failure, Phase};
 use crate::ssh::SshError;
-use crate::target::ReleaseError;
+use crate::targets::ReleaseError;
 use crate::trust::WorkspaceError;
 
 /// The host-side steps a fault can come from: each has its phase and its titles.
@@ -62,7 +62,7 @@ pub enum Fault {
     Cancelled {
         signal: &'static str,
         phase: Option<Phase>,
-        released: crate::target::LastResort,
+        released: crate::targets::LastResort,
     },
 }
 
@@ -173,7 +173,7 @@ impl Fault {
 fn cancelled_message(
     signal: &str,
     phase: &Option<Phase>,
-    released: &crate::target::LastResort,
+    released: &crate::targets::LastResort,
 ) -> String {
     match phase {
         Some(p) => format!(

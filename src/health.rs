@@ -9,7 +9,7 @@ use url::Url;
 use crate::inputs::{redact_url, HealthSettings, JsonExpectation, StatusMatcher};
 
 /// No single probe waits longer than this, and never past the deadline.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const BODY_EXCERPT: usize = 512;
 /// The most of a health answer's body berth reads. A health endpoint that streams without
 /// end (a bug, or a compromised app) would otherwise fill memory after `current` was
@@ -467,5 +467,111 @@ mod tests {
             judge(200, br#"{"success":true}"#, &ok200(), &exp),
             ProbeOutcome::Healthy { status: 200 }
         );
+    }
+}
+
+/// What users saw while a release was switched: the public URL probed in the background,
+/// about 20 times a second, from the first new container to the end of the drain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    pub url: String,
+    pub total: u64,
+    pub failed: u64,
+    /// The longest run of failures, from the first failed probe to the next good one (or
+    /// to the end of the measurement).
+    pub longest_gap: Duration,
+    /// The first failures, each with its offset from the start.
+    pub failures: Vec<String>,
+    pub measured: Duration,
+}
+
+impl Tally {
+    /// "0 of 412 probes failed (longest gap 0 ms)".
+    pub fn headline(&self) -> String {
+        format!(
+            "{} of {} probes of {} failed (longest gap {} ms)",
+            self.failed,
+            self.total,
+            self.url,
+            self.longest_gap.as_millis()
+        )
+    }
+}
+
+/// How often the background probe asks: at most about 20 a second.
+pub const USER_PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Failures kept by name in the tally.
+const FAILURES_KEPT: usize = 5;
+
+/// The background probe; [`UserProbe::stop`] ends it and returns the tally.
+pub struct UserProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Tally>,
+}
+
+impl UserProbe {
+    /// Starts probing `probe`'s URL as a user reaches it (no candidate header).
+    pub fn start(probe: HealthProbe) -> UserProbe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tally = Tally {
+                url: probe.shown_url(),
+                ..Default::default()
+            };
+            let mut failing_since: Option<Instant> = None;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = Instant::now();
+                let outcome = probe.probe(Duration::from_secs(2)).await;
+                tally.total += 1;
+                match outcome {
+                    ProbeOutcome::Healthy { .. } => {
+                        if let Some(since) = failing_since.take() {
+                            tally.longest_gap = tally.longest_gap.max(since.elapsed());
+                        }
+                    }
+                    other => {
+                        tally.failed += 1;
+                        failing_since.get_or_insert(at);
+                        if tally.failures.len() < FAILURES_KEPT {
+                            tally.failures.push(format!(
+                                "{:.2}s: {other}",
+                                at.duration_since(started).as_secs_f64()
+                            ));
+                        }
+                    }
+                }
+                tokio::time::sleep(USER_PROBE_EVERY.saturating_sub(at.elapsed())).await;
+            }
+            if let Some(since) = failing_since {
+                tally.longest_gap = tally.longest_gap.max(since.elapsed());
+            }
+            tally.measured = started.elapsed();
+            tally
+        });
+        UserProbe { stop, task }
+    }
+
+    pub async fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+impl HealthProbe {
+    /// The same probe with one more request header (the edge's candidate header).
+    pub fn with_header(&self, name: &str, value: &str) -> HealthProbe {
+        let mut headers = self.headers.clone();
+        headers.push((name.to_string(), value.to_string()));
+        HealthProbe {
+            client: self.client.clone(),
+            url: self.url.clone(),
+            status: self.status.clone(),
+            json: self.json.clone(),
+            headers,
+            interval: self.interval,
+            timeout: self.timeout,
+        }
     }
 }

@@ -4,9 +4,11 @@
 //! inputs -> CI gate -> images -> remote release -> health -> (rollback) -> report.
 //! ARCHITECTURE.md is the map.
 
+pub mod argv;
 mod cancel;
 pub mod ci_gate;
 pub mod docker;
+pub mod edge;
 mod engine;
 mod failure;
 mod github;
@@ -19,7 +21,7 @@ pub mod remote;
 pub mod report;
 pub mod secret;
 pub mod ssh;
-pub mod target;
+pub mod targets;
 mod trust;
 pub mod workflow;
 
@@ -168,7 +170,7 @@ async fn shutdown_signal() -> &'static str {
 
 /// A cancelled run releases its deploy locks before it exits.
 async fn cancelled(signal: &'static str) -> report::Report {
-    let released = tokio::task::spawn_blocking(target::release_held_locks)
+    let released = tokio::task::spawn_blocking(targets::release_held_locks)
         .await
         .unwrap_or_default();
     let mut report = report::Report::default();

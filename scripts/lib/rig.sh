@@ -22,12 +22,16 @@ rig_install_packages() {
   # The Swarm tests' own engine runs in a network namespace of its own.
   command -v ip >/dev/null || missing+=(iproute2)
   command -v nsenter >/dev/null || missing+=(util-linux)
+  # The edge's proxy (`routes`): Debian's Caddy 2, made into a local image by the tests
+  # (no image can be pulled here); its postinst may start a service, which is stopped.
+  command -v caddy >/dev/null || missing+=(caddy)
   if [ ${#missing[@]} -gt 0 ]; then
     rig_log "installing ${missing[*]}"
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
   fi
   mkdir -p /run/sshd
+  pkill -x caddy 2>/dev/null || true
 }
 
 rig_install_compose() {

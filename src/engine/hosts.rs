@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use futures_util::StreamExt;
 
 use crate::inputs::HostSpec;
-use crate::target::{HostState, ReleaseError, Target};
+use crate::targets::{HostState, ReleaseError, Target};
 
 /// At most this many hosts are worked on at once.
 pub const MAX_PARALLEL_HOSTS: usize = 8;

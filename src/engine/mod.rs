@@ -18,7 +18,7 @@ use crate::remote::{self, Layout, LockHolder};
 use crate::report::{HostReport, Outcome, Phase, PhaseResult, Report};
 use crate::secret::Secret;
 use crate::ssh::HostTrust;
-use crate::target::{
+use crate::targets::{
     self, compose::ComposeHost, phase_summaries, swarm::host::SwarmHost, Access, RegistryLogin,
     ReleaseError, ReleaseSpec, Target,
 };
@@ -113,6 +113,8 @@ struct Engine<'a> {
     layout: Layout,
     /// `mode: rollback`: the release re-activated.
     restored: Option<String>,
+    /// What users see while the release is switched, probed in the background.
+    user_probe: std::sync::Mutex<Option<crate::health::UserProbe>>,
 }
 
 impl<'a> Engine<'a> {
@@ -160,7 +162,7 @@ impl<'a> Engine<'a> {
             // Only log in when berth pushed images there; otherwise the host pulls as it can.
             registry: None,
             holder: LockHolder {
-                token: target::random_token(),
+                token: targets::random_token(),
                 run_url: ctx.run_url().unwrap_or_default(),
                 actor: ctx.actor.clone(),
                 sha: sha.into(),
@@ -172,6 +174,10 @@ impl<'a> Engine<'a> {
             keep_releases: cfg.target.keep_releases,
             image_prefix: cfg.build.image_prefix.clone(),
             converge_within: cfg.health.timeout,
+            edge: cfg.edge.clone().map(|settings| targets::EdgeRelease {
+                settings,
+                token: targets::random_token(),
+            }),
         };
         Engine {
             cfg,
@@ -184,6 +190,7 @@ impl<'a> Engine<'a> {
                 project: cfg.target.project_name.clone(),
             },
             restored: None,
+            user_probe: Default::default(),
         }
     }
 
@@ -377,17 +384,64 @@ impl<'a> Engine<'a> {
     }
 
     /// Snapshot, the release's steps on every host, then the verdict; any failure once a
-    /// host was touched restores the previous release.
+    /// host was touched restores the previous release. What users saw is measured from
+    /// the first step that may change the running containers until the end (drain or
+    /// restore included).
     async fn deploy(&self, hosts: &[Host], report: &mut Report) -> Result<Outcome, Fault> {
+        let result = self.deploy_and_judge(hosts, report).await;
+        let probe = self.user_probe.lock().ok().and_then(|mut p| p.take());
+        if let Some(probe) = probe {
+            report.user_probes = Some(probe.stop().await);
+        }
+        result
+    }
+
+    async fn deploy_and_judge(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+    ) -> Result<Outcome, Fault> {
         let snapshots = on_all(hosts, |t| t.snapshot()).await;
         first_error(snapshots).map_err(Fault::host(HostStep::Snapshot))?;
         report_heals(hosts, report).await;
         report.previous_release = hosts[0].state().await.previous;
         report.release = Some(self.spec.id.clone());
+        report.routed = self.spec.edge.is_some();
 
-        if let Err((phase, e)) = self.run_release(hosts, report).await {
-            let fault = Fault::host(HostStep::Release(phase))(e);
-            return Err(self.fail_and_restore(hosts, report, fault).await);
+        for batch in [Batch::Prepare, Batch::Activate] {
+            if batch == Batch::Activate {
+                self.start_user_probe(hosts).await;
+            }
+            if let Err((phase, e)) = self.run_release(hosts, report, batch).await {
+                let fault = Fault::host(HostStep::Release(phase))(e);
+                return Err(self.fail_and_restore(hosts, report, fault).await);
+            }
+        }
+        if let Some(edge) = &self.spec.edge {
+            // The candidates, proven through the edge by the probe's header only: no user
+            // request reaches them before this passes.
+            let started = Instant::now();
+            let header = (crate::edge::CANDIDATE_HEADER, edge.token.as_str());
+            if let Err(fault) = self
+                .health_gate_with(hosts, report, started, false, Some(header))
+                .await
+            {
+                verdict::record_unproven(report, &fault, started);
+                report.users_unaffected = true;
+                return Err(self.fail_and_restore(hosts, report, fault).await);
+            }
+            report.record(
+                Phase::Health,
+                started.elapsed(),
+                PhaseResult::Ok(
+                    "the new containers answered healthy through the edge (probe header only)"
+                        .into(),
+                ),
+            );
+            if let Err((phase, e)) = self.run_release(hosts, report, Batch::Switch).await {
+                let fault = Fault::host(HostStep::Release(phase))(e);
+                return Err(self.fail_and_restore(hosts, report, fault).await);
+            }
         }
         // The health deadline counts from the moment the last host's activation returned:
         // counted from the first, a host whose `up` was slower got less than
@@ -398,7 +452,17 @@ impl<'a> Engine<'a> {
             .filter_map(|h| h.activated_at)
             .max()
             .unwrap_or_else(Instant::now);
-        match self.verify_and_gate(hosts, report, health_started).await {
+        let judged = match self.verify_and_gate(hosts, report, health_started).await {
+            Ok(record) => match &self.spec.edge {
+                Some(edge) => self
+                    .hold(hosts, edge.settings.verdict_window)
+                    .await
+                    .map(|()| record),
+                None => Ok(record),
+            },
+            Err(fault) => Err(fault),
+        };
+        match judged {
             Ok(record) => {
                 report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
                 report.record(
@@ -411,6 +475,15 @@ impl<'a> Engine<'a> {
                 );
                 report.health = Some(record);
                 self.mark(hosts, "deployed", report).await;
+                if self.spec.edge.is_some() {
+                    // The old containers are kept until the verdict; only now do they go.
+                    if let Err((_, e)) = self.run_release(hosts, report, Batch::Drain).await {
+                        report.warn(
+                            "berth: drain failed",
+                            format!("The release is deployed, healthy and serving through the edge, but stopping the old containers failed: {e}. They get no requests; remove them by hand or let the next deploy do it."),
+                        );
+                    }
+                }
                 if crate::cancel::is_cancelled() {
                     report.warn("berth: cancelled after the release was proven", "The run was cancelled after the release proved healthy: it stays, recorded `deployed`; old releases were not pruned and moving tags were not pushed.");
                     return Ok(Outcome::Deployed);
@@ -453,10 +526,12 @@ impl<'a> Engine<'a> {
         &self,
         hosts: &[Host],
         report: &mut Report,
+        batch: Batch,
     ) -> Result<(), (Phase, ReleaseError)> {
         let spec = self.spec.clone();
         let ran = on_all(hosts, move |t| {
-            let steps = t.release_steps(&spec);
+            let mut steps = t.release_steps(&spec);
+            steps.retain(|s| batch.holds(s.phase));
             let mut timings: Vec<(Phase, Duration)> = Vec::new();
             let mut result = Ok(());
             for step in &steps {
@@ -530,6 +605,34 @@ impl<'a> Engine<'a> {
                 "berth: release record not written",
                 format!("Could not record this release as `{outcome}` on {e}. A later rollback reads these records to choose a release; check the host's deploy dir (disk space, permissions)."),
             );
+        }
+    }
+}
+
+/// Which of the release's steps a call of [`Engine::run_release`] runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Batch {
+    /// Upload, pull, pre-deploy: nothing that runs has changed.
+    Prepare,
+    /// From the first step that may change what runs (`up`; with `routes`, the new
+    /// containers beside the old and their header-only routes).
+    Activate,
+    /// With `routes`: the edge's switch.
+    Switch,
+    /// With `routes`, after the verdict: the old containers drained and stopped.
+    Drain,
+}
+
+impl Batch {
+    fn holds(self, phase: Phase) -> bool {
+        match self {
+            Batch::Prepare => matches!(phase, Phase::Upload | Phase::Pull | Phase::PreDeploy),
+            Batch::Activate => !matches!(
+                phase,
+                Phase::Upload | Phase::Pull | Phase::PreDeploy | Phase::Switch | Phase::Drain
+            ),
+            Batch::Switch => phase == Phase::Switch,
+            Batch::Drain => phase == Phase::Drain,
         }
     }
 }

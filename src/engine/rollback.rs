@@ -6,7 +6,7 @@ use super::hosts::{on_all, states, Host};
 use super::{Engine, LOG_LINES};
 use crate::failure::{Fault, HostStep};
 use crate::report::{Diagnostics, Outcome, Phase, PhaseResult, Report, RollbackReport};
-use crate::target::{HostState, ReleaseError};
+use crate::targets::{HostState, ReleaseError};
 use crate::workflow::{Annotation, Level};
 
 impl Engine<'_> {

@@ -58,6 +58,20 @@ impl Engine<'_> {
         started: Instant,
         restoring: bool,
     ) -> Result<HealthRecord, Fault> {
+        self.health_gate_with(hosts, report, started, restoring, None)
+            .await
+    }
+
+    /// [`Engine::health_gate`], each probe carrying `header` (the edge's candidate header:
+    /// the probe reaches the new containers only).
+    pub(super) async fn health_gate_with(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        started: Instant,
+        restoring: bool,
+        header: Option<(&str, &str)>,
+    ) -> Result<HealthRecord, Fault> {
         // Not from the hosts' threads: one may be busy verifying, and the probe must not
         // wait for it.
         let specs: Vec<_> = hosts.iter().map(|h| h.spec.clone()).collect();
@@ -70,11 +84,21 @@ impl Engine<'_> {
         }
         let probes = urls
             .iter()
-            .map(|url| HealthProbe::from_config(&self.cfg.health, url))
+            .map(|url| {
+                HealthProbe::from_config(&self.cfg.health, url).map(|p| match header {
+                    Some((k, v)) => p.with_header(k, v),
+                    None => p,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Fault::Probe(e.to_string()))?;
         let names: Vec<String> = urls.iter().map(crate::inputs::redact_url).collect();
-        let _group = self.runner.group(&format!("Health: {}", names.join(", ")));
+        let what = if header.is_some() {
+            "Health of the new containers, through the edge (probe header only)"
+        } else {
+            "Health"
+        };
+        let _group = self.runner.group(&format!("{what}: {}", names.join(", ")));
         let probe = self.probe_all(&probes, started);
         let watch = crash_watch(hosts, started);
         let cancel = async {
@@ -137,6 +161,73 @@ impl Engine<'_> {
                 .into_iter()
                 .max_by_key(|r| r.healthy_after)
                 .unwrap_or_default()),
+        }
+    }
+}
+
+impl Engine<'_> {
+    /// Starts measuring what users see (the first `health-url`, as a user reaches it).
+    pub(super) async fn start_user_probe(&self, hosts: &[Host]) {
+        let specs: Vec<_> = hosts.iter().map(|h| h.spec.clone()).collect();
+        let Some(url) = self.cfg.health.urls(&specs).into_iter().next() else {
+            return;
+        };
+        let Ok(probe) = HealthProbe::from_config(&self.cfg.health, &url) else {
+            return;
+        };
+        if let Ok(mut slot) = self.user_probe.lock() {
+            *slot = Some(crate::health::UserProbe::start(probe));
+        }
+    }
+
+    /// After the edge's switch: the new containers must stay healthy for `window`, every
+    /// probe passing and nothing crash-looping. The old ones are kept meanwhile, so a
+    /// failure here switches back in one config load.
+    pub(super) async fn hold(&self, hosts: &[Host], window: Duration) -> Result<(), Fault> {
+        let specs: Vec<_> = hosts.iter().map(|h| h.spec.clone()).collect();
+        let probes = self
+            .cfg
+            .health
+            .urls(&specs)
+            .iter()
+            .map(|url| HealthProbe::from_config(&self.cfg.health, url))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Fault::Probe(e.to_string()))?;
+        let started = Instant::now();
+        let _group = self.runner.group(&format!(
+            "Verdict window: {} after the switch",
+            crate::report::Rounded(window)
+        ));
+        let probe = async {
+            let interval = self.cfg.health.interval.min(Duration::from_secs(1));
+            while started.elapsed() < window {
+                for p in &probes {
+                    let outcome = p.probe(crate::health::PROBE_TIMEOUT).await;
+                    if !matches!(outcome, crate::health::ProbeOutcome::Healthy { .. }) {
+                        let msg = format!(
+                            "{} failed {:.1}s after the switch, inside the verdict window: {outcome}",
+                            p.shown_url(),
+                            started.elapsed().as_secs_f64()
+                        );
+                        self.runner.line(&msg);
+                        return Err(Fault::Unhealthy {
+                            message: msg,
+                            record: Box::default(),
+                        });
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+            self.runner.line(&format!(
+                "healthy through the verdict window ({})",
+                crate::report::Rounded(window)
+            ));
+            Ok(())
+        };
+        tokio::select! {
+            r = probe => r,
+            fault = crash_watch(hosts, started) => Err(fault),
+            _ = crate::cancel::cancelled() => Err(Fault::cancelled(Phase::Health)),
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Config {
     pub target: HostSettings,
     pub health: HealthSettings,
     pub report: ReportSettings,
+    /// `routes` and the edge's inputs; `None` without `routes`.
+    pub edge: Option<crate::edge::EdgeSettings>,
 }
 
 impl Config {

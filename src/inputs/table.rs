@@ -74,6 +74,11 @@ pub const INPUTS: &[InputSpec] = &[
     input("health-ca-cert", "", "PEM of a CA to trust for the health URL"),
     input("health-insecure-tls", "false", "Skip TLS verification of the health URL (prints a warning)"),
     input("rollback", "auto", "`auto` or `off`"),
+    input("routes", "", "Zero-downtime switch through the host's edge proxy: lines `service:port host[/path]`, e.g. `web:8080 staging.example.com`. A routed service's new containers start beside the old ones, are proven through the edge, then get the traffic in one config load. Empty: `docker compose up` as before"),
+    input("edge-image", "caddy:2.8.4", "With `routes`: the edge proxy's image (Caddy 2), created on each host if missing"),
+    input("edge-ports", "80,443", "With `routes`: the host ports the edge listens on (443 gets Caddy's automatic HTTPS); one edge per host and first port, shared by every project routed through it"),
+    input("drain-timeout", "30s", "With `routes`: from the switch until the old containers are stopped, so requests in flight on them finish"),
+    input("verdict-window", "10s", "With `routes`: after the switch, how long the new containers must stay healthy (probed, crash-watched) before the old ones are let go; a failure in it switches back"),
     input("environment", "staging", "GitHub environment name"),
     input("environment-url", "", "URL shown on the GitHub Deployment. Default: the origin of `health-url`"),
     input("create-deployment", "true", "Create a GitHub Deployment and its statuses"),
@@ -109,6 +114,10 @@ pub const OUTPUTS: &[OutputSpec] = &[
     OutputSpec {
         name: "health-seconds",
         description: "Seconds from `up` to healthy",
+    },
+    OutputSpec {
+        name: "failed-probes",
+        description: "Requests to `health-url` that failed while the release was switched (from the first new container to the end of the drain); empty when nothing was measured",
     },
     OutputSpec {
         name: "deployment-id",

@@ -17,7 +17,7 @@
 //! back.
 
 use super::{Cmd, Layout};
-use crate::ssh::quote_argv;
+use crate::argv::quote_argv;
 
 /// The heal script's file in the lock dir; its presence arms the heal.
 pub const HEAL_FILE: &str = "heal";
@@ -80,9 +80,20 @@ steady() {
 }
 "#;
 
+/// With an edge (`routes`), before a restore's `up`: when the restored release's routed
+/// containers still run (a failed switch, a failed candidate), the edge routes to them
+/// again at once (one config load) and the other release's containers go.
+const EDGE_BEFORE: &str = r#"(cd "${c%/*}" && edge_before_up "$P" "$id")"#;
+/// After it: the restored release's routes installed, whatever else of a routed service
+/// removed.
+const EDGE_AFTER: &str = r#"(cd "${c%/*}" && edge_after_up "$P" "$id")"#;
+
 /// The functions with the margin filled in.
 fn functions() -> String {
-    format!("MARGIN={STEADY_MARGIN_SECS}\n{FUNCTIONS}")
+    format!(
+        "MARGIN={STEADY_MARGIN_SECS}\n{FUNCTIONS}{}",
+        crate::edge::FUNCTIONS
+    )
 }
 
 impl Layout {
@@ -93,9 +104,9 @@ impl Layout {
             "sh".to_string(),
             "-c".into(),
             format!(
-                "{}beat=\nP=$1 c=$2 r=$3; shift 3\nsettle \"$P\"\n{}",
+                "{}beat=\nP=$1 c=$2 r=$3; shift 3\nid=${{r##*/}}\n{EDGE_BEFORE}\nsettle \"$P\"\n{}",
                 functions(),
-                super::SWITCH
+                super::SWITCH.replace("\"$@\" && ", &format!("\"$@\" && {EDGE_AFTER} && "))
             ),
             "sh".into(),
             self.project.clone(),
@@ -198,8 +209,10 @@ fi
 [ -z "$id" ] || for attempt in 1 2; do
   mine || { why="the lock was taken from the heal"; break; }
   t0=$(date +%s)
+  (cd "${c%/*}" && edge_before_up "$p" "$id") >/dev/null 2>&1
   settle "$p" >/dev/null
   if ! out=$(compose up -d --remove-orphans 2>&1); then why="up failed: $(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')"; continue; fi
+  (cd "${c%/*}" && edge_after_up "$p" "$id") >/dev/null 2>&1 || { why="the edge did not take the release's routes"; continue; }
   ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c" || { why="current could not be switched"; continue; }
   w=$(( $(window "$p") - $(date +%s) + t0 )); [ "$w" -ge 2 ] || w=2
   if ! why=$(steady "$p" "$w"); then continue; fi

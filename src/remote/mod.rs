@@ -29,7 +29,7 @@ pub use heal::{
 pub use preflight::{parse_preflight, Preflight};
 use records::records_script;
 
-use crate::ssh::quote_argv;
+use crate::argv::quote_argv;
 pub use records::{
     current_release, is_release_id, newest_proven, parse_release_records, release_id,
     releases_to_prune, LockHolder, Outcome, ReleaseEntry, ReleaseRecord, RECORD_MARK,
@@ -40,19 +40,7 @@ pub use records::{
 /// (`$r`, relative to the deploy dir) by a new link renamed over the old one.
 const SWITCH: &str = r#""$@" && ln -sfn "$r" "$c.berth-tmp" && mv -T "$c.berth-tmp" "$c""#;
 
-/// One argv, executed as a single remote command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cmd(pub Vec<String>);
-
-impl Cmd {
-    pub fn new<I, S>(words: I) -> Cmd
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Cmd(words.into_iter().map(Into::into).collect())
-    }
-}
+pub use crate::argv::Cmd;
 
 /// Paths of one deploy dir.
 #[derive(Debug, Clone)]
@@ -289,7 +277,7 @@ for f in "$1"/*/{RECORD_FILE}; do [ -f "$f" ] && grep -q '"outcome": "pending"' 
             "--filter".into(),
             format!("label=com.docker.compose.project={}", self.project),
             "--format".into(),
-            r#"{{.Label "com.docker.compose.service"}}	{{.Label "com.docker.compose.oneoff"}}	{{.Image}}	{{.Names}}"#.into(),
+            r#"{{.Label "com.docker.compose.service"}}	{{.Label "com.docker.compose.oneoff"}}	{{.Image}}	{{.Names}}	{{.Label "berth.release"}}"#.into(),
         ])
     }
 

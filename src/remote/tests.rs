@@ -1,5 +1,5 @@
 use super::*;
-use crate::ssh::quote_argv;
+use crate::argv::quote_argv;
 
 fn layout() -> Layout {
     Layout {

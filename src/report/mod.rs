@@ -50,8 +50,10 @@ pub enum Phase {
     Pull,
     PreDeploy,
     Up,
+    Switch,
     Verify,
     Health,
+    Drain,
     Rollback,
 }
 
@@ -68,8 +70,10 @@ impl Phase {
             Phase::Pull => "pull",
             Phase::PreDeploy => "pre-deploy",
             Phase::Up => "up",
+            Phase::Switch => "switch",
             Phase::Verify => "verify",
             Phase::Health => "health",
+            Phase::Drain => "drain",
             Phase::Rollback => "rollback",
         }
     }
@@ -190,6 +194,12 @@ pub struct Report {
     pub release: Option<String>,
     pub previous_release: Option<String>,
     pub health_seconds: Option<f64>,
+    /// What users saw while the release was switched (see `health::UserProbe`).
+    pub user_probes: Option<crate::health::Tally>,
+    /// Whether `routes` switched this release through the edge.
+    pub routed: bool,
+    /// A routed release failed before the switch: no user request reached it.
+    pub users_unaffected: bool,
     pub deployment_id: Option<u64>,
     pub environment_url: Option<String>,
     pub failure: Option<Failure>,
@@ -275,7 +285,7 @@ impl Report {
                 self.release.as_deref().unwrap_or("the requested release")
             ),
             Outcome::RolledBack => format!(
-                "Rolled back: `{sha}` {}; `{}` is serving and healthy",
+                "Rolled back: `{sha}` {}; `{}` is serving and healthy{}",
                 match self.failure.as_ref().map(|f| (f.cause, f.phase)) {
                     Some((Cause::Unhealthy, _)) => "failed its health check".to_string(),
                     Some((Cause::CrashLoop, _)) => "crash-looped".to_string(),
@@ -294,7 +304,12 @@ impl Report {
                     .as_ref()
                     .and_then(|r| r.restored.as_deref())
                     .or(self.previous_release.as_deref())
-                    .unwrap_or("the previous release")
+                    .unwrap_or("the previous release"),
+                if self.users_unaffected {
+                    "; users were not affected"
+                } else {
+                    ""
+                }
             ),
             Outcome::Failed => format!(
                 "Failed: `{sha}` was not deployed to {env} ({})",
@@ -337,6 +352,13 @@ impl Report {
                 "health-seconds",
                 self.health_seconds
                     .map(|s| format!("{s:.1}"))
+                    .unwrap_or_default(),
+            ),
+            (
+                "failed-probes",
+                self.user_probes
+                    .as_ref()
+                    .map(|t| t.failed.to_string())
                     .unwrap_or_default(),
             ),
             (

@@ -30,7 +30,11 @@ impl Report {
                 "**{}**\n\n{}\n**What to do next:** {}\n\n",
                 w.text(&f.title),
                 w.fence("", &tail_of(&truncate_lines(&w.scrub(&f.message), 40))),
-                next_step(f.cause, f.phase, self.outcome(), self.recovery.is_some())
+                if self.users_unaffected {
+                    "users were not affected: the new containers failed their check through the edge before any user request reached them, and the previous release kept serving. Read the log tails below, fix, and deploy again."
+                } else {
+                    next_step(f.cause, f.phase, self.outcome(), self.recovery.is_some())
+                }
             ));
         }
         blocks.push(self.annotation_lines(w));
@@ -46,6 +50,9 @@ impl Report {
         blocks.push(self.host_table(w));
         if let Some(h) = &self.health {
             blocks.push(format!("### Health\n\n{}\n\n", health_line(h, w)));
+        }
+        if let Some(t) = &self.user_probes {
+            blocks.push(self.users_block(t, w));
         }
         if let Some(rb) = &self.rollback {
             let mut md = format!(
@@ -246,6 +253,29 @@ fn health_line(h: &HealthRecord, w: &Md) -> String {
     )
 }
 
+impl Report {
+    /// What users saw while the release was switched, from the background probe.
+    fn users_block(&self, t: &crate::health::Tally, w: &Md) -> String {
+        let icon = if t.failed == 0 { "✅" } else { "⚠️" };
+        let mut md = format!(
+            "### What users saw\n\n{icon} {} during the switch ({} measured, from the first new container to the end of the drain).\n",
+            w.text(&t.headline()),
+            secs(t.measured)
+        );
+        for f in &t.failures {
+            md.push_str(&format!("- {}\n", w.text(f)));
+        }
+        if self.users_unaffected {
+            md.push_str("\nThe release failed before the switch: no user request reached it, and the previous release never stopped serving.\n");
+        }
+        if !self.routed && t.failed > 0 {
+            md.push_str("\n`docker compose up` stops the old containers before the new ones listen. Set `routes` to start the new ones beside the old, prove them through the host's edge, and switch in one config load (README: Zero-downtime switch).\n");
+        }
+        md.push('\n');
+        md
+    }
+}
+
 /// The advice line for the common failures.
 fn next_step(cause: Cause, phase: Phase, outcome: Outcome, recovery: bool) -> &'static str {
     let before_switch = matches!(phase, Phase::Upload | Phase::Pull | Phase::PreDeploy);
@@ -282,11 +312,11 @@ fn next_step(cause: Cause, phase: Phase, outcome: Outcome, recovery: bool) -> &'
         Phase::Lock => "wait for the other deploy named above to finish, or raise `lock-timeout`.",
         Phase::Upload | Phase::Pull => "check that the host can reach the registry and the images exist; the previous release still runs.",
         Phase::PreDeploy => "fix the pre-deploy command (its output is above); nothing was switched.",
-        Phase::Up | Phase::Verify | Phase::Health if outcome == Outcome::RolledBack => {
+        Phase::Up | Phase::Switch | Phase::Verify | Phase::Health | Phase::Drain if outcome == Outcome::RolledBack => {
             "the previous release is serving again. Read the log tails below, fix, and deploy again."
         }
-        Phase::Up | Phase::Verify | Phase::Health if recovery => "run the recovery command below to restore service, then read the log tails.",
-        Phase::Up | Phase::Verify | Phase::Health => {
+        Phase::Up | Phase::Switch | Phase::Verify | Phase::Health | Phase::Drain if recovery => "run the recovery command below to restore service, then read the log tails.",
+        Phase::Up | Phase::Switch | Phase::Verify | Phase::Health | Phase::Drain => {
             "read the log tails below, fix, and deploy again; with no earlier release (or `rollback: off`) the failed release is left in place."
         }
         Phase::Rollback => "run the recovery command below, then read the log tails.",

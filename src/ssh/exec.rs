@@ -10,7 +10,7 @@ use super::{quote_argv, ExecOutput, HostSession, SshError};
 #[derive(Clone, Copy, Default)]
 pub struct Supervision<'a> {
     /// Run on the host when the command is stopped or its session ends.
-    pub cleanup: Option<&'a crate::remote::Cmd>,
+    pub cleanup: Option<&'a crate::argv::Cmd>,
     /// Stops the command when set (the run was cancelled).
     pub cancel: Option<&'a std::sync::atomic::AtomicBool>,
     /// Runs to its end on the host even if the session ends (a restore).
@@ -21,7 +21,7 @@ impl HostSession {
     /// Runs one argv; the only place berth turns an argv into a remote command line.
     pub fn run(
         &self,
-        cmd: &crate::remote::Cmd,
+        cmd: &crate::argv::Cmd,
         stdin: Option<&[u8]>,
         timeout: Duration,
         on_line: impl FnMut(&str),
@@ -33,7 +33,7 @@ impl HostSession {
     /// stopped at `timeout` or as `how` says.
     pub fn run_supervised(
         &self,
-        cmd: &crate::remote::Cmd,
+        cmd: &crate::argv::Cmd,
         stdin: Option<&[u8]>,
         how: Supervision,
         timeout: Duration,

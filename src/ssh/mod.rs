@@ -16,10 +16,11 @@ mod host_key;
 mod quote;
 mod upload;
 
+pub use crate::argv::quote_argv;
 pub use exec::Supervision;
 use host_key::key_type_name;
 pub use host_key::{check_host_key, fingerprint, HostKeyInfo, HostTrust};
-pub use quote::{by_hand, quote_argv};
+pub use quote::by_hand;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {

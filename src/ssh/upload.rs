@@ -197,7 +197,7 @@ impl HostSession {
         // SFTP v3 (OpenSSH) cannot rename over an existing file; rename(2) on the host can,
         // atomically. Through the remote session, so it costs a `mv`, not a login shell.
         if sftp.rename(tmp_path, target, None).is_err() {
-            let mv = crate::remote::Cmd::new(["mv", "-f", tmp.as_str(), path]);
+            let mv = crate::argv::Cmd::new(["mv", "-f", tmp.as_str(), path]);
             let out = self.run(&mv, None, Duration::from_secs(30), |_| {})?;
             if out.status != 0 {
                 return Err(SshError::Io {

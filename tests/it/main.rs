@@ -5,6 +5,7 @@ mod support;
 
 mod act;
 mod ci_gate;
+mod edge;
 mod fleet;
 mod health;
 mod image;

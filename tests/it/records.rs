@@ -433,7 +433,7 @@ fn sessions_dropped_during_a_long_build_are_connected_afresh() {
         // A layer of its own each run: the build cache must not skip the sleep.
         &format!(
             "COPY www /www\nENV BUILD_ID={}\nRUN [\"/bin/sleep\", \"12\"]\n",
-            berth::target::random_token()
+            berth::targets::random_token()
         ),
     );
     std::fs::write(&dockerfile, text).unwrap();

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use berth::target::swarm::state::{judge_stack, parse_stack_state, stack_verdict, StackVerdict};
+use berth::targets::swarm::state::{judge_stack, parse_stack_state, stack_verdict, StackVerdict};
 
 use crate::support::rig::{busybox_image, sh};
 use crate::support::stage::{http_get, App};
@@ -66,7 +66,7 @@ volumes:
     let model: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
     let pin = format!("127.0.0.1:5999/shop/web@sha256:{}", "a".repeat(64));
     let pins = BTreeMap::from([("web".to_string(), pin.clone())]);
-    let stack = berth::target::swarm::stack::stack_file(&model, "shop", &pins).unwrap();
+    let stack = berth::targets::swarm::stack::stack_file(&model, "shop", &pins).unwrap();
     assert_eq!(stack.start_first, ["web"]);
     assert_eq!(stack.no_healthcheck, ["web"]);
     assert_eq!(stack.host_ports, ["agent"]);
@@ -117,7 +117,8 @@ fn deploy(engine: &SwarmEngine, project: &str, compose: &str) {
         .arg(dir.join("compose.yml"))
         .args(["config", "--format", "json"]));
     let model: serde_json::Value = serde_json::from_str(&config).unwrap();
-    let stack = berth::target::swarm::stack::stack_file(&model, project, &BTreeMap::new()).unwrap();
+    let stack =
+        berth::targets::swarm::stack::stack_file(&model, project, &BTreeMap::new()).unwrap();
     deploy_stack_file(engine, project, &stack.file);
 }
 

@@ -6,6 +6,7 @@
 //! values is in `grammar`. The order of the calls is the order of the error messages.
 
 mod build;
+mod edge;
 mod gate;
 mod health;
 mod target;
@@ -50,6 +51,7 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
     let target = parse_target(&mut p, ctx, mode, &build.images);
     let health = parse_health(&mut p, mode, &target.hosts);
     let rollback = parse_rollback(&mut p);
+    let edge = edge::parse_edge(&mut p, target.kind, &target.compose_file);
     let report = parse_report(&mut p, health.url.as_ref());
 
     if !p.errors.is_empty() {
@@ -65,6 +67,7 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
         target,
         health,
         report,
+        edge,
     })
 }
 

@@ -421,3 +421,41 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
+
+/// The edge's proxy as a local image: Debian's Caddy 2 (and the libraries it links) in a
+/// FROM-scratch image with busybox, since no image can be pulled here. Built once per
+/// test process.
+pub fn caddy_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let tag = "berth-test/caddy:debian";
+            let ctx = tempfile::tempdir().unwrap();
+            let mut copies = String::new();
+            for (i, src) in [
+                "/usr/bin/caddy",
+                "/lib/x86_64-linux-gnu/libzstd.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2",
+            ]
+            .iter()
+            .enumerate()
+            {
+                let real = std::fs::canonicalize(src)
+                    .unwrap_or_else(|e| panic!("{src}: {e}; run scripts/test (Debian's caddy)"));
+                std::fs::copy(&real, ctx.path().join(format!("f{i}"))).unwrap();
+                copies.push_str(&format!("COPY f{i} {src}\n"));
+            }
+            std::fs::copy("/bin/busybox", ctx.path().join("busybox")).unwrap();
+            std::fs::write(
+                ctx.path().join("Dockerfile"),
+                format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n{copies}RUN mkdir -p /tmp /data /config && chmod 1777 /tmp\n"),
+            )
+            .unwrap();
+            sh(Command::new("docker")
+                .args(["build", "-q", "--no-cache", "-t", tag])
+                .arg(ctx.path()));
+            tag.to_string()
+        })
+        .clone()
+}

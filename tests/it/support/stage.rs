@@ -29,6 +29,8 @@ pub struct App {
     /// (healthy, but ignores SIGTERM)
     pub mode: &'static str,
     pub start_delay: u32,
+    /// Reached through the edge (`routes`): the backend publishes no port.
+    pub routed: bool,
 }
 
 impl App {
@@ -37,11 +39,17 @@ impl App {
             version: version.into(),
             mode: "healthy",
             start_delay: 0,
+            routed: false,
         }
     }
 
     pub fn mode(mut self, mode: &'static str) -> App {
         self.mode = mode;
+        self
+    }
+
+    pub fn routed(mut self) -> App {
+        self.routed = true;
         self
     }
 
@@ -114,10 +122,15 @@ exec httpd -f -p 8080 -h /www
             "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY www /www\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
         )
         .unwrap();
+        let ports = if self.routed {
+            String::new()
+        } else {
+            format!("    ports:\n      - \"127.0.0.1:{port}:8080\"\n")
+        };
         std::fs::write(
             ws.join("docker-compose.staging.yml"),
             format!(
-                "services:\n  backend:\n    image: shop/backend\n    init: true\n    env_file: .env\n    restart: unless-stopped\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n  frontend:\n    image: shop/frontend\n    init: true\n    restart: unless-stopped\n"
+                "services:\n  backend:\n    image: shop/backend\n    init: true\n    env_file: .env\n    restart: unless-stopped\n{ports}  frontend:\n    image: shop/frontend\n    init: true\n    restart: unless-stopped\n"
             ),
         )
         .unwrap();

@@ -20,8 +20,8 @@ use crate::remote::{Cmd, Layout};
 use crate::report::{Diagnostics, Phase};
 use crate::secret::Secret;
 use crate::ssh::SshError;
-use crate::target::compose::{pull_steps, upload_steps, ComposeHost, LONG, PIN_BY_TAG, QUICK};
-use crate::target::{
+use crate::targets::compose::{pull_steps, upload_steps, ComposeHost, LONG, PIN_BY_TAG, QUICK};
+use crate::targets::{
     Access, Action, Body, HostState, Output, RegistryLogin, ReleaseError, ReleaseSpec, Step,
     Target, Undo,
 };

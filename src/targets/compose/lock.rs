@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{now_rfc3339, tail, ComposeHost, QUICK};
 use crate::remote::{self, Layout, LockHolder};
-use crate::target::{Access, ReleaseError, ReleaseSpec};
+use crate::targets::{Access, ReleaseError, ReleaseSpec};
 
 /// A lock whose heartbeat is older than this is presumed dead (its host lost power, so
 /// no session could mark it abandoned) and is taken over with a warning. A live holder's
@@ -122,7 +122,7 @@ impl ComposeHost {
             if !matches!(e, ReleaseError::Ssh(_)) {
                 return Err(e);
             }
-            crate::target::Target::reconnect(self)?;
+            crate::targets::Target::reconnect(self)?;
             self.step(step, &cmd, None, QUICK)?;
         }
         self.lock_token = None;

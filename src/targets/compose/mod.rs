@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::remote::{self, Cmd, Layout, ReleaseRecord};
 use crate::ssh::{ExecOutput, HostSession, Supervision};
-use crate::target::{Access, Action, Body, Output, ReleaseError, ReleaseSpec, Step, Undo};
+use crate::targets::{Access, Action, Body, Output, ReleaseError, ReleaseSpec, Step, Undo};
 use crate::workflow::Runner;
 
 mod heal;
@@ -43,6 +43,8 @@ pub struct ContainerState {
     pub oom_killed: bool,
     pub restart_policy: String,
     pub one_off: bool,
+    /// With `routes`: the release whose container this is (`berth.release`).
+    pub release: Option<String>,
 }
 
 /// A host being deployed: its connection, its held lock and what was done so far.
@@ -75,6 +77,10 @@ pub struct ComposeHost {
     pub slow_stops: Vec<String>,
     /// When `docker compose up` returned: the health deadline counts from here.
     pub up_done: Option<Instant>,
+    /// When the edge switched to this release (the drain counts from here).
+    pub switched_at: Option<Instant>,
+    /// `drain-timeout`, for the drain step.
+    drain: Duration,
     /// This run's lock token, which the remote session keeps alive.
     token: String,
     /// The undo of the release step running now, if one is: it can be cancelled.
@@ -128,6 +134,8 @@ impl ComposeHost {
             docker_config: remote::docker_config_dir(&lock::random_token()),
             slow_stops: Vec::new(),
             up_done: None,
+            switched_at: None,
+            drain: Duration::ZERO,
             lock_token: None,
             running: None,
             restoring: false,
@@ -331,7 +339,7 @@ impl ComposeHost {
                 let bytes = match body {
                     Body::Text(_, text) => Ok(text.clone().into_bytes()),
                     Body::Secret(secret) => Ok(secret.expose().as_bytes().to_vec()),
-                    Body::Pins => Ok(remote::override_file(&self.pins).into_bytes()),
+                    Body::Pins => Ok(self.override_body(spec).into_bytes()),
                     Body::Record(outcome) => {
                         // The record names every pin before anything runs from them.
                         self.own_pins = self.pins.clone();
@@ -343,7 +351,13 @@ impl ComposeHost {
             }
             Action::Run { cmd, stdin, output } => {
                 let stdin = stdin.as_ref().map(|s| s.expose().as_bytes());
-                self.run_command(step, cmd, stdin, *output)
+                {
+                    self.drain = spec
+                        .edge
+                        .as_ref()
+                        .map_or(Duration::ZERO, |e| e.settings.drain);
+                    self.run_command(step, cmd, stdin, *output)
+                }
             }
         };
         self.running = None;
@@ -355,6 +369,43 @@ impl ComposeHost {
             }
         }
         result
+    }
+
+    /// The override of this release: its pins, and with `routes`, each routed service on
+    /// the edge's network under its release's alias and labelled with the release (known
+    /// once the model is: a service on compose's implicit `default` network keeps it).
+    fn override_body(&self, spec: &ReleaseSpec) -> String {
+        let (Some(edge), Some(model)) = (&spec.edge, &self.model) else {
+            return remote::override_file(&self.pins);
+        };
+        let settings = &edge.settings;
+        let network = settings.edge();
+        let mut services = serde_json::Map::new();
+        for (service, image) in &self.pins {
+            services.insert(service.clone(), serde_json::json!({ "image": image }));
+        }
+        for service in settings.services() {
+            let nets = &model["services"][service.as_str()]["networks"];
+            let on_default = nets.is_null() || nets.get("default").is_some();
+            let part = crate::edge::override_service(
+                &self.layout.project,
+                &service,
+                &spec.id,
+                on_default,
+                &network,
+            );
+            let entry = services
+                .entry(service)
+                .or_insert_with(|| serde_json::json!({}));
+            for (k, v) in part.as_object().into_iter().flatten() {
+                entry[k] = v.clone();
+            }
+        }
+        let whole = serde_json::json!({
+            "services": services,
+            "networks": { network.name.clone(): { "external": true, "name": network.name } },
+        });
+        serde_json::to_string_pretty(&whole).expect("json") + "\n"
     }
 
     /// The release's compose model, once `compose config` resolved it on the host.
@@ -410,6 +461,21 @@ impl ComposeHost {
             Output::ConfigBesidePull => self.config_beside_pull(step, cmd, stdin),
             Output::PinByTag => self.pin_by_tag(step, cmd),
             Output::SwarmJob => Err(self.not_compose(step)),
+            Output::Switch => {
+                self.streamed(step.name, cmd, stdin, step.bound)?;
+                self.switched_at = Some(Instant::now());
+                Ok(())
+            }
+            Output::Drain => {
+                // What is left of `drain-timeout` since the switch.
+                let mut cmd = cmd.clone();
+                let drain = self.drain;
+                let since = self.switched_at.map_or(Duration::ZERO, |t| t.elapsed());
+                if let Some(wait) = cmd.0.last_mut() {
+                    *wait = format!("{:.1}", drain.saturating_sub(since).as_secs_f64());
+                }
+                self.streamed(step.name, &cmd, stdin, step.bound).map(drop)
+            }
             Output::Activate => {
                 let what = if step.name == DEPLOY_UP {
                     "up"

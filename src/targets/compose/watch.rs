@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{short_id, ComposeHost, ContainerState, QUICK};
 use crate::remote;
-use crate::target::ReleaseError;
+use crate::targets::ReleaseError;
 
 impl ComposeHost {
     /// Every container of the project, with its state.
@@ -34,7 +34,8 @@ impl ComposeHost {
             None,
             QUICK,
         )?;
-        if let Some(n) = runs_the_pins(&listed.stdout, &self.pins) {
+        let own = self.release.clone().unwrap_or_default();
+        if let Some(n) = runs_the_pins(&listed.stdout, &self.pins, &own) {
             self.runner.line(&format!(
                 "{}: verified {n} container(s) run the pinned digests",
                 self.conn.name
@@ -45,6 +46,7 @@ impl ComposeHost {
         let unproven: Vec<&ContainerState> = containers
             .iter()
             .filter(|c| !c.one_off)
+            .filter(|c| c.release.as_deref().is_none_or(|r| r == own))
             .filter(|c| {
                 self.pins
                     .get(&c.service)
@@ -233,17 +235,26 @@ pub fn container_state(v: &Value) -> ContainerState {
             .unwrap_or("")
             .into(),
         one_off: labels["com.docker.compose.oneoff"].as_str() == Some("True"),
+        release: labels[crate::edge::RELEASE_LABEL]
+            .as_str()
+            .map(String::from),
     }
 }
 
 /// The number of containers `docker ps` listed (see [`remote::Layout::container_images`])
 /// when every one of a pinned service, one-offs aside, was created from its pin and runs
 /// it.
-fn runs_the_pins(listed: &str, pins: &BTreeMap<String, String>) -> Option<usize> {
+/// Containers another release labelled (an old release's, kept beside this one until the
+/// edge's drain) are not this release's to prove.
+fn runs_the_pins(listed: &str, pins: &BTreeMap<String, String>, own: &str) -> Option<usize> {
     let mut n = 0;
     for line in listed.lines().filter(|l| !l.trim().is_empty()) {
         let mut f = line.split('\t');
         let (service, one_off, image) = (f.next()?, f.next()?, f.next()?);
+        let release = f.nth(1).unwrap_or("");
+        if !release.is_empty() && release != own {
+            continue;
+        }
         if one_off != "True" && pins.get(service).is_some_and(|pin| pin != image) {
             return None;
         }
@@ -266,13 +277,13 @@ mod tests {
         let ok = "web\t\treg/web@sha256:aa\tp-web-1\nweb\t\treg/web@sha256:aa\tp-web-2\n\
                   db\t\tpostgres@sha256:bb\tp-db-1\nweb\tTrue\treg/web:old\tp-web-run-1\n\
                   extra\t\tbusybox:1\tp-extra-1\n";
-        assert_eq!(runs_the_pins(ok, &pins), Some(5));
-        assert_eq!(runs_the_pins("", &pins), Some(0));
+        assert_eq!(runs_the_pins(ok, &pins, ""), Some(5));
+        assert_eq!(runs_the_pins("", &pins, ""), Some(0));
         // Made from the tag, or the image id (the pin names another image now): unproven.
         for other in ["reg/web:1", "sha256:0123"] {
             let listed = format!("web\t\t{other}\tp-web-1\n");
-            assert_eq!(runs_the_pins(&listed, &pins), None, "{other}");
+            assert_eq!(runs_the_pins(&listed, &pins, ""), None, "{other}");
         }
-        assert_eq!(runs_the_pins("web only\n", &pins), None);
+        assert_eq!(runs_the_pins("web only\n", &pins, ""), None);
     }
 }

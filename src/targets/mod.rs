@@ -213,6 +213,17 @@ pub struct ReleaseSpec {
     /// How long a target may take to converge after its activation (`health-timeout`):
     /// a Swarm stack's update is waited for within it.
     pub converge_within: Duration,
+    /// `routes`: the release is started beside the old one and switched through the
+    /// host's edge (see `crate::edge`).
+    pub edge: Option<EdgeRelease>,
+}
+
+/// What a routed release needs: the edge's settings and this run's candidate token (the
+/// header value that sends a probe to the new containers only).
+#[derive(Clone)]
+pub struct EdgeRelease {
+    pub settings: crate::edge::EdgeSettings,
+    pub token: String,
 }
 
 #[derive(Clone)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{ComposeHost, QUICK};
 
-use crate::target::ReleaseError;
+use crate::targets::ReleaseError;
 
 impl ComposeHost {
     /// berth has its verdict (and has recorded it): the host has nothing to heal.

@@ -68,6 +68,12 @@ pub enum Output {
     /// Swarm: the pre-deploy job of this service, streamed; its image and networks are
     /// filled in at run time from the stack file.
     SwarmJob,
+    /// The edge's switch: streamed; the time of the switch is kept (the drain counts
+    /// from it).
+    Switch,
+    /// The drain: its last word, the wait, is what is left of `drain-timeout` since the
+    /// switch when it runs.
+    Drain,
 }
 
 /// What berth must do when this step fails, or the run ends before the release is judged.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::remote::{self, Layout};
 use crate::report::Phase;
-use crate::target::{Action, Body, Output, ReleaseSpec, Step, Undo};
+use crate::targets::{Action, Body, EdgeRelease, Output, ReleaseSpec, Step, Undo};
 
 /// The step that pins what the compose model names by tag.
 pub const PIN_BY_TAG: &str = "pin images named by tag";
@@ -36,9 +36,82 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
             QUICK,
         ));
     }
-    steps.push(activation_step(layout, &spec.id, DEPLOY_UP));
+    match &spec.edge {
+        Some(edge) => steps.extend(edge_steps(layout, spec, edge)),
+        None => steps.push(activation_step(layout, &spec.id, DEPLOY_UP)),
+    }
     steps
 }
+
+/// With `routes`: the release started beside the old one and switched through the edge.
+/// The engine proves the candidates through the edge (their header-only routes) between
+/// the `up` steps and the switch, judges the release after the switch, and runs the
+/// drain after its verdict.
+fn edge_steps(layout: &Layout, spec: &ReleaseSpec, edge: &EdgeRelease) -> Vec<Step> {
+    let settings = &edge.settings;
+    let dir = layout.deploy_dir.as_str();
+    let project = layout.project.as_str();
+    let id = spec.id.as_str();
+    let routed = settings.services();
+    let compose = layout.compose(id, &[]);
+    let run = |phase, name, cmd, output, bound| Step::run(phase, name, cmd, output, bound);
+    vec![
+        run(
+            Phase::Up,
+            EDGE_ENSURE,
+            crate::edge::ensure(settings, dir),
+            Output::Streamed,
+            LONG,
+        ),
+        run(
+            Phase::Up,
+            EDGE_UP_OTHERS,
+            crate::edge::up_others(&compose, &routed),
+            Output::Activate,
+            LONG,
+        )
+        .undo(Undo::Restore),
+        run(
+            Phase::Up,
+            EDGE_BESIDE,
+            crate::edge::start_beside(&compose, project, id, &routed),
+            Output::Streamed,
+            LONG,
+        )
+        .undo(Undo::Restore),
+        run(
+            Phase::Up,
+            EDGE_CANDIDATES,
+            crate::edge::load_candidates(dir, project, id),
+            Output::Streamed,
+            QUICK,
+        )
+        .undo(Undo::Restore),
+        run(
+            Phase::Switch,
+            EDGE_SWITCH,
+            crate::edge::switch(dir, project, id),
+            Output::Switch,
+            QUICK,
+        )
+        .undo(Undo::Restore),
+        run(
+            Phase::Drain,
+            EDGE_DRAIN,
+            crate::edge::drain(project, id, settings.drain),
+            Output::Drain,
+            LONG,
+        ),
+    ]
+}
+
+/// The edge's steps, by name.
+pub const EDGE_ENSURE: &str = "ensure the host's edge";
+pub const EDGE_UP_OTHERS: &str = "docker compose up (services not routed)";
+pub const EDGE_BESIDE: &str = "start the new containers beside the old";
+pub const EDGE_CANDIDATES: &str = "route the candidates (probe header only)";
+pub const EDGE_SWITCH: &str = "switch the edge to the new release, switch current";
+pub const EDGE_DRAIN: &str = "drain, then stop the old containers";
 
 /// A file of release `id`, written over SFTP.
 fn release_file(
@@ -92,6 +165,32 @@ pub(crate) fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
             0o644,
         ),
     ]
+    .into_iter()
+    .chain(spec.edge.iter().flat_map(|edge| {
+        let routes = &edge.settings.routes;
+        let project = layout.project.as_str();
+        [
+            file(
+                "edge routes",
+                crate::edge::ROUTES_FILE,
+                Body::Text(
+                    "routes",
+                    crate::edge::routes_file(project, id, routes, None),
+                ),
+                0o644,
+            ),
+            file(
+                "edge candidate routes",
+                crate::edge::CANDIDATE_FILE,
+                Body::Text(
+                    "header-only routes",
+                    crate::edge::routes_file(project, id, routes, Some(&edge.token)),
+                ),
+                0o600,
+            ),
+        ]
+    }))
+    .collect()
 }
 
 /// `compose config` beside the pull, logged in to the registry inside the same command
@@ -183,7 +282,7 @@ mod tests {
     use super::*;
     use crate::inputs::PreDeploy;
     use crate::secret::Secret;
-    use crate::target::{phase_summaries, RegistryLogin};
+    use crate::targets::{phase_summaries, RegistryLogin};
 
     fn spec() -> ReleaseSpec {
         ReleaseSpec {
@@ -209,6 +308,7 @@ mod tests {
             keep_releases: 5,
             image_prefix: String::new(),
             converge_within: Duration::from_secs(30),
+            edge: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::{lock, release_steps, ComposeHost, RECONNECT_FOR};
 use crate::remote::Cmd;
 use crate::report::Diagnostics;
-use crate::target::{HostState, ReleaseError, ReleaseSpec, Step, Target};
+use crate::targets::{HostState, ReleaseError, ReleaseSpec, Step, Target};
 
 impl ComposeHost {
     /// Nothing changes a host whose lock another deploy took while this run was away.

@@ -3,7 +3,7 @@
 
 use crate::remote::{self, Cmd};
 use crate::ssh::ExecOutput;
-use crate::target::{ReleaseError, Step};
+use crate::targets::{ReleaseError, Step};
 
 use serde_json::Value;
 

@@ -4,7 +4,7 @@
 use super::watch::parse_containers;
 use super::{now_rfc3339, sha256_hex, ComposeHost, QUICK};
 use crate::remote::{self, ReleaseRecord};
-use crate::target::{ReleaseError, ReleaseSpec};
+use crate::targets::{ReleaseError, ReleaseSpec};
 
 impl ComposeHost {
     /// Records what runs now, by image id, and which release `current` points at.

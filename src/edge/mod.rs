@@ -1,0 +1,485 @@
+//! The edge: one proxy container per host (per set of `edge-ports`), shared by every
+//! project deployed there, through which a routed release is started beside the old one,
+//! proven, and switched to in one config load. This module hides the proxy (Caddy) as
+//! `docker/` hides bollard: nothing outside it knows Caddy's config or its admin API.
+//!
+//! On the host, the edge's state is a directory (`$HOME/.berth/edge-<port>`, mounted
+//! read-only into the container as [`CONFIG_DIR`]):
+//! - `routes/<project>`: each project's routes, one Caddy route per line behind a sort
+//!   key (longer paths first, a candidate's header-only route before the route it
+//!   shadows). A project writes only its own file.
+//! - `caddy.json`: the whole config, assembled under a mutex from `head.json`, every
+//!   project's routes sorted, and `foot.json` (a catch-all 404), then loaded with
+//!   `caddy reload` through the admin API, which listens on the container's own loopback:
+//!   nothing outside the container reaches it.
+//!
+//! A release's routes are files of its release dir ([`ROUTES_FILE`], [`CANDIDATE_FILE`]),
+//! so a restore installs the routes of the release it restores (see [`FUNCTIONS`]).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::argv::Cmd;
+
+/// The request header that sends a probe to the candidates only; its value is random per
+/// run, so no user request carries it.
+pub const CANDIDATE_HEADER: &str = "X-Berth-Candidate";
+/// The container label naming the release a routed service's container belongs to.
+pub const RELEASE_LABEL: &str = "berth.release";
+/// In a release dir: the release's routes, as installed when it serves.
+pub const ROUTES_FILE: &str = "edge.routes";
+/// In a release dir: the header-only routes to the release's candidates.
+pub const CANDIDATE_FILE: &str = "edge.candidate";
+/// In `.berth/`: which edge the project's routes live in (`name=... dir=...`).
+pub const EDGE_ENV: &str = "edge.env";
+/// Where the edge's state dir is mounted in the container.
+pub const CONFIG_DIR: &str = "/etc/berth-edge";
+/// How long the edge retries a connection an upstream refused (a container that is
+/// being replaced), so that a moment without a listener is latency, not an error.
+const TRY_DURATION: &str = "2s";
+
+/// One `routes` line: `service:port host[/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub service: String,
+    pub port: u16,
+    pub host: String,
+    /// Without the trailing `*`; `None` for the whole host.
+    pub path: Option<String>,
+}
+
+/// The edge inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeSettings {
+    pub routes: Vec<Route>,
+    pub image: String,
+    pub ports: Vec<u16>,
+    /// From the switch until the old containers are stopped (`drain-timeout`).
+    pub drain: Duration,
+    /// After the switch: how long the new containers are probed and watched before the
+    /// old ones are let go (`verdict-window`).
+    pub verdict_window: Duration,
+}
+
+impl EdgeSettings {
+    /// The routed services, each once, in the order first named.
+    pub fn services(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.routes {
+            if !out.contains(&r.service) {
+                out.push(r.service.clone())
+            }
+        }
+        out
+    }
+
+    /// The edge these settings name on a host: one per set of ports.
+    pub fn edge(&self) -> Edge {
+        Edge::for_port(self.ports.first().copied().unwrap_or(80))
+    }
+}
+
+/// One edge on a host: its container (and network) name and its state dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    pub name: String,
+    /// Relative to the SSH user's home; expanded by the host's shell.
+    pub dir: String,
+}
+
+impl Edge {
+    pub fn for_port(port: u16) -> Edge {
+        Edge {
+            name: format!("berth-edge-{port}"),
+            dir: format!("$HOME/.berth/edge-{port}"),
+        }
+    }
+}
+
+/// `line` as a route, or why not.
+pub fn parse_route(line: &str) -> Result<Route, String> {
+    let mut words = line.split_whitespace();
+    let (Some(target), Some(address), None) = (words.next(), words.next(), words.next()) else {
+        return Err(format!(
+            "`{line}` is not `service:port host[/path]`, e.g. `web:8080 staging.example.com`"
+        ));
+    };
+    let Some((service, port)) = target.split_once(':') else {
+        return Err(format!(
+            "`{target}` names no port: write `service:port`, e.g. `web:8080`"
+        ));
+    };
+    if service.is_empty()
+        || !service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!("`{service}` is not a compose service name"));
+    }
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("`{port}` is not a port (1-65535)")),
+    };
+    let (host, path) = match address.find('/') {
+        Some(i) => (&address[..i], Some(&address[i..])),
+        None => (address, None),
+    };
+    let host = host.to_ascii_lowercase();
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !host_ok || address.contains("://") {
+        return Err(format!(
+            "`{address}` is not a host name with an optional path, e.g. `staging.example.com` or `example.com/api` (no scheme, no port)"
+        ));
+    }
+    let path = match path.map(|p| p.trim_end_matches(['/', '*'])) {
+        None | Some("") => None,
+        Some(p)
+            if p.starts_with('/')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_.~%-".contains(c)) =>
+        {
+            Some(p.to_string())
+        }
+        Some(p) => return Err(format!("`{p}` is not a plain URL path")),
+    };
+    Ok(Route {
+        service: service.to_string(),
+        port,
+        host,
+        path,
+    })
+}
+
+/// The edge network name and DNS alias of release `release`'s containers of `service`:
+/// the old and the new release of one service answer to different names.
+pub fn alias(project: &str, service: &str, release: &str) -> String {
+    format!("{service}.{}.{project}", release.to_ascii_lowercase())
+}
+
+/// One route as a line of a project's routes file: the sort key, then Caddy's JSON.
+fn route_line(route: &Route, upstream: &str, candidate: Option<&str>) -> String {
+    let mut matcher = json!({ "host": [route.host] });
+    if let Some(p) = &route.path {
+        matcher["path"] = json!([p, format!("{p}/*")]);
+    }
+    if let Some(token) = candidate {
+        matcher["header"] = json!({ CANDIDATE_HEADER: [token] });
+    }
+    let handler = json!({
+        "handler": "reverse_proxy",
+        "upstreams": [{ "dial": format!("{upstream}:{}", route.port) }],
+        "load_balancing": { "try_duration": TRY_DURATION, "try_interval": "100ms" },
+    });
+    let route_json = json!({ "match": [matcher], "handle": [handler], "terminal": true });
+    let key = route.path.as_deref().map_or(0, str::len);
+    format!("{:05}{} {}", key, u8::from(candidate.is_some()), route_json)
+}
+
+/// Release `release`'s routes for project `project`: to its containers, or (with a
+/// `candidate` token) only for requests that carry that token.
+pub fn routes_file(
+    project: &str,
+    release: &str,
+    routes: &[Route],
+    candidate: Option<&str>,
+) -> String {
+    routes
+        .iter()
+        .map(|r| route_line(r, &alias(project, &r.service, release), candidate) + "\n")
+        .collect()
+}
+
+/// The config before the routes: the admin API on the container's loopback only, one
+/// plain-HTTP server on every port but 443, and Caddy's automatic HTTPS on 443.
+pub fn head_json(ports: &[u16]) -> String {
+    let plain: Vec<String> = ports
+        .iter()
+        .filter(|p| **p != 443)
+        .map(|p| format!(":{p}"))
+        .collect();
+    let mut servers = serde_json::Map::new();
+    if !plain.is_empty() {
+        servers.insert(
+            "berth".into(),
+            json!({ "listen": plain, "automatic_https": { "disable": true }, "routes": "ROUTES" }),
+        );
+    }
+    if ports.contains(&443) {
+        servers.insert(
+            "berth-tls".into(),
+            json!({ "listen": [":443"], "routes": "ROUTES" }),
+        );
+    }
+    let whole = json!({
+        "admin": { "listen": "localhost:2019" },
+        "apps": { "http": { "servers": servers } },
+    })
+    .to_string();
+    // Each server gets the same routes: the assembly puts them where the marker is.
+    whole.replace("\"ROUTES\"", "[@ROUTES@]")
+}
+
+/// The route after every project's: a request no route matched is answered 404 by the
+/// edge (Caddy's own default would be an empty 200).
+/// Its sort key is empty: it sorts after every route.
+pub fn fallback_route() -> String {
+    " ".to_string()
+        + &json!({ "handle": [{ "handler": "static_response", "status_code": 404, "body": "berth-edge: no route for this host" }] })
+        .to_string()
+}
+
+/// Shell functions for the host, shared by the release's steps, a restore and the heal.
+/// `E` the edge's state dir, `N` its container.
+/// - `edge_load P FILE...`: project P's routes become the FILEs (none: P has no routes),
+///   the config is assembled under the edge's mutex and loaded in one `caddy reload`; a
+///   load that fails puts P's previous routes back.
+/// - `edge_before_up P ID`: when release ID's routed containers run, its routes are
+///   installed (the switch back: one load) and every other release's routed containers
+///   of P removed, before the restore's `up`.
+/// - `edge_after_up P ID`: after it, ID's routes installed and the others removed.
+pub const FUNCTIONS: &str = r#"edge_env() { E= N=; [ -f .berth/edge.env ] || return 1; . ./.berth/edge.env; E=$dir N=$name; [ -n "$E" ] && [ -n "$N" ]; }
+edge_lock() {
+  n=0
+  until mkdir "$E/lock.d" 2>/dev/null; do
+    # A holder killed mid-load leaves the dir: stale after a minute.
+    [ -z "$(find "$E/lock.d" -maxdepth 0 -mmin +1 2>/dev/null)" ] || rmdir "$E/lock.d" 2>/dev/null
+    n=$((n + 1)); [ "$n" -lt 1200 ] || { echo "berth: the edge's config mutex $E/lock.d stayed held for 2 min"; return 1; }
+    sleep 0.1
+  done
+}
+edge_assemble() {
+  # Escaped for sed's replacement: a backslash, `&` and the delimiter are literal.
+  routes=$(cat "$E"/routes/* "$E/foot.json" 2>/dev/null | LC_ALL=C sort -r | cut -d' ' -f2- | tr '\n' ',' | sed 's/,$//; s/[\\&#]/\\&/g')
+  sed "s#\[@ROUTES@\]#[${routes}]#g" "$E/head.json" > "$E/caddy.json.new" && mv -f "$E/caddy.json.new" "$E/caddy.json"
+}
+edge_reload() { docker exec "$N" caddy reload --config /etc/berth-edge/caddy.json --force 2>&1 | tail -n 3; }
+edge_load() {
+  P=$1; shift
+  edge_lock || return 1
+  cp -p "$E/routes/$P" "$E/.prev.$P" 2>/dev/null || rm -f "$E/.prev.$P"
+  if [ $# -gt 0 ]; then cat "$@" > "$E/.new.$P" && mv -f "$E/.new.$P" "$E/routes/$P"; else rm -f "$E/routes/$P"; fi
+  if edge_assemble && out=$(edge_reload) && ! printf '%s' "$out" | grep -qi 'error'; then rc=0; else
+    echo "berth: the edge refused the new config: $out"
+    if [ -f "$E/.prev.$P" ]; then mv -f "$E/.prev.$P" "$E/routes/$P"; else rm -f "$E/routes/$P"; fi
+    edge_assemble; edge_reload >/dev/null; rc=1
+  fi
+  rm -f "$E/.prev.$P"; rmdir "$E/lock.d" 2>/dev/null
+  return $rc
+}
+edge_others() {
+  # Every container not of release $2 that is of a service $2 routes (it has one
+  # labelled so) or labelled by another release: the old release's, a pre-edge one's, a
+  # failed candidate's.
+  docker ps -aq --filter "label=com.docker.compose.project=$1" | xargs -r docker inspect -f '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}} {{index .Config.Labels "berth.release"}}' 2>/dev/null | awk -v r="$2" '{ s[$1] = $2; l[$1] = $3; if ($3 == r) routed[$2] = 1 } END { for (i in s) if (l[i] != r && (routed[s[i]] || l[i] != "<no value>")) print i }'
+}
+edge_ours_run() { [ -n "$(docker ps -q --filter "label=com.docker.compose.project=$1" --filter "label=berth.release=$2")" ]; }
+edge_install() {
+  if [ -f ".berth/releases/$2/edge.routes" ]; then edge_load "$1" ".berth/releases/$2/edge.routes"; else edge_load "$1"; fi
+}
+edge_before_up() {
+  edge_env || return 0
+  others=$(edge_others "$1" "$2")
+  [ -n "$others" ] || return 0
+  # A release from before `routes` has no containers the edge could route to: the
+  # candidates go, and its own published ports serve as they did.
+  if edge_ours_run "$1" "$2" || [ ! -f ".berth/releases/$2/edge.routes" ]; then
+    edge_install "$1" "$2" && echo "berth: the edge routes to release $2 again"
+    docker rm -f $others >/dev/null 2>&1
+  fi
+  return 0
+}
+edge_after_up() {
+  edge_env || return 0
+  edge_install "$1" "$2" || return 1
+  others=$(edge_others "$1" "$2")
+  [ -z "$others" ] || docker rm -f $others >/dev/null 2>&1
+  return 0
+}
+"#;
+
+/// Creates the edge if it is missing (its network, state dir, config and container) and
+/// records in the deploy dir which edge the project's routes live in. An edge running
+/// another image or ports is left as it is and said (`berth-edge-differs ...`).
+pub fn ensure(settings: &EdgeSettings, deploy_dir: &str) -> Cmd {
+    let edge = settings.edge();
+    let ports: Vec<String> = settings.ports.iter().map(u16::to_string).collect();
+    let script = format!(
+        r#"{FUNCTIONS}D=$1 N=$2 E=$3 IMG=$4 HEAD=$5 FOOT=$6; shift 6
+cd "$D" || exit 1
+E=$(eval echo "$E")
+mkdir -p "$E/routes" || exit 1
+printf '%s' "$HEAD" > "$E/head.json" && printf '%s' "$FOOT" > "$E/foot.json" || exit 1
+docker network inspect "$N" >/dev/null 2>&1 || docker network create "$N" >/dev/null || exit 1
+[ -f "$E/caddy.json" ] || edge_assemble || exit 1
+publish=; for p in "$@"; do publish="$publish -p $p:$p"; done
+state=$(docker inspect -f '{{{{.State.Running}}}} {{{{.Config.Image}}}}' "$N" 2>/dev/null)
+case "$state" in
+  "") docker run -d --name "$N" --restart unless-stopped --network "$N" $publish \
+        -v "$E:{CONFIG_DIR}:ro" -v "$N-data:/data" -v "$N-config:/config" \
+        -e XDG_DATA_HOME=/data -e XDG_CONFIG_HOME=/config --label berth.edge=1 \
+        "$IMG" caddy run --config {CONFIG_DIR}/caddy.json >/dev/null || exit 1
+      echo "berth: started the edge $N ($IMG) on port(s) $*" ;;
+  "false "*) docker start "$N" >/dev/null || exit 1 ;;
+  "true $IMG") ;;
+  *) echo "berth-edge-differs ${{state#* }}" ;;
+esac
+n=0; until edge_reload >/dev/null 2>&1 && docker exec "$N" caddy version >/dev/null 2>&1; do
+  n=$((n + 1)); [ "$n" -lt 100 ] || {{ echo "berth: the edge $N did not answer on its admin API within 20 s"; docker logs --tail 5 "$N" 2>&1; exit 1; }}
+  sleep 0.2
+done
+edge_lock && {{ edge_assemble; edge_reload >/dev/null; rmdir "$E/lock.d"; }}
+mkdir -p .berth && printf 'name=%s\ndir=%s\n' "$N" "$E" > .berth/{EDGE_ENV}
+"#
+    );
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        script,
+        "sh".into(),
+        deploy_dir.to_string(),
+        edge.name,
+        edge.dir,
+        settings.image.clone(),
+        head_json(&settings.ports),
+        fallback_route(),
+    ];
+    argv.extend(ports);
+    Cmd(argv)
+}
+
+/// Project `project`'s routes become `files` (paths relative to the deploy dir), in one
+/// config load; e.g. a release's candidate routes plus the routes that serve now.
+pub fn load(deploy_dir: &str, project: &str, files: &[String]) -> Cmd {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        format!(
+            "{FUNCTIONS}cd \"$1\" || exit 1; P=$2; shift 2\nedge_env || {{ echo 'berth: no edge recorded in .berth/{EDGE_ENV}'; exit 1; }}\nedge_load \"$P\" \"$@\""
+        ),
+        "sh".into(),
+        deploy_dir.to_string(),
+        project.to_string(),
+    ];
+    argv.extend(files.iter().cloned());
+    Cmd(argv)
+}
+
+/// The candidates' routes beside what serves now: `release`'s header-only routes plus the
+/// project's routes as installed (none on a project's first routed deploy).
+pub fn load_candidates(deploy_dir: &str, project: &str, release: &str) -> Cmd {
+    let script = format!(
+        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3\nedge_env || {{ echo 'berth: no edge recorded in .berth/{EDGE_ENV}'; exit 1; }}\ncp -p \"$E/routes/$P\" \".berth/releases/$R/edge.serving\" 2>/dev/null || : > \".berth/releases/$R/edge.serving\"\nedge_load \"$P\" \".berth/releases/$R/{CANDIDATE_FILE}\" \".berth/releases/$R/edge.serving\""
+    );
+    Cmd::new(["sh", "-c", &script, "sh", deploy_dir, project, release])
+}
+
+/// The routed services' containers of `release` started beside the running ones: per
+/// service, `up --no-deps --no-recreate --scale` to twice the running count (one when
+/// none runs): compose keeps the old containers as they are and creates the new ones
+/// from this release's config. Stopped containers of those services are removed first
+/// (a scale would start them as they are). `compose` is the release's compose argv.
+/// Prints the candidates' names.
+pub fn start_beside(compose: &Cmd, project: &str, release: &str, services: &[String]) -> Cmd {
+    let script = r#"P=$1 R=$2 S=$3; shift 3
+for s in $S; do
+  docker ps -aq --filter "label=com.docker.compose.project=$P" --filter "label=com.docker.compose.service=$s" --filter status=exited --filter status=created --filter status=dead | xargs -r docker rm -f >/dev/null
+done
+n=$#
+set -- "$@" up -d --no-deps --no-recreate
+for s in $S; do
+  old=$(docker ps -q --filter "label=com.docker.compose.project=$P" --filter "label=com.docker.compose.service=$s" | wc -l)
+  want=$((old * 2)); [ "$old" -gt 0 ] || want=1
+  set -- "$@" --scale "$s=$want"
+done
+"$@" $S || exit 1
+echo "berth: candidates: $(docker ps --filter "label=com.docker.compose.project=$P" --filter "label=berth.release=$R" --format '{{.Names}}' | tr '
+' ' ')"
+"#;
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        project.to_string(),
+        release.to_string(),
+        services.join(" "),
+    ];
+    argv.extend(compose.0.iter().cloned());
+    Cmd(argv)
+}
+
+/// `up` of the services no route names (workers, databases), as a deploy without routes
+/// does it: compose recreates only what changed.
+pub fn up_others(compose: &Cmd, routed: &[String]) -> Cmd {
+    let script = r#"S=" $1 "; shift
+others=
+for s in $("$@" config --services); do case "$S" in *" $s "*) ;; *) others="$others $s" ;; esac; done
+[ -n "$others" ] || { echo "berth: every service is routed; nothing else to start"; exit 0; }
+"$@" up -d --no-deps $others
+"#;
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+        routed.join(" "),
+    ];
+    argv.extend(compose.0.iter().cloned());
+    Cmd(argv)
+}
+
+/// The switch: project `project`'s routes become release `release`'s (one config load),
+/// then `current` points at it.
+pub fn switch(deploy_dir: &str, project: &str, release: &str) -> Cmd {
+    let script = format!(
+        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3\nedge_env || {{ echo 'berth: no edge recorded in .berth/{EDGE_ENV}'; exit 1; }}\nedge_load \"$P\" \".berth/releases/$R/{ROUTES_FILE}\" || exit 1\nln -sfn \".berth/releases/$R\" current.berth-tmp && mv -T current.berth-tmp current"
+    );
+    Cmd::new(["sh", "-c", &script, "sh", deploy_dir, project, release])
+}
+
+/// After the verdict: waits until `wait` has passed since the switch (in-flight requests
+/// on the old containers finish), then stops (each with its own stop timeout) and
+/// removes the routed containers of every release but `release`. Prints what it stopped.
+pub fn drain(project: &str, release: &str, wait: Duration) -> Cmd {
+    let script = format!(
+        "{FUNCTIONS}P=$1 R=$2 W=$3\nsleep \"$W\"\nothers=$(edge_others \"$P\" \"$R\")\n[ -n \"$others\" ] || exit 0\ndocker stop $others >/dev/null && docker rm $others >/dev/null || exit 1\necho \"berth: drained and stopped $(echo $others | wc -w) old container(s)\""
+    );
+    Cmd::new([
+        "sh".to_string(),
+        "-c".into(),
+        script,
+        "sh".into(),
+        project.to_string(),
+        release.to_string(),
+        format!("{:.1}", wait.as_secs_f64()),
+    ])
+}
+
+/// The compose override's part for a routed service: the edge network with the
+/// release's alias, the release label, and the networks the service is on already (an
+/// override that names networks replaces compose's implicit `default`).
+pub fn override_service(
+    project: &str,
+    service: &str,
+    release: &str,
+    on_default: bool,
+    edge: &Edge,
+) -> serde_json::Value {
+    let mut networks = serde_json::Map::new();
+    networks.insert(
+        edge.name.clone(),
+        json!({ "aliases": [alias(project, service, release)] }),
+    );
+    if on_default {
+        networks.insert("default".into(), json!({}));
+    }
+    json!({ "labels": { RELEASE_LABEL: release }, "networks": networks })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,228 @@
+//! `routes`: the zero-downtime switch through the host's edge (Caddy), on the rig. A loop
+//! of real requests through the edge counts what users saw during each deploy.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::support::rig::caddy_image;
+use crate::support::stage::{App, Stage};
+use crate::support::Berth;
+
+/// The edge of one stage, removed (container, network, volumes, state) when dropped.
+struct EdgeGuard(String);
+
+impl Drop for EdgeGuard {
+    fn drop(&mut self) {
+        let name = &self.0;
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("docker rm -f {name}; docker ps -aq --filter label=berth.release | xargs -r docker inspect -f '{{{{.Id}}}} {{{{range $k, $v := .NetworkSettings.Networks}}}}{{{{$k}}}} {{{{end}}}}' | awk '/ {name} /{{print $1}}' | xargs -r docker rm -f; docker network rm {name}; docker volume rm {name}-data {name}-config; rm -rf $HOME/.berth/edge-{port}", port = name.trim_start_matches("berth-edge-")))
+            .output();
+    }
+}
+
+fn routed(stage: &Stage, app: &App) -> Berth {
+    stage
+        .berth(app)
+        .input("routes", "backend:8080 127.0.0.1")
+        .input("edge-image", &caddy_image())
+        .input("edge-ports", &stage.port.to_string())
+        .input("drain-timeout", "2s")
+        .input("verdict-window", "3s")
+}
+
+/// Requests through the edge every 20 ms until stopped (at most 5 min): each answer's
+/// status and the version it came from.
+struct Users {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(u16, String)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Users {
+    fn start(port: u16) -> Users {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            while !s.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(300) {
+                let answer = get(port);
+                v.lock().unwrap().push(answer);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Users {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop: (requests, failed ones as `status body`).
+    fn stop(mut self) -> (Vec<(u16, String)>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        let seen = self.seen.lock().unwrap().clone();
+        let failed = seen
+            .iter()
+            .filter(|(s, _)| *s != 200)
+            .map(|(s, b)| format!("{s} {b}"))
+            .collect();
+        (seen, failed)
+    }
+}
+
+/// How many containers of the backend exist (running or not).
+fn backends(stage: &Stage) -> usize {
+    crate::support::rig::sh(std::process::Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", stage.project),
+        "--filter",
+        "label=com.docker.compose.service=backend",
+    ]))
+    .split_whitespace()
+    .count()
+}
+
+/// One GET of the health URL through the edge on a new connection: (status, version).
+fn get(port: u16) -> (u16, String) {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, "refused".into());
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = "GET /cgi-bin/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if c.write_all(req.as_bytes()).is_err() {
+        return (0, "write failed".into());
+    }
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let version = text
+        .split("\"version\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+        .to_string();
+    (status, version)
+}
+
+#[test]
+fn a_routed_deploy_is_switched_through_the_edge_and_users_see_no_failure() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let v1 = routed(&stage, &App::new("v1").routed()).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    assert!(v1.stdout.contains("started the edge"), "{}", v1.stdout);
+    assert_eq!(get(stage.port), (200, "v1".into()));
+    std::thread::sleep(Duration::from_secs(1));
+
+    // An app that ignores SIGTERM and takes 3 s to listen: `up` would drop requests.
+    let users = Users::start(stage.port);
+    let app = App::new("v2").routed().mode("ignoreterm").start_delay(3);
+    let v2 = routed(&stage, &app).run();
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, failed) = users.stop();
+    assert_eq!(v2.code, 0, "{}", v2.stdout);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
+    assert!(seen.len() > 50, "{}", seen.len());
+    // Users saw v1, then v2, never back and forth.
+    let versions: Vec<&str> = seen.iter().map(|(_, v)| v.as_str()).collect();
+    let first_v2 = versions.iter().position(|v| *v == "v2").expect("v2 served");
+    assert!(
+        versions[first_v2..].iter().all(|v| *v == "v2"),
+        "{versions:?}"
+    );
+    assert!(
+        versions[..first_v2].iter().all(|v| *v == "v1"),
+        "{versions:?}"
+    );
+    // berth measured the same: none failed, and says so.
+    assert_eq!(
+        v2.output("failed-probes").as_deref(),
+        Some("0"),
+        "{}",
+        v2.stdout
+    );
+    assert!(v2.summary.contains("What users saw"), "{}", v2.summary);
+    // The old container was drained and stopped: one backend runs, v2's.
+    assert_eq!(backends(&stage), 1, "{}", v2.stdout);
+
+    // The admin API answers nowhere outside the edge's container.
+    let ip = crate::support::rig::sh(std::process::Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &format!("berth-edge-{}", stage.port),
+    ]));
+    for addr in [format!("{}:2019", ip.trim()), "127.0.0.1:2019".to_string()] {
+        assert!(
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_err(),
+            "the edge's admin API answers at {addr}"
+        );
+    }
+}
+
+#[test]
+fn a_candidate_that_fails_its_check_never_gets_a_user_request() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let v1 = routed(&stage, &App::new("v1").routed()).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    std::thread::sleep(Duration::from_secs(1));
+    for mode in ["500", "crash"] {
+        let users = Users::start(stage.port);
+        let bad = routed(&stage, &App::new("bad").routed().mode(mode))
+            .input("health-timeout", "6s")
+            .run();
+        let (seen, failed) = users.stop();
+        assert_eq!(bad.code, 1, "{}", bad.stdout);
+        assert_eq!(bad.output("status").as_deref(), Some("rolled-back"));
+        assert!(
+            failed.is_empty(),
+            "{mode}: {} of {} failed: {failed:?}",
+            failed.len(),
+            seen.len()
+        );
+        // Every answer came from v1: the candidate never served a user.
+        assert!(seen.iter().all(|(_, v)| v == "v1"), "{mode}: {seen:?}");
+        assert!(
+            bad.summary.contains("users were not affected"),
+            "{}",
+            bad.summary
+        );
+        assert_eq!(bad.output("failed-probes").as_deref(), Some("0"));
+        // The candidate is gone; v1 still runs as it did.
+        assert_eq!(backends(&stage), 1);
+        assert_eq!(get(stage.port), (200, "v1".into()));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_routed_service_that_publishes_its_port_is_an_input_error_and_nothing_changes() {
+    let stage = Stage::new();
+    let run = routed(&stage, &App::new("v1")).run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let errors = run.errors().join("\n");
+    assert!(
+        errors.contains("routes") && errors.contains("`backend` publishes port 8080"),
+        "{errors}"
+    );
+    assert!(!stage.deploy_dir.exists());
+}
