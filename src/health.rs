@@ -167,6 +167,19 @@ impl HealthProbe {
     /// can make it redirect) must not receive an `X-Api-Key` at another host, nor see an
     /// https probe go on over http.
     pub fn from_config(settings: &HealthSettings, url: &Url) -> Result<HealthProbe, HealthError> {
+        HealthProbe::build(settings, url, true)
+    }
+
+    /// A probe that opens a new connection for every request, as a new visitor does (see
+    /// [`UserProbe`]).
+    pub fn fresh_connections(
+        settings: &HealthSettings,
+        url: &Url,
+    ) -> Result<HealthProbe, HealthError> {
+        HealthProbe::build(settings, url, false)
+    }
+
+    fn build(settings: &HealthSettings, url: &Url, pool: bool) -> Result<HealthProbe, HealthError> {
         let origin = url.origin();
         let shown_origin = origin.ascii_serialization();
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
@@ -186,6 +199,9 @@ impl HealthProbe {
             .connect_timeout(PROBE_TIMEOUT)
             .redirect(policy)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        if !pool {
+            builder = builder.pool_max_idle_per_host(0);
+        }
         if let Some(pem) = &settings.ca_cert {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| HealthError::BadCa(e.to_string()))?;
@@ -471,7 +487,10 @@ mod tests {
 }
 
 /// What users saw while a release was switched: the public URL probed in the background,
-/// about 20 times a second, from the first new container to the end of the drain.
+/// about 20 times a second, from the first new container to the end of the drain. Each
+/// probe opens its own connection: a proxy closes idle keep-alive connections when it loads
+/// a config (Caddy does on every load), which clients retry (browsers, RFC 9112 9.3.1), so
+/// a reused connection would measure the client's retry policy, not the switch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
     pub url: String,

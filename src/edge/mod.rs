@@ -31,10 +31,15 @@ pub const RELEASE_LABEL: &str = "berth.release";
 pub const ROUTES_FILE: &str = "edge.routes";
 /// In a release dir: the header-only routes to the release's candidates.
 pub const CANDIDATE_FILE: &str = "edge.candidate";
+/// In a release dir: its routes from the switch until the drain, with the old release's
+/// containers as the fallback.
+pub const SWITCH_FILE: &str = "edge.switch";
 /// In `.berth/`: which edge the project's routes live in (`name=... dir=...`).
 pub const EDGE_ENV: &str = "edge.env";
 /// Where the edge's state dir is mounted in the container.
 pub const CONFIG_DIR: &str = "/etc/berth-edge";
+/// Each proxy's admin API: a unix socket in its own container.
+const ADMIN: &str = "unix//tmp/berth-edge-admin.sock";
 /// How long the edge retries a connection an upstream refused (a container that is
 /// being replaced), so that a moment without a listener is latency, not an error.
 const TRY_DURATION: &str = "2s";
@@ -162,7 +167,10 @@ pub fn alias(project: &str, service: &str, release: &str) -> String {
 }
 
 /// One route as a line of a project's routes file: the sort key, then Caddy's JSON.
-fn route_line(route: &Route, upstream: &str, candidate: Option<&str>) -> String {
+/// `upstreams` in order of preference: with a second one (the old release, during the
+/// verdict window), a request the first refuses goes to the next, and a refused upstream
+/// is left alone for a while (Caddy's passive health check).
+fn route_line(route: &Route, upstreams: &[String], candidate: Option<&str>) -> String {
     let mut matcher = json!({ "host": [route.host] });
     if let Some(p) = &route.path {
         matcher["path"] = json!([p, format!("{p}/*")]);
@@ -170,11 +178,22 @@ fn route_line(route: &Route, upstream: &str, candidate: Option<&str>) -> String 
     if let Some(token) = candidate {
         matcher["header"] = json!({ CANDIDATE_HEADER: [token] });
     }
-    let handler = json!({
+    let dials: Vec<serde_json::Value> = upstreams
+        .iter()
+        .map(|u| json!({ "dial": format!("{u}:{}", route.port) }))
+        .collect();
+    let mut handler = json!({
         "handler": "reverse_proxy",
-        "upstreams": [{ "dial": format!("{upstream}:{}", route.port) }],
-        "load_balancing": { "try_duration": TRY_DURATION, "try_interval": "100ms" },
+        "upstreams": dials,
+        "load_balancing": {
+            "selection_policy": { "policy": "first" },
+            "try_duration": TRY_DURATION,
+            "try_interval": "100ms",
+        },
     });
+    if upstreams.len() > 1 {
+        handler["health_checks"] = json!({ "passive": { "fail_duration": "10s", "max_fails": 1 } });
+    }
     let route_json = json!({ "match": [matcher], "handle": [handler], "terminal": true });
     let key = route.path.as_deref().map_or(0, str::len);
     format!("{:05}{} {}", key, u8::from(candidate.is_some()), route_json)
@@ -190,7 +209,23 @@ pub fn routes_file(
 ) -> String {
     routes
         .iter()
-        .map(|r| route_line(r, &alias(project, &r.service, release), candidate) + "\n")
+        .map(|r| route_line(r, &[alias(project, &r.service, release)], candidate) + "\n")
+        .collect()
+}
+
+/// The routes from the switch to the verdict: to `release`'s containers, and to
+/// `fallback`'s (the old release, kept running until the verdict) for a request the new
+/// ones refuse (one that crashed, say).
+pub fn switch_file(project: &str, release: &str, fallback: &str, routes: &[Route]) -> String {
+    routes
+        .iter()
+        .map(|r| {
+            let ups = [
+                alias(project, &r.service, release),
+                alias(project, &r.service, fallback),
+            ];
+            route_line(r, &ups, None) + "\n"
+        })
         .collect()
 }
 
@@ -216,7 +251,7 @@ pub fn head_json(ports: &[u16]) -> String {
         );
     }
     let whole = json!({
-        "admin": { "listen": "localhost:2019" },
+        "admin": { "listen": ADMIN },
         "apps": { "http": { "servers": servers } },
     })
     .to_string();
@@ -257,7 +292,12 @@ edge_assemble() {
   routes=$(cat "$E"/routes/* "$E/foot.json" 2>/dev/null | LC_ALL=C sort -r | cut -d' ' -f2- | tr '\n' ',' | sed 's/,$//; s/[\\&#]/\\&/g')
   sed "s#\[@ROUTES@\]#[${routes}]#g" "$E/head.json" > "$E/caddy.json.new" && mv -f "$E/caddy.json.new" "$E/caddy.json"
 }
-edge_reload() { docker exec "$N" caddy reload --config /etc/berth-edge/caddy.json --force 2>&1 | tail -n 3; }
+edge_reload() {
+  # Every running proxy of the edge (two while one is upgraded), each through its own socket.
+  ps=$(docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running)
+  [ -n "$ps" ] || { echo "error: no proxy of the edge $N runs"; return 0; }
+  for x in $ps; do docker exec "$x" caddy reload --config /etc/berth-edge/caddy.json --force 2>&1 | tail -n 3; done
+}
 edge_load() {
   P=$1; shift
   edge_lock || return 1
@@ -302,9 +342,20 @@ edge_after_up() {
 }
 "#;
 
-/// Creates the edge if it is missing (its network, state dir, config and container) and
-/// records in the deploy dir which edge the project's routes live in. An edge running
-/// another image or ports is left as it is and said (`berth-edge-differs ...`).
+/// Creates the edge if it is missing, upgrades its proxy without dropping a connection
+/// when `edge-image` changed, and records in the deploy dir which edge the project's
+/// routes live in.
+///
+/// The edge is two kinds of container. The holder (`berth-edge-<port>`) owns the network
+/// namespace, the published ports and the place on the edge network; it only sleeps and is
+/// never replaced. The proxy (`berth-edge-<port>-<time>`, Caddy) runs inside the holder's
+/// namespace. An upgrade starts the new proxy beside the old one: both listen on the same
+/// ports (Caddy sets SO_REUSEPORT), the new one gets the same config, then the old one is
+/// stopped gracefully (it finishes what is in flight; with `tcp_migrate_req` the kernel
+/// hands the connections still queued on its socket to the new one). Each proxy's admin API
+/// is a unix socket in its own container: nothing else reaches it, and two proxies never
+/// answer for each other. Other ports than the holder publishes are not changed (said as
+/// `berth-edge-differs`): that needs a new holder, which would drop connections.
 pub fn ensure(settings: &EdgeSettings, deploy_dir: &str) -> Cmd {
     let edge = settings.edge();
     let ports: Vec<String> = settings.ports.iter().map(u16::to_string).collect();
@@ -317,23 +368,37 @@ printf '%s' "$HEAD" > "$E/head.json" && printf '%s' "$FOOT" > "$E/foot.json" || 
 docker network inspect "$N" >/dev/null 2>&1 || docker network create "$N" >/dev/null || exit 1
 [ -f "$E/caddy.json" ] || edge_assemble || exit 1
 publish=; for p in "$@"; do publish="$publish -p $p:$p"; done
-state=$(docker inspect -f '{{{{.State.Running}}}} {{{{.Config.Image}}}}' "$N" 2>/dev/null)
-case "$state" in
-  "") docker run -d --name "$N" --restart unless-stopped --network "$N" $publish \
-        -v "$E:{CONFIG_DIR}:ro" -v "$N-data:/data" -v "$N-config:/config" \
-        -e XDG_DATA_HOME=/data -e XDG_CONFIG_HOME=/config --label berth.edge=1 \
-        "$IMG" caddy run --config {CONFIG_DIR}/caddy.json >/dev/null || exit 1
-      echo "berth: started the edge $N ($IMG) on port(s) $*" ;;
-  "false "*) docker start "$N" >/dev/null || exit 1 ;;
-  "true $IMG") ;;
-  *) echo "berth-edge-differs ${{state#* }}" ;;
+case "$(docker inspect -f '{{{{.State.Running}}}}' "$N" 2>/dev/null)" in
+  "") holder() {{ docker run -d --name "$N" --restart unless-stopped --network "$N" $publish --label berth.edge=holder "$@" --entrypoint sleep "$IMG" 2147483647 >/dev/null; }}
+      holder --sysctl net.ipv4.tcp_migrate_req=1 2>/dev/null || {{ docker rm -f "$N" >/dev/null 2>&1; holder; }} || exit 1 ;;
+  false) docker start "$N" >/dev/null || exit 1 ;;
 esac
-n=0; until edge_reload >/dev/null 2>&1 && docker exec "$N" caddy version >/dev/null 2>&1; do
-  n=$((n + 1)); [ "$n" -lt 100 ] || {{ echo "berth: the edge $N did not answer on its admin API within 20 s"; docker logs --tail 5 "$N" 2>&1; exit 1; }}
-  sleep 0.2
-done
+want=$(for p in "$@"; do echo "$p"; done | sort -n | tr '
+' ' ')
+have=$(docker inspect -f '{{{{range $p, $b := .HostConfig.PortBindings}}}}{{{{$p}}}} {{{{end}}}}' "$N" | tr ' ' '
+' | sed -n 's#/tcp##p' | sort -n | tr '
+' ' ')
+[ "$want" = "$have" ] || echo "berth-edge-differs ports: the edge publishes $have"
+old=$(docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running)
+same=$(for c in $old; do [ "$(docker inspect -f '{{{{.Config.Image}}}}' "$c")" = "$IMG" ] && echo "$c"; done | head -n 1)
+if [ -n "$same" ]; then
+  old=$(echo $old | tr ' ' '
+' | grep -vx "$same")
+else
+  new="$N-$(date +%s)"
+  docker run -d --name "$new" --restart unless-stopped --network "container:$N"     -v "$E:{CONFIG_DIR}:ro" -v "$N-data:/data" -v "$N-config:/config"     -e XDG_DATA_HOME=/data -e XDG_CONFIG_HOME=/config --label "berth.edge.proxy=$N"     "$IMG" caddy run --config {CONFIG_DIR}/caddy.json >/dev/null || exit 1
+  n=0; until docker exec "$new" caddy reload --config {CONFIG_DIR}/caddy.json --force >/dev/null 2>&1; do
+    n=$((n + 1)); [ "$n" -lt 100 ] || {{ echo "berth: the edge's proxy $new did not answer on its admin socket within 20 s"; docker logs --tail 5 "$new" 2>&1; docker rm -f "$new" >/dev/null; exit 1; }}
+    sleep 0.2
+  done
+  if [ -n "$old" ]; then echo "berth: upgraded the edge $N to $IMG beside the old proxy"; else echo "berth: started the edge $N ($IMG) on port(s) $*"; fi
+fi
+# The old proxies finish what they serve, then go (Caddy's graceful stop on SIGTERM).
+for c in $old; do docker stop -t 60 "$c" >/dev/null; docker rm "$c" >/dev/null; done
 edge_lock && {{ edge_assemble; edge_reload >/dev/null; rmdir "$E/lock.d"; }}
-mkdir -p .berth && printf 'name=%s\ndir=%s\n' "$N" "$E" > .berth/{EDGE_ENV}
+mkdir -p .berth && printf 'name=%s
+dir=%s
+' "$N" "$E" > .berth/{EDGE_ENV}
 "#
     );
     let mut argv = vec![
@@ -434,26 +499,38 @@ for s in $("$@" config --services); do case "$S" in *" $s "*) ;; *) others="$oth
 }
 
 /// The switch: project `project`'s routes become release `release`'s (one config load),
-/// then `current` points at it.
-pub fn switch(deploy_dir: &str, project: &str, release: &str) -> Cmd {
+/// with the old release's containers as the fallback when it was routed too
+/// ([`SWITCH_FILE`], until the drain), then `current` points at it.
+pub fn switch(deploy_dir: &str, project: &str, release: &str, previous: Option<&str>) -> Cmd {
     let script = format!(
-        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3\nedge_env || {{ echo 'berth: no edge recorded in .berth/{EDGE_ENV}'; exit 1; }}\nedge_load \"$P\" \".berth/releases/$R/{ROUTES_FILE}\" || exit 1\nln -sfn \".berth/releases/$R\" current.berth-tmp && mv -T current.berth-tmp current"
+        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3 O=$4\nedge_env || {{ echo 'berth: no edge recorded in .berth/{EDGE_ENV}'; exit 1; }}\nf=.berth/releases/$R/{SWITCH_FILE}\n# The fallback only to an old release that was routed (its containers have its alias).\n[ -n \"$O\" ] && [ -f \".berth/releases/$O/{ROUTES_FILE}\" ] && edge_ours_run \"$P\" \"$O\" && [ -s \"$f\" ] || f=.berth/releases/$R/{ROUTES_FILE}\nedge_load \"$P\" \"$f\" || exit 1\nln -sfn \".berth/releases/$R\" current.berth-tmp && mv -T current.berth-tmp current\necho \"berth: the edge routes to release $R\""
     );
-    Cmd::new(["sh", "-c", &script, "sh", deploy_dir, project, release])
+    Cmd::new([
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        deploy_dir,
+        project,
+        release,
+        previous.unwrap_or(""),
+    ])
 }
 
-/// After the verdict: waits until `wait` has passed since the switch (in-flight requests
-/// on the old containers finish), then stops (each with its own stop timeout) and
-/// removes the routed containers of every release but `release`. Prints what it stopped.
-pub fn drain(project: &str, release: &str, wait: Duration) -> Cmd {
+/// After the verdict: the release's own routes (no fallback: one config load), then a
+/// wait until `wait` has passed since the switch (requests in flight on the old
+/// containers finish), then the routed containers of every release but `release` are
+/// stopped (each with its own stop timeout) and removed. Prints what it stopped.
+pub fn drain(deploy_dir: &str, project: &str, release: &str, wait: Duration) -> Cmd {
     let script = format!(
-        "{FUNCTIONS}P=$1 R=$2 W=$3\nsleep \"$W\"\nothers=$(edge_others \"$P\" \"$R\")\n[ -n \"$others\" ] || exit 0\ndocker stop $others >/dev/null && docker rm $others >/dev/null || exit 1\necho \"berth: drained and stopped $(echo $others | wc -w) old container(s)\""
+        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3 W=$4\nedge_env && edge_load \"$P\" \".berth/releases/$R/{ROUTES_FILE}\" || exit 1\nsleep \"$W\"\nothers=$(edge_others \"$P\" \"$R\")\n[ -n \"$others\" ] || exit 0\ndocker stop $others >/dev/null && docker rm $others >/dev/null || exit 1\necho \"berth: drained and stopped $(echo $others | wc -w) old container(s)\""
     );
     Cmd::new([
         "sh".to_string(),
         "-c".into(),
         script,
         "sh".into(),
+        deploy_dir.to_string(),
         project.to_string(),
         release.to_string(),
         format!("{:.1}", wait.as_secs_f64()),

@@ -88,7 +88,8 @@ fn the_host_assembles_every_projects_routes_into_one_config_caddy_accepts() {
             "- false 404",
         ]
     );
-    assert_eq!(v["admin"]["listen"], "localhost:2019");
+    // The admin API is no TCP port at all.
+    assert_eq!(v["admin"]["listen"], "unix//tmp/berth-edge-admin.sock");
     assert_eq!(
         v["apps"]["http"]["servers"]["berth-tls"]["routes"],
         v["apps"]["http"]["servers"]["berth"]["routes"]

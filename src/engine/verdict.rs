@@ -172,7 +172,7 @@ impl Engine<'_> {
         let Some(url) = self.cfg.health.urls(&specs).into_iter().next() else {
             return;
         };
-        let Ok(probe) = HealthProbe::from_config(&self.cfg.health, &url) else {
+        let Ok(probe) = HealthProbe::fresh_connections(&self.cfg.health, &url) else {
             return;
         };
         if let Ok(mut slot) = self.user_probe.lock() {
@@ -190,7 +190,8 @@ impl Engine<'_> {
             .health
             .urls(&specs)
             .iter()
-            .map(|url| HealthProbe::from_config(&self.cfg.health, url))
+            // A config load closes idle connections: the window judges the app, not that.
+            .map(|url| HealthProbe::fresh_connections(&self.cfg.health, url))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Fault::Probe(e.to_string()))?;
         let started = Instant::now();

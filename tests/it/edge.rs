@@ -20,7 +20,7 @@ impl Drop for EdgeGuard {
         let name = &self.0;
         let _ = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("docker rm -f {name}; docker ps -aq --filter label=berth.release | xargs -r docker inspect -f '{{{{.Id}}}} {{{{range $k, $v := .NetworkSettings.Networks}}}}{{{{$k}}}} {{{{end}}}}' | awk '/ {name} /{{print $1}}' | xargs -r docker rm -f; docker network rm {name}; docker volume rm {name}-data {name}-config; rm -rf $HOME/.berth/edge-{port}", port = name.trim_start_matches("berth-edge-")))
+            .arg(format!("docker ps -aq --filter name={name} | xargs -r docker rm -f; docker ps -aq --filter label=berth.release | xargs -r docker inspect -f '{{{{.Id}}}} {{{{range $k, $v := .NetworkSettings.Networks}}}}{{{{$k}}}} {{{{end}}}}' | awk '/ {name} /{{print $1}}' | xargs -r docker rm -f; docker network rm {name}; docker volume rm {name}-data {name}-config; rm -rf $HOME/.berth/edge-{port}", port = name.trim_start_matches("berth-edge-")))
             .output();
     }
 }
@@ -45,13 +45,18 @@ struct Users {
 
 impl Users {
     fn start(port: u16) -> Users {
+        Users::start_for(port, "127.0.0.1")
+    }
+
+    /// Requests for `host` (the Host header) through the edge on `port`.
+    fn start_for(port: u16, host: &'static str) -> Users {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (s, v) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
             while !s.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(300) {
-                let answer = get(port);
+                let answer = get_for(port, host);
                 v.lock().unwrap().push(answer);
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -93,11 +98,15 @@ fn backends(stage: &Stage) -> usize {
 
 /// One GET of the health URL through the edge on a new connection: (status, version).
 fn get(port: u16) -> (u16, String) {
+    get_for(port, "127.0.0.1")
+}
+
+fn get_for(port: u16, host: &str) -> (u16, String) {
     let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, "refused".into());
     };
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let req = "GET /cgi-bin/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let req = format!("GET /cgi-bin/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     if c.write_all(req.as_bytes()).is_err() {
         return (0, "write failed".into());
     }
@@ -157,7 +166,7 @@ fn a_routed_deploy_is_switched_through_the_edge_and_users_see_no_failure() {
         v2.output("failed-probes").as_deref(),
         Some("0"),
         "{}",
-        v2.stdout
+        v2.summary
     );
     assert!(v2.summary.contains("What users saw"), "{}", v2.summary);
     // The old container was drained and stopped: one backend runs, v2's.
@@ -206,7 +215,12 @@ fn a_candidate_that_fails_its_check_never_gets_a_user_request() {
             "{}",
             bad.summary
         );
-        assert_eq!(bad.output("failed-probes").as_deref(), Some("0"));
+        assert_eq!(
+            bad.output("failed-probes").as_deref(),
+            Some("0"),
+            "{}",
+            bad.summary
+        );
         // The candidate is gone; v1 still runs as it did.
         assert_eq!(backends(&stage), 1);
         assert_eq!(get(stage.port), (200, "v1".into()));
@@ -225,4 +239,135 @@ fn a_routed_service_that_publishes_its_port_is_an_input_error_and_nothing_change
         "{errors}"
     );
     assert!(!stage.deploy_dir.exists());
+}
+
+#[test]
+fn a_release_that_crashes_after_the_switch_is_switched_back_and_users_see_no_failure() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let v1 = routed(&stage, &App::new("v1").routed()).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    let r1 = stage.current().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let users = Users::start(stage.port);
+    let bad = routed(&stage, &App::new("v2").routed().mode("dieafter"))
+        .input("verdict-window", "12s")
+        .run();
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, failed) = users.stop();
+    assert_eq!(bad.code, 1, "{}", bad.stdout);
+    assert_eq!(bad.output("status").as_deref(), Some("rolled-back"));
+    // It was switched to, then crashed inside the verdict window.
+    assert!(
+        bad.stdout.contains("the edge routes to release"),
+        "{}",
+        bad.stdout
+    );
+    assert!(bad.summary.contains("crash"), "{}", bad.summary);
+    assert!(
+        !bad.summary.contains("users were not affected"),
+        "{}",
+        bad.summary
+    );
+    // The old containers were the fallback until the switch back: no request failed.
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
+    assert!(seen.iter().any(|(_, v)| v == "v2"), "v2 never served");
+    assert_eq!(seen.last().map(|(_, v)| v.as_str()), Some("v1"));
+    assert_eq!(stage.current(), Some(r1));
+    assert_eq!(backends(&stage), 1);
+    assert_eq!(get(stage.port), (200, "v1".into()));
+}
+
+#[test]
+fn two_projects_share_one_edge_and_a_deploy_of_one_never_drops_a_request_of_the_other() {
+    let a = Stage::new();
+    let b = Stage::new();
+    let port = a.port;
+    let _edge = EdgeGuard(format!("berth-edge-{port}"));
+    let on_edge = |stage: &Stage, app: &App, host: &str| {
+        routed(stage, app)
+            .input("edge-ports", &port.to_string())
+            .input("routes", &format!("backend:8080 {host}"))
+            .input(
+                "health-url",
+                &format!("http://{host}:{port}/cgi-bin/health"),
+            )
+    };
+    for (stage, host) in [(&a, "127.0.0.1"), (&b, "127.0.0.2")] {
+        let run = on_edge(stage, &App::new("v1").routed(), host).run();
+        assert_eq!(run.code, 0, "{}", run.stdout);
+    }
+    assert_eq!(get_for(port, "127.0.0.2"), (200, "v1".into()));
+    std::thread::sleep(Duration::from_secs(1));
+    let others = Users::start_for(port, "127.0.0.2");
+    let good = on_edge(&a, &App::new("v2").routed(), "127.0.0.1").run();
+    assert_eq!(good.code, 0, "{}", good.stdout);
+    std::thread::sleep(Duration::from_secs(1));
+    let bad = on_edge(&a, &App::new("v3").routed().mode("500"), "127.0.0.1")
+        .input("health-timeout", "4s")
+        .run();
+    assert_eq!(bad.code, 1, "{}", bad.stdout);
+    let (seen, failed) = others.stop();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
+    assert!(seen.iter().all(|(_, v)| v == "v1"), "{seen:?}");
+    // Each project has its own routes file in the shared edge; A's deploys left B's as is.
+    let dir = std::path::PathBuf::from(std::env::var("HOME").unwrap())
+        .join(format!(".berth/edge-{port}/routes"));
+    let b_routes = std::fs::read_to_string(dir.join(&b.project)).unwrap();
+    assert!(
+        b_routes.contains("127.0.0.2") && !b_routes.contains("127.0.0.1\""),
+        "{b_routes}"
+    );
+    assert_eq!(get_for(port, "127.0.0.1"), (200, "v2".into()));
+}
+
+#[test]
+fn an_edge_upgrade_starts_the_new_proxy_beside_the_old_and_drops_no_request() {
+    let stage = Stage::new();
+    let name = format!("berth-edge-{}", stage.port);
+    let _edge = EdgeGuard(name.clone());
+    let v1 = routed(&stage, &App::new("v1").routed()).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    let next = format!("{}-next", caddy_image());
+    crate::support::rig::sh(std::process::Command::new("docker").args([
+        "tag",
+        &caddy_image(),
+        &next,
+    ]));
+    std::thread::sleep(Duration::from_secs(1));
+    let users = Users::start(stage.port);
+    let v2 = routed(&stage, &App::new("v2").routed())
+        .input("edge-image", &next)
+        .run();
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, failed) = users.stop();
+    assert_eq!(v2.code, 0, "{}", v2.stdout);
+    assert!(v2.stdout.contains("upgraded the edge"), "{}", v2.stdout);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
+    // One proxy runs, the new image's; the holder kept the ports.
+    let proxies = crate::support::rig::sh(std::process::Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=berth.edge.proxy={name}"),
+        "--format",
+        "{{.Image}}",
+    ]));
+    assert_eq!(proxies.trim(), next, "{proxies}");
+    assert_eq!(get(stage.port), (200, "v2".into()));
 }

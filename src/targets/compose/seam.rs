@@ -80,7 +80,12 @@ impl Target for ComposeHost {
         ComposeHost::snapshot(self)
     }
     fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
-        release_steps(&self.layout, spec, &self.docker_config)
+        release_steps(
+            &self.layout,
+            spec,
+            &self.docker_config,
+            self.previous.as_deref(),
+        )
     }
     fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
         let quoted = |c: Cmd| crate::ssh::quote_argv(&c.0);
@@ -91,9 +96,14 @@ impl Target for ComposeHost {
             quoted(self.layout.snapshot()),
         ];
         lines.extend(
-            release_steps(&self.layout, spec, &self.docker_config)
-                .iter()
-                .map(Step::plan_line),
+            release_steps(
+                &self.layout,
+                spec,
+                &self.docker_config,
+                self.previous.as_deref(),
+            )
+            .iter()
+            .map(Step::plan_line),
         );
         lines
     }

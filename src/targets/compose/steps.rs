@@ -20,8 +20,15 @@ pub const LONG: Duration = Duration::from_secs(30 * 60);
 /// Upload, pull (pinning what compose names by tag), pre-deploy, up, switch.
 /// `docker_config` is the host's throwaway client config for the registry login, chosen
 /// by berth so every command that uses it is known before it runs.
-pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -> Vec<Step> {
-    let mut steps = upload_steps(layout, spec);
+/// `previous` is the release that runs now (its containers are the fallback during a
+/// routed release's verdict window).
+pub fn release_steps(
+    layout: &Layout,
+    spec: &ReleaseSpec,
+    docker_config: &str,
+    previous: Option<&str>,
+) -> Vec<Step> {
+    let mut steps = upload_steps(layout, spec, previous);
     steps.extend(pull_steps(layout, spec, docker_config));
     steps.extend(pre_deploy_step(layout, spec));
     // From here the running containers may change: if berth is gone before its verdict,
@@ -37,7 +44,7 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
         ));
     }
     match &spec.edge {
-        Some(edge) => steps.extend(edge_steps(layout, spec, edge)),
+        Some(edge) => steps.extend(edge_steps(layout, spec, edge, previous)),
         None => steps.push(activation_step(layout, &spec.id, DEPLOY_UP)),
     }
     steps
@@ -47,7 +54,12 @@ pub fn release_steps(layout: &Layout, spec: &ReleaseSpec, docker_config: &str) -
 /// The engine proves the candidates through the edge (their header-only routes) between
 /// the `up` steps and the switch, judges the release after the switch, and runs the
 /// drain after its verdict.
-fn edge_steps(layout: &Layout, spec: &ReleaseSpec, edge: &EdgeRelease) -> Vec<Step> {
+fn edge_steps(
+    layout: &Layout,
+    spec: &ReleaseSpec,
+    edge: &EdgeRelease,
+    previous: Option<&str>,
+) -> Vec<Step> {
     let settings = &edge.settings;
     let dir = layout.deploy_dir.as_str();
     let project = layout.project.as_str();
@@ -90,7 +102,7 @@ fn edge_steps(layout: &Layout, spec: &ReleaseSpec, edge: &EdgeRelease) -> Vec<St
         run(
             Phase::Switch,
             EDGE_SWITCH,
-            crate::edge::switch(dir, project, id),
+            crate::edge::switch(dir, project, id, previous),
             Output::Switch,
             QUICK,
         )
@@ -98,7 +110,7 @@ fn edge_steps(layout: &Layout, spec: &ReleaseSpec, edge: &EdgeRelease) -> Vec<St
         run(
             Phase::Drain,
             EDGE_DRAIN,
-            crate::edge::drain(project, id, settings.drain),
+            crate::edge::drain(dir, project, id, settings.drain),
             Output::Drain,
             LONG,
         ),
@@ -128,7 +140,11 @@ fn release_file(
 }
 
 /// The release dir and its files.
-pub(crate) fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
+pub(crate) fn upload_steps(
+    layout: &Layout,
+    spec: &ReleaseSpec,
+    previous: Option<&str>,
+) -> Vec<Step> {
     let id = spec.id.as_str();
     let file =
         |name, file, body, mode| release_file(layout, id, Phase::Upload, name, file, body, mode);
@@ -176,6 +192,17 @@ pub(crate) fn upload_steps(layout: &Layout, spec: &ReleaseSpec) -> Vec<Step> {
                 Body::Text(
                     "routes",
                     crate::edge::routes_file(project, id, routes, None),
+                ),
+                0o644,
+            ),
+            file(
+                "edge routes with the old release as fallback",
+                crate::edge::SWITCH_FILE,
+                Body::Text(
+                    "routes",
+                    previous
+                        .map(|old| crate::edge::switch_file(project, id, old, routes))
+                        .unwrap_or_default(),
                 ),
                 0o644,
             ),
@@ -321,7 +348,7 @@ mod tests {
 
     #[test]
     fn a_release_is_its_steps_in_phase_order_and_only_up_on_needs_a_restore() {
-        let steps = release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc");
+        let steps = release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc", None);
         let phases: Vec<(Phase, String)> = phase_summaries(&steps);
         assert_eq!(
             phases.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
@@ -351,10 +378,11 @@ mod tests {
 
     #[test]
     fn the_plan_shows_every_command_but_no_secret() {
-        let lines: Vec<String> = release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc")
-            .iter()
-            .map(Step::plan_line)
-            .collect();
+        let lines: Vec<String> =
+            release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc", None)
+                .iter()
+                .map(Step::plan_line)
+                .collect();
         let text = lines.join("\n");
         assert!(!text.contains("env-secret-77") && !text.contains("registry-secret-88"));
         assert!(text.contains("redacted"), "{text}");

@@ -393,7 +393,7 @@ impl SwarmHost {
     fn swarm_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
         let layout = &self.host.layout;
         let dir = layout.release_dir(&spec.id);
-        let mut steps = upload_steps(layout, spec);
+        let mut steps = upload_steps(layout, spec, None);
         let mut pull = pull_steps(layout, spec, self.host.docker_config());
         let after_pin = pull
             .iter()

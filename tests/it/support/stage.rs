@@ -26,7 +26,7 @@ pub struct App {
     pub version: String,
     /// healthy | 500 | degraded | crash | inject500 | injectcrash (these two print text
     /// that a careless tool would hand to the runner as workflow commands) | ignoreterm
-    /// (healthy, but ignores SIGTERM)
+    /// (healthy, but ignores SIGTERM) | dieafter (healthy for 4 s, then exits)
     pub mode: &'static str,
     pub start_delay: u32,
     /// Reached through the edge (`routes`): the backend publishes no port.
@@ -91,6 +91,8 @@ if [ "$MODE" = injectcrash ]; then
   exit 3
 fi
 sleep "$START_DELAY"
+# Healthy for 4 s, then the listener goes (requests in flight finish) and the app exits.
+if [ "$MODE" = dieafter ]; then httpd -p 8080 -h /www; sleep 4; killall httpd; sleep 1; exit 3; fi
 # SIG_IGN survives exec: httpd then ignores the SIGTERM that `docker stop` sends.
 if [ "$MODE" = ignoreterm ]; then trap '' TERM; fi
 exec httpd -f -p 8080 -h /www
