@@ -389,10 +389,7 @@ impl<'a> Engine<'a> {
     /// restore included).
     async fn deploy(&self, hosts: &[Host], report: &mut Report) -> Result<Outcome, Fault> {
         let result = self.deploy_and_judge(hosts, report).await;
-        let probe = self.user_probe.lock().ok().and_then(|mut p| p.take());
-        if let Some(probe) = probe {
-            report.user_probes = Some(probe.stop().await);
-        }
+        self.finish_user_probe(report).await;
         result
     }
 
@@ -417,51 +414,25 @@ impl<'a> Engine<'a> {
                 return Err(self.fail_and_restore(hosts, report, fault).await);
             }
         }
-        if let Some(edge) = &self.spec.edge {
-            // The candidates, proven through the edge by the probe's header only: no user
-            // request reaches them before this passes.
-            let started = Instant::now();
-            let header = (crate::edge::CANDIDATE_HEADER, edge.token.as_str());
-            if let Err(fault) = self
-                .health_gate_with(hosts, report, started, false, Some(header))
-                .await
-            {
-                verdict::record_unproven(report, &fault, started);
-                report.users_unaffected = true;
-                return Err(self.fail_and_restore(hosts, report, fault).await);
-            }
-            report.record(
-                Phase::Health,
-                started.elapsed(),
-                PhaseResult::Ok(
-                    "the new containers answered healthy through the edge (probe header only)"
-                        .into(),
-                ),
-            );
-            if let Err((phase, e)) = self.run_release(hosts, report, Batch::Switch).await {
-                let fault = Fault::host(HostStep::Release(phase))(e);
+        if self.spec.edge.is_some() {
+            if let Err(fault) = self.prove_and_switch(hosts, report).await {
                 return Err(self.fail_and_restore(hosts, report, fault).await);
             }
         }
         // The health deadline counts from the moment the last host's activation returned:
         // counted from the first, a host whose `up` was slower got less than
-        // `health-timeout`, or (seen on a loaded runner) no probe at all.
-        let health_started = states(hosts)
-            .await
-            .iter()
-            .filter_map(|h| h.activated_at)
-            .max()
-            .unwrap_or_else(Instant::now);
-        let judged = match self.verify_and_gate(hosts, report, health_started).await {
-            Ok(record) => match &self.spec.edge {
-                Some(edge) => self
-                    .hold(hosts, edge.settings.verdict_window)
-                    .await
-                    .map(|()| record),
-                None => Ok(record),
-            },
-            Err(fault) => Err(fault),
+        // `health-timeout`, or (seen on a loaded runner) no probe at all. Through the edge,
+        // from the switch.
+        let health_started = match self.spec.edge {
+            Some(_) => Instant::now(),
+            None => states(hosts)
+                .await
+                .iter()
+                .filter_map(|h| h.activated_at)
+                .max()
+                .unwrap_or_else(Instant::now),
         };
+        let judged = self.judge(hosts, report, health_started).await;
         match judged {
             Ok(record) => {
                 report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
@@ -475,15 +446,8 @@ impl<'a> Engine<'a> {
                 );
                 report.health = Some(record);
                 self.mark(hosts, "deployed", report).await;
-                if self.spec.edge.is_some() {
-                    // The old containers are kept until the verdict; only now do they go.
-                    if let Err((_, e)) = self.run_release(hosts, report, Batch::Drain).await {
-                        report.warn(
-                            "berth: drain failed",
-                            format!("The release is deployed, healthy and serving through the edge, but stopping the old containers failed: {e}. They get no requests; remove them by hand or let the next deploy do it."),
-                        );
-                    }
-                }
+                // The old containers are kept until the verdict; only now do they go.
+                self.drain(hosts, report).await;
                 if crate::cancel::is_cancelled() {
                     report.warn("berth: cancelled after the release was proven", "The run was cancelled after the release proved healthy: it stays, recorded `deployed`; old releases were not pruned and moving tags were not pushed.");
                     return Ok(Outcome::Deployed);
@@ -519,10 +483,75 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// With `routes`, once the new containers run beside the old: they are proven through
+    /// the edge by the probe's header only (no user request reaches them before this
+    /// passes), then the edge is switched to them. A failure of the proof is one users
+    /// never saw.
+    async fn prove_and_switch(&self, hosts: &[Host], report: &mut Report) -> Result<(), Fault> {
+        let Some(edge) = &self.spec.edge else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let header = (crate::edge::CANDIDATE_HEADER, edge.token.as_str());
+        if let Err(fault) = self
+            .health_gate_with(hosts, report, started, false, Some(header))
+            .await
+        {
+            verdict::record_unproven(report, &fault, started);
+            report.users_unaffected = true;
+            return Err(fault);
+        }
+        report.record(
+            Phase::Health,
+            started.elapsed(),
+            PhaseResult::Ok(
+                "the new containers answered healthy through the edge (probe header only)".into(),
+            ),
+        );
+        self.run_release(hosts, report, Batch::Switch)
+            .await
+            .map_err(|(phase, e)| Fault::host(HostStep::Release(phase))(e))
+    }
+
+    /// The verdict: verify and health, and with `routes` the verdict window after them.
+    async fn judge(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+        health_started: Instant,
+    ) -> Result<crate::health::HealthRecord, Fault> {
+        let record = self.verify_and_gate(hosts, report, health_started).await?;
+        if let Some(edge) = &self.spec.edge {
+            self.hold(hosts, edge.settings.verdict_window).await?;
+        }
+        Ok(record)
+    }
+
+    /// With `routes`, after the verdict: the old containers drained and stopped.
+    async fn drain(&self, hosts: &[Host], report: &mut Report) {
+        if self.spec.edge.is_none() {
+            return;
+        }
+        if let Err((_, e)) = self.run_release(hosts, report, Batch::Drain).await {
+            report.warn(
+                "berth: drain failed",
+                format!("The release is healthy and serving through the edge, but stopping the old containers failed: {e}. They get no requests; remove them by hand or let the next deploy do it."),
+            );
+        }
+    }
+
+    /// Ends the background probe and puts what users saw into the report.
+    async fn finish_user_probe(&self, report: &mut Report) {
+        let probe = self.user_probe.lock().ok().and_then(|mut p| p.take());
+        if let Some(probe) = probe {
+            report.user_probes = Some(probe.stop().await);
+        }
+    }
+
     /// Runs the release's steps on every host (each host on its own thread, in parallel)
     /// and records each phase's time (the slowest host's), what it did, and the phase
     /// that failed.
-    async fn run_release(
+    pub(super) async fn run_release(
         &self,
         hosts: &[Host],
         report: &mut Report,
@@ -611,7 +640,7 @@ impl<'a> Engine<'a> {
 
 /// Which of the release's steps a call of [`Engine::run_release`] runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Batch {
+pub(super) enum Batch {
     /// Upload, pull, pre-deploy: nothing that runs has changed.
     Prepare,
     /// From the first step that may change what runs (`up`; with `routes`, the new

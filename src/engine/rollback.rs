@@ -300,17 +300,40 @@ impl Engine<'_> {
     ) -> Result<Outcome, Fault> {
         let wanted = self.cfg.release.clone();
         let started = Instant::now();
+        let spec = self.spec.clone();
         let chosen = on_all(hosts, move |t| {
             let (target, unproven) = t.choose_rollback(wanted.as_deref())?;
-            t.activate(&target)?;
-            Ok::<_, ReleaseError>((target, unproven))
+            // Through the edge when the release was routed: started beside, proven,
+            // switched, drained, as a routed deploy is; else `up` as before.
+            let routed = t.switch_to(&target, &spec)?;
+            if !routed {
+                t.activate(&target)?;
+            }
+            Ok::<_, ReleaseError>((target, unproven, routed))
         })
         .await;
+        let through_edge = chosen.iter().all(|r| matches!(r, Ok((_, _, true))));
+        let mut chosen = chosen;
+        if !through_edge {
+            // Hosts disagree (one has the release routed, one not): `up` everywhere, as
+            // without `routes`.
+            let activated = on_all(hosts, |t| {
+                let s = t.state();
+                match (s.touched, s.release) {
+                    (false, Some(r)) => t.activate(&r),
+                    _ => Ok(()),
+                }
+            })
+            .await;
+            if let Some(e) = activated.into_iter().find_map(Result::err) {
+                chosen.push(Err(e));
+            }
+        }
         super::report_heals(hosts, report).await;
         let mut targets = Vec::new();
         for r in chosen {
             match r {
-                Ok((target, unproven)) => {
+                Ok((target, unproven, _)) => {
                     if let Some(w) = unproven {
                         report.warn("berth: restoring a release that never proved healthy", w);
                     }
@@ -330,13 +353,31 @@ impl Engine<'_> {
         self.restored = targets.first().cloned();
         report.release = targets.first().cloned();
         report.previous_release = hosts[0].state().await.previous;
-        report.record(
-            Phase::Rollback,
-            started.elapsed(),
-            PhaseResult::Ok(format!("re-activated {}", targets.join(", "))),
-        );
+        let judged = if through_edge {
+            report.routed = true;
+            self.start_user_probe(hosts).await;
+            let switched = self.switch_through_edge(hosts, report).await;
+            if switched.is_ok() {
+                report.record(
+                    Phase::Rollback,
+                    started.elapsed(),
+                    PhaseResult::Ok(format!(
+                        "switched the edge to {} and held it through the verdict window",
+                        targets.join(", ")
+                    )),
+                );
+            }
+            switched
+        } else {
+            report.record(
+                Phase::Rollback,
+                started.elapsed(),
+                PhaseResult::Ok(format!("re-activated {}", targets.join(", "))),
+            );
+            self.verify_and_gate(hosts, report, Instant::now()).await
+        };
         let health_started = Instant::now();
-        match self.verify_and_gate(hosts, report, health_started).await {
+        let result = match judged {
             Ok(record) => {
                 report.health_seconds = record.healthy_after.map(|d| d.as_secs_f64());
                 report.record(
@@ -346,6 +387,7 @@ impl Engine<'_> {
                 );
                 report.health = Some(record);
                 record_restored(hosts, &targets, report).await;
+                self.drain(hosts, report).await;
                 report.notices.push(Annotation::new(
                     Level::Notice,
                     "berth: rolled back",
@@ -359,9 +401,39 @@ impl Engine<'_> {
             Err(fault) => {
                 super::verdict::record_unproven(report, &fault, health_started);
                 report.diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
+                if through_edge {
+                    // Back to what served: its containers still run, so this is one config
+                    // load, and the release that failed goes.
+                    for e in on_all(hosts, |t| match t.state().previous {
+                        Some(previous) => t.activate(&previous),
+                        None => Ok(()),
+                    })
+                    .await
+                    .into_iter()
+                    .filter_map(Result::err)
+                    {
+                        report.warn("berth: switch back failed", format!("The rollback failed and switching back to the release that served before failed too: {e}"));
+                    }
+                }
                 Err(fault)
             }
-        }
+        };
+        self.finish_user_probe(report).await;
+        result
+    }
+
+    /// `mode: rollback` through the edge: the release's containers started beside what
+    /// runs, proven by the header, switched to, judged with the verdict window.
+    async fn switch_through_edge(
+        &self,
+        hosts: &[Host],
+        report: &mut Report,
+    ) -> Result<crate::health::HealthRecord, Fault> {
+        self.run_release(hosts, report, super::Batch::Activate)
+            .await
+            .map_err(|(phase, e)| Fault::host(HostStep::Release(phase))(e))?;
+        self.prove_and_switch(hosts, report).await?;
+        self.judge(hosts, report, Instant::now()).await
     }
 }
 

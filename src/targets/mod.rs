@@ -81,6 +81,13 @@ pub trait Target: Send {
     ) -> Result<Option<String>, ReleaseError> {
         Ok(None)
     }
+    /// `mode: rollback` with `routes`: when release `id` was deployed through the edge, its
+    /// pins become what `verify` checks and [`Target::release_steps`] become the switch to
+    /// it (started beside what runs, proven, switched, drained) instead of a deploy's;
+    /// `false` when it was not (then [`Target::activate`] restores it as before).
+    fn switch_to(&mut self, _id: &str, _spec: &ReleaseSpec) -> Result<bool, ReleaseError> {
+        Ok(false)
+    }
     /// A cancelled run is leaving: the host finishes what berth cannot (see
     /// `remote::heal`).
     fn hand_over(&mut self) -> Result<(), ReleaseError> {

@@ -371,3 +371,58 @@ fn an_edge_upgrade_starts_the_new_proxy_beside_the_old_and_drops_no_request() {
     assert_eq!(proxies.trim(), next, "{proxies}");
     assert_eq!(get(stage.port), (200, "v2".into()));
 }
+
+#[test]
+fn a_rollback_through_the_edge_starts_the_old_release_beside_and_drops_no_request() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    // v1 takes 3 s to listen and ignores SIGTERM: an `up` of it would drop requests.
+    let v1 = routed(
+        &stage,
+        &App::new("v1").routed().mode("ignoreterm").start_delay(3),
+    )
+    .run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    let r1 = stage.current().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = routed(&stage, &App::new("v2").routed()).run();
+    assert_eq!(v2.code, 0, "{}", v2.stdout);
+    std::thread::sleep(Duration::from_secs(1));
+    let users = Users::start(stage.port);
+    let back = routed(&stage, &App::new("rollback").routed())
+        .input("mode", "rollback")
+        .run();
+    std::thread::sleep(Duration::from_millis(500));
+    let (seen, failed) = users.stop();
+    assert_eq!(back.code, 0, "{}", back.stdout);
+    assert!(
+        back.stdout.contains("berth: candidates:"),
+        "{}",
+        back.stdout
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
+    let versions: Vec<&str> = seen.iter().map(|(_, v)| v.as_str()).collect();
+    let first_v1 = versions.iter().position(|v| *v == "v1").expect("v1 served");
+    assert!(
+        versions[..first_v1].iter().all(|v| *v == "v2"),
+        "{versions:?}"
+    );
+    assert!(
+        versions[first_v1..].iter().all(|v| *v == "v1"),
+        "{versions:?}"
+    );
+    assert_eq!(stage.current(), Some(r1.clone()));
+    assert_eq!(stage.record(&r1)["outcome"], "deployed");
+    assert_eq!(
+        back.output("failed-probes").as_deref(),
+        Some("0"),
+        "{}",
+        back.summary
+    );
+    assert_eq!(backends(&stage), 1);
+}

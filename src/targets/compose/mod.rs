@@ -79,6 +79,8 @@ pub struct ComposeHost {
     pub up_done: Option<Instant>,
     /// When the edge switched to this release (the drain counts from here).
     pub switched_at: Option<Instant>,
+    /// `mode: rollback` through the edge: the release switched to.
+    pub rollback_to: Option<String>,
     /// `drain-timeout`, for the drain step.
     drain: Duration,
     /// This run's lock token, which the remote session keeps alive.
@@ -136,6 +138,7 @@ impl ComposeHost {
             up_done: None,
             switched_at: None,
             drain: Duration::ZERO,
+            rollback_to: None,
             lock_token: None,
             running: None,
             restoring: false,
@@ -525,16 +528,8 @@ impl ComposeHost {
             .collect()
     }
 
-    /// Re-activates a release: its compose file, its pins and its env file.
-    /// Its pins (from its release.json) become what `verify` checks.
-    fn reactivate(&mut self, id: &str) -> Result<(), ReleaseError> {
-        let up = restore_step(&self.layout, id);
-        self.reactivate_with(id, &up)
-    }
-
-    /// Re-activates release `id` with `up`, its activation step (the compose target's, or
-    /// another target's that uses the same release dir and records).
-    pub(crate) fn reactivate_with(&mut self, id: &str, up: &Step) -> Result<(), ReleaseError> {
+    /// The pins release `id`'s record names.
+    pub(crate) fn release_pins(&self, id: &str) -> Result<BTreeMap<String, String>, ReleaseError> {
         let record = self.step(
             "read release record",
             &self.layout.read_release_record(id),
@@ -547,7 +542,20 @@ impl ComposeHost {
                 doing: "reading the release record to restore",
                 detail: e.to_string(),
             })?;
-        self.pins = record.images;
+        Ok(record.images)
+    }
+
+    /// Re-activates a release: its compose file, its pins and its env file.
+    /// Its pins (from its release.json) become what `verify` checks.
+    fn reactivate(&mut self, id: &str) -> Result<(), ReleaseError> {
+        let up = restore_step(&self.layout, id);
+        self.reactivate_with(id, &up)
+    }
+
+    /// Re-activates release `id` with `up`, its activation step (the compose target's, or
+    /// another target's that uses the same release dir and records).
+    pub(crate) fn reactivate_with(&mut self, id: &str, up: &Step) -> Result<(), ReleaseError> {
+        self.pins = self.release_pins(id)?;
         // One command, `up` then the switch of `current`, sent with `keep`: if berth is
         // gone before it ends (cancelled, killed), the host runs it to its end, and
         // `current` names the restored release only once `up` succeeded.

@@ -80,6 +80,14 @@ impl Target for ComposeHost {
         ComposeHost::snapshot(self)
     }
     fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
+        if let (Some(id), Some(edge)) = (&self.rollback_to, &spec.edge) {
+            return super::steps::switch_back_steps(
+                &self.layout,
+                id,
+                edge,
+                self.previous.as_deref(),
+            );
+        }
         release_steps(
             &self.layout,
             spec,
@@ -157,6 +165,30 @@ impl Target for ComposeHost {
         wanted: Option<&str>,
     ) -> Result<(String, Option<String>), ReleaseError> {
         ComposeHost::choose_rollback(self, wanted)
+    }
+    fn switch_to(&mut self, id: &str, spec: &ReleaseSpec) -> Result<bool, ReleaseError> {
+        if spec.edge.is_none() {
+            return Ok(false);
+        }
+        let routed = self.step(
+            "is the release routed",
+            &crate::argv::Cmd::new([
+                "sh",
+                "-c",
+                r#"test -f "$1/edge.routes" && echo routed || echo not"#,
+                "sh",
+                &self.layout.release_dir(id),
+            ]),
+            None,
+            super::QUICK,
+        )?;
+        if routed.stdout.trim() != "routed" {
+            return Ok(false);
+        }
+        self.pins = self.release_pins(id)?;
+        self.release = Some(id.to_string());
+        self.rollback_to = Some(id.to_string());
+        Ok(true)
     }
     fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {
         self.still_ours()?;

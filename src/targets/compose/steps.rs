@@ -44,7 +44,7 @@ pub fn release_steps(
         ));
     }
     match &spec.edge {
-        Some(edge) => steps.extend(edge_steps(layout, spec, edge, previous)),
+        Some(edge) => steps.extend(edge_steps(layout, &spec.id, edge, previous)),
         None => steps.push(activation_step(layout, &spec.id, DEPLOY_UP)),
     }
     steps
@@ -54,16 +54,10 @@ pub fn release_steps(
 /// The engine proves the candidates through the edge (their header-only routes) between
 /// the `up` steps and the switch, judges the release after the switch, and runs the
 /// drain after its verdict.
-fn edge_steps(
-    layout: &Layout,
-    spec: &ReleaseSpec,
-    edge: &EdgeRelease,
-    previous: Option<&str>,
-) -> Vec<Step> {
+fn edge_steps(layout: &Layout, id: &str, edge: &EdgeRelease, previous: Option<&str>) -> Vec<Step> {
     let settings = &edge.settings;
     let dir = layout.deploy_dir.as_str();
     let project = layout.project.as_str();
-    let id = spec.id.as_str();
     let routed = settings.services();
     let compose = layout.compose(id, &[]);
     let run = |phase, name, cmd, output, bound| Step::run(phase, name, cmd, output, bound);
@@ -115,6 +109,49 @@ fn edge_steps(
             LONG,
         ),
     ]
+}
+
+/// `mode: rollback` through the edge to release `id`, which was deployed with `routes`:
+/// its candidate routes rewritten for this run's token, then the steps of a routed deploy
+/// from the edge on (its containers started beside what runs, proven, switched, drained).
+pub fn switch_back_steps(
+    layout: &Layout,
+    id: &str,
+    edge: &EdgeRelease,
+    previous: Option<&str>,
+) -> Vec<Step> {
+    let project = layout.project.as_str();
+    let routes = &edge.settings.routes;
+    let mut steps = vec![
+        release_file(
+            layout,
+            id,
+            Phase::Up,
+            "edge candidate routes",
+            crate::edge::CANDIDATE_FILE,
+            Body::Text(
+                "header-only routes",
+                crate::edge::routes_file(project, id, routes, Some(&edge.token)),
+            ),
+            0o600,
+        ),
+        release_file(
+            layout,
+            id,
+            Phase::Up,
+            "edge routes with the current release as fallback",
+            crate::edge::SWITCH_FILE,
+            Body::Text(
+                "routes",
+                previous
+                    .map(|old| crate::edge::switch_file(project, id, old, routes))
+                    .unwrap_or_default(),
+            ),
+            0o644,
+        ),
+    ];
+    steps.extend(edge_steps(layout, id, edge, previous));
+    steps
 }
 
 /// The edge's steps, by name.
