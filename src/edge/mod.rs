@@ -79,9 +79,9 @@ impl EdgeSettings {
         out
     }
 
-    /// The edge these settings name on a host: one per set of ports.
+    /// The edge these settings name on a host: one per set of ports, named by the lowest.
     pub fn edge(&self) -> Edge {
-        Edge::for_port(self.ports.first().copied().unwrap_or(80))
+        Edge::for_port(self.ports.iter().copied().min().unwrap_or(80))
     }
 }
 
@@ -99,6 +99,13 @@ impl Edge {
             name: format!("berth-edge-{port}"),
             dir: format!("$HOME/.berth/edge-{port}"),
         }
+    }
+
+    /// The network between the edge and one project's routed containers: a network per
+    /// project, so that one project's containers never reach another's (compose gives
+    /// each container its service name as an alias on every network it joins).
+    pub fn network(&self, project: &str) -> String {
+        format!("{}-{project}", self.name)
     }
 }
 
@@ -196,7 +203,14 @@ fn route_line(route: &Route, upstreams: &[String], candidate: Option<&str>) -> S
     }
     let route_json = json!({ "match": [matcher], "handle": [handler], "terminal": true });
     let key = route.path.as_deref().map_or(0, str::len);
-    format!("{:05}{} {}", key, u8::from(candidate.is_some()), route_json)
+    format!(
+        "{:05}{} {}{} {}",
+        key,
+        u8::from(candidate.is_some()),
+        route.host,
+        route.path.as_deref().unwrap_or("/"),
+        route_json
+    )
 }
 
 /// Release `release`'s routes for project `project`: to its containers, or (with a
@@ -229,12 +243,15 @@ pub fn switch_file(project: &str, release: &str, fallback: &str, routes: &[Route
         .collect()
 }
 
-/// The config before the routes: the admin API on the container's loopback only, one
-/// plain-HTTP server on every port but 443, and Caddy's automatic HTTPS on 443.
+/// The config before the routes: the admin API on a unix socket in the proxy's own
+/// container; with 443, Caddy's automatic HTTPS there and port 80 redirecting to it; every
+/// other port plain HTTP. A config load waits at most 30 s for requests in flight (Caddy's
+/// default is to wait forever, which would hold the edge's lock for as long).
 pub fn head_json(ports: &[u16]) -> String {
+    let tls = ports.contains(&443);
     let plain: Vec<String> = ports
         .iter()
-        .filter(|p| **p != 443)
+        .filter(|p| **p != 443 && !(tls && **p == 80))
         .map(|p| format!(":{p}"))
         .collect();
     let mut servers = serde_json::Map::new();
@@ -244,7 +261,8 @@ pub fn head_json(ports: &[u16]) -> String {
             json!({ "listen": plain, "automatic_https": { "disable": true }, "routes": "ROUTES" }),
         );
     }
-    if ports.contains(&443) {
+    if tls {
+        // Caddy's automatic HTTPS adds the :80 redirect (and the ACME challenges) itself.
         servers.insert(
             "berth-tls".into(),
             json!({ "listen": [":443"], "routes": "ROUTES" }),
@@ -252,7 +270,7 @@ pub fn head_json(ports: &[u16]) -> String {
     }
     let whole = json!({
         "admin": { "listen": ADMIN },
-        "apps": { "http": { "servers": servers } },
+        "apps": { "http": { "grace_period": "30s", "servers": servers } },
     })
     .to_string();
     // Each server gets the same routes: the assembly puts them where the marker is.
@@ -260,10 +278,10 @@ pub fn head_json(ports: &[u16]) -> String {
 }
 
 /// The route after every project's: a request no route matched is answered 404 by the
-/// edge (Caddy's own default would be an empty 200).
-/// Its sort key is empty: it sorts after every route.
+/// edge (Caddy's own default would be an empty 200). Its sort key is empty: it sorts after
+/// every route.
 pub fn fallback_route() -> String {
-    " ".to_string()
+    " ~ ".to_string()
         + &json!({ "handle": [{ "handler": "static_response", "status_code": 404, "body": "berth-edge: no route for this host" }] })
         .to_string()
 }
@@ -279,43 +297,58 @@ pub fn fallback_route() -> String {
 /// - `edge_after_up P ID`: after it, ID's routes installed and the others removed.
 pub const FUNCTIONS: &str = r#"edge_env() { E= N=; [ -f .berth/edge.env ] || return 1; . ./.berth/edge.env; E=$dir N=$name; [ -n "$E" ] && [ -n "$N" ]; }
 edge_lock() {
-  n=0
-  until mkdir "$E/lock.d" 2>/dev/null; do
-    # A holder killed mid-load leaves the dir: stale after a minute.
-    [ -z "$(find "$E/lock.d" -maxdepth 0 -mmin +1 2>/dev/null)" ] || rmdir "$E/lock.d" 2>/dev/null
-    n=$((n + 1)); [ "$n" -lt 1200 ] || { echo "berth: the edge's config mutex $E/lock.d stayed held for 2 min"; return 1; }
-    sleep 0.1
-  done
+  # flock: the kernel frees the lock when its holder dies, however it dies.
+  command -v flock >/dev/null 2>&1 || { echo "berth: the edge needs flock (util-linux) on the host"; return 1; }
+  exec 8>>"$E/lock" || return 1
+  flock -w 50 8 || { echo "berth: another deploy held the edge's config lock ($E/lock) for 50 s"; exec 8>&-; return 1; }
 }
+edge_unlock() { exec 8>&-; }
 edge_assemble() {
-  # Escaped for sed's replacement: a backslash, `&` and the delimiter are literal.
-  routes=$(cat "$E"/routes/* "$E/foot.json" 2>/dev/null | LC_ALL=C sort -r | cut -d' ' -f2- | tr '\n' ',' | sed 's/,$//; s/[\\&#]/\\&/g')
-  sed "s#\[@ROUTES@\]#[${routes}]#g" "$E/head.json" > "$E/caddy.json.new" && mv -f "$E/caddy.json.new" "$E/caddy.json"
+  # Every project's routes, sorted (longer paths first, a candidate's header route first),
+  # spliced into the head by awk from a file (no argument grows with the routes).
+  cat "$E"/routes/* "$E/foot.json" 2>/dev/null | LC_ALL=C sort -r | cut -d' ' -f3- > "$E/.routes.json" || return 1
+  awk -v f="$E/.routes.json" 'BEGIN { while ((getline l < f) > 0) r = r (n++ ? "," : "") l }
+    { s = $0; o = ""; while ((i = index(s, "[@ROUTES@]")) > 0) { o = o substr(s, 1, i - 1) "[" r "]"; s = substr(s, i + 10) } print o s }' "$E/head.json" > "$E/caddy.json.new" && mv -f "$E/caddy.json.new" "$E/caddy.json"
 }
 edge_reload() {
-  # Every running proxy of the edge (two while one is upgraded), each through its own socket.
+  # Every running proxy of the edge, each through its own socket (under the lock, so no
+  # upgrade is half-way).
   ps=$(docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running)
   [ -n "$ps" ] || { echo "error: no proxy of the edge $N runs"; return 0; }
   for x in $ps; do docker exec "$x" caddy reload --config /etc/berth-edge/caddy.json --force 2>&1 | tail -n 3; done
 }
+edge_claimed() {
+  # A host/path this project's new routes claim that another project's routes serve.
+  for f in "$E"/routes/*; do
+    [ -f "$f" ] && [ "$f" != "$E/routes/$1" ] || continue
+    awk '$1 !~ /1$/ { print $2 }' "$f" | while read -r hp; do
+      awk -v hp="$hp" '$1 !~ /1$/ && $2 == hp { print hp; exit }' "$E/.new.$1" | sed "s#\$# (project ${f##*/})#"
+    done
+  done | head -n 1
+}
 edge_load() {
   P=$1; shift
   edge_lock || return 1
+  if [ $# -gt 0 ]; then
+    cat "$@" > "$E/.new.$P" || { echo "berth: could not write the routes of $P"; rm -f "$E/.new.$P"; edge_unlock; return 1; }
+    taken=$(edge_claimed "$P")
+    if [ -n "$taken" ]; then echo "berth: the edge already routes $taken; a host and path belong to one project"; rm -f "$E/.new.$P"; edge_unlock; return 1; fi
+  fi
   cp -p "$E/routes/$P" "$E/.prev.$P" 2>/dev/null || rm -f "$E/.prev.$P"
-  if [ $# -gt 0 ]; then cat "$@" > "$E/.new.$P" && mv -f "$E/.new.$P" "$E/routes/$P"; else rm -f "$E/routes/$P"; fi
+  if [ $# -gt 0 ]; then mv -f "$E/.new.$P" "$E/routes/$P"; else rm -f "$E/routes/$P"; fi
   if edge_assemble && out=$(edge_reload) && ! printf '%s' "$out" | grep -qi 'error'; then rc=0; else
     echo "berth: the edge refused the new config: $out"
     if [ -f "$E/.prev.$P" ]; then mv -f "$E/.prev.$P" "$E/routes/$P"; else rm -f "$E/routes/$P"; fi
     edge_assemble; edge_reload >/dev/null; rc=1
   fi
-  rm -f "$E/.prev.$P"; rmdir "$E/lock.d" 2>/dev/null
+  rm -f "$E/.prev.$P"; edge_unlock
   return $rc
 }
 edge_others() {
   # Every container not of release $2 that is of a service $2 routes (it has one
   # labelled so) or labelled by another release: the old release's, a pre-edge one's, a
   # failed candidate's.
-  docker ps -aq --filter "label=com.docker.compose.project=$1" | xargs -r docker inspect -f '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}} {{index .Config.Labels "berth.release"}}' 2>/dev/null | awk -v r="$2" '{ s[$1] = $2; l[$1] = $3; if ($3 == r) routed[$2] = 1 } END { for (i in s) if (l[i] != r && (routed[s[i]] || l[i] != "<no value>")) print i }'
+  docker ps -aq --filter "label=com.docker.compose.project=$1" | xargs -r docker inspect -f '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}} {{index .Config.Labels "berth.release"}}' 2>/dev/null | awk -v r="$2" '{ s[$1] = $2; l[$1] = $3; if ($3 == r) routed[$2] = 1 } END { for (i in s) if (l[i] != r && (routed[s[i]] || (l[i] != "<no value>" && l[i] != ""))) print i }'
 }
 edge_ours_run() { [ -n "$(docker ps -q --filter "label=com.docker.compose.project=$1" --filter "label=berth.release=$2")" ]; }
 edge_install() {
@@ -326,10 +359,10 @@ edge_before_up() {
   others=$(edge_others "$1" "$2")
   [ -n "$others" ] || return 0
   # A release from before `routes` has no containers the edge could route to: the
-  # candidates go, and its own published ports serve as they did.
+  # candidates go, and its own published ports serve as they did. The others go only
+  # once the edge no longer routes to them.
   if edge_ours_run "$1" "$2" || [ ! -f ".berth/releases/$2/edge.routes" ]; then
-    edge_install "$1" "$2" && echo "berth: the edge routes to release $2 again"
-    docker rm -f $others >/dev/null 2>&1
+    edge_install "$1" "$2" && echo "berth: the edge routes to release $2 again" && docker rm -f $others >/dev/null 2>&1
   fi
   return 0
 }
@@ -339,6 +372,11 @@ edge_after_up() {
   others=$(edge_others "$1" "$2")
   [ -z "$others" ] || docker rm -f $others >/dev/null 2>&1
   return 0
+}
+edge_forget() {
+  # A deploy without `routes` after one with: the project leaves the edge.
+  edge_env || return 0
+  edge_load "$1" && rm -f .berth/edge.env
 }
 "#;
 
@@ -356,49 +394,69 @@ edge_after_up() {
 /// is a unix socket in its own container: nothing else reaches it, and two proxies never
 /// answer for each other. Other ports than the holder publishes are not changed (said as
 /// `berth-edge-differs`): that needs a new holder, which would drop connections.
-pub fn ensure(settings: &EdgeSettings, deploy_dir: &str) -> Cmd {
+pub fn ensure(settings: &EdgeSettings, deploy_dir: &str, project: &str) -> Cmd {
     let edge = settings.edge();
-    let ports: Vec<String> = settings.ports.iter().map(u16::to_string).collect();
+    let mut ports = settings.ports.clone();
+    ports.sort_unstable();
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     let script = format!(
-        r#"{FUNCTIONS}D=$1 N=$2 E=$3 IMG=$4 HEAD=$5 FOOT=$6; shift 6
+        r#"{FUNCTIONS}D=$1 N=$2 E=$3 IMG=$4 HEAD=$5 FOOT=$6 NET=$7; shift 7
 cd "$D" || exit 1
 E=$(eval echo "$E")
 mkdir -p "$E/routes" || exit 1
-printf '%s' "$HEAD" > "$E/head.json" && printf '%s' "$FOOT" > "$E/foot.json" || exit 1
-docker network inspect "$N" >/dev/null 2>&1 || docker network create "$N" >/dev/null || exit 1
-[ -f "$E/caddy.json" ] || edge_assemble || exit 1
-publish=; for p in "$@"; do publish="$publish -p $p:$p"; done
-case "$(docker inspect -f '{{{{.State.Running}}}}' "$N" 2>/dev/null)" in
-  "") holder() {{ docker run -d --name "$N" --restart unless-stopped --network "$N" $publish --label berth.edge=holder "$@" --entrypoint sleep "$IMG" 2147483647 >/dev/null; }}
-      holder --sysctl net.ipv4.tcp_migrate_req=1 2>/dev/null || {{ docker rm -f "$N" >/dev/null 2>&1; holder; }} || exit 1 ;;
-  false) docker start "$N" >/dev/null || exit 1 ;;
+# The whole of it under the edge's lock: two projects' deploys never create, upgrade or
+# load the edge at once.
+edge_lock || exit 1
+run() {{
+want=$(echo "$@")
+hold=$(docker inspect -f '{{{{.State.Running}}}} {{{{index .Config.Labels "berth.edge.dir"}}}} {{{{index .Config.Labels "berth.edge.ports"}}}}' "$N" 2>/dev/null)
+if [ -n "$hold" ]; then
+  set -- $hold
+  [ "$2" = "$E" ] || {{ echo "berth: the edge $N on this host belongs to another deploy user (its routes live in $2, not $E): deploy with that SSH user, or choose other \`edge-ports\`"; return 1; }}
+  [ "$(echo "$3" | tr , ' ')" = "$want" ] || {{ echo "berth: the edge $N on this host listens on port(s) $(echo "$3" | tr , ' '), but \`edge-ports\` says $want. Projects that share an edge must name the same ports; changing them needs a new edge, which drops connections (remove $N by hand in a quiet moment)"; return 1; }}
+  state=$1
+fi
+[ -f "$E/head.json" ] || printf '%s' "$HEAD" > "$E/head.json" || return 1
+printf '%s' "$FOOT" > "$E/foot.json" || return 1
+docker network inspect "$N" >/dev/null 2>&1 || docker network create "$N" >/dev/null || return 1
+[ -f "$E/caddy.json" ] || edge_assemble || return 1
+renew=
+case "$state" in
+  "") publish=; for p in $want; do publish="$publish -p $p:$p"; done
+      holder() {{ docker run -d --name "$N" --restart unless-stopped --network "$N" $publish --label berth.edge=holder --label "berth.edge.dir=$E" --label "berth.edge.ports=$(echo $want | tr ' ' ,)" "$@" --entrypoint sleep "$IMG" 2147483647 >/dev/null; }}
+      holder --sysctl net.ipv4.tcp_migrate_req=1 2>/dev/null || holder || return 1
+      renew=1 ;;
+  false) docker start "$N" >/dev/null || return 1; renew=1 ;;
 esac
-want=$(for p in "$@"; do echo "$p"; done | sort -n | tr '
-' ' ')
-have=$(docker inspect -f '{{{{range $p, $b := .HostConfig.PortBindings}}}}{{{{$p}}}} {{{{end}}}}' "$N" | tr ' ' '
-' | sed -n 's#/tcp##p' | sort -n | tr '
-' ' ')
-[ "$want" = "$have" ] || echo "berth-edge-differs ports: the edge publishes $have"
-old=$(docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running)
-same=$(for c in $old; do [ "$(docker inspect -f '{{{{.Config.Image}}}}' "$c")" = "$IMG" ] && echo "$c"; done | head -n 1)
+# This project's own network to the edge.
+docker network inspect "$NET" >/dev/null 2>&1 || docker network create "$NET" >/dev/null || return 1
+docker network inspect -f '{{{{range .Containers}}}}{{{{.Name}}}} {{{{end}}}}' "$NET" | tr ' ' '\n' | grep -qx "$N" || docker network connect "$NET" "$N" || return 1
+old=$(docker ps -aq --filter "label=berth.edge.proxy=$N")
+same=
+# A proxy is kept only when it runs this image in the holder's namespace as it is now.
+[ -n "$renew" ] || same=$(for c in $(docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running); do [ "$(docker inspect -f '{{{{.Config.Image}}}}' "$c")" = "$IMG" ] && echo "$c"; done | head -n 1)
 if [ -n "$same" ]; then
-  old=$(echo $old | tr ' ' '
-' | grep -vx "$same")
+  old=$(echo $old | tr ' ' '\n' | grep -vx "$same" | grep -v "^$(echo "$same" | cut -c1-12)")
 else
-  new="$N-$(date +%s)"
-  docker run -d --name "$new" --restart unless-stopped --network "container:$N"     -v "$E:{CONFIG_DIR}:ro" -v "$N-data:/data" -v "$N-config:/config"     -e XDG_DATA_HOME=/data -e XDG_CONFIG_HOME=/config --label "berth.edge.proxy=$N"     "$IMG" caddy run --config {CONFIG_DIR}/caddy.json >/dev/null || exit 1
+  new="$N-$(date +%s%N | cut -c1-13)"
+  docker run -d --name "$new" --restart unless-stopped --network "container:$N" \
+    -v "$E:{CONFIG_DIR}:ro" -v "$N-data:/data" -v "$N-config:/config" \
+    -e XDG_DATA_HOME=/data -e XDG_CONFIG_HOME=/config --label "berth.edge.proxy=$N" \
+    "$IMG" caddy run --config {CONFIG_DIR}/caddy.json >/dev/null || return 1
   n=0; until docker exec "$new" caddy reload --config {CONFIG_DIR}/caddy.json --force >/dev/null 2>&1; do
-    n=$((n + 1)); [ "$n" -lt 100 ] || {{ echo "berth: the edge's proxy $new did not answer on its admin socket within 20 s"; docker logs --tail 5 "$new" 2>&1; docker rm -f "$new" >/dev/null; exit 1; }}
+    n=$((n + 1)); [ "$n" -lt 100 ] || {{ echo "berth: the edge's proxy $new did not answer on its admin socket within 20 s"; docker logs --tail 5 "$new" 2>&1; docker rm -f "$new" >/dev/null; return 1; }}
     sleep 0.2
   done
-  if [ -n "$old" ]; then echo "berth: upgraded the edge $N to $IMG beside the old proxy"; else echo "berth: started the edge $N ($IMG) on port(s) $*"; fi
+  if [ -n "$old" ]; then echo "berth: upgraded the edge $N to $IMG beside the old proxy"; else echo "berth: started the edge $N ($IMG) on port(s) $want"; fi
 fi
 # The old proxies finish what they serve, then go (Caddy's graceful stop on SIGTERM).
-for c in $old; do docker stop -t 60 "$c" >/dev/null; docker rm "$c" >/dev/null; done
-edge_lock && {{ edge_assemble; edge_reload >/dev/null; rmdir "$E/lock.d"; }}
-mkdir -p .berth && printf 'name=%s
-dir=%s
-' "$N" "$E" > .berth/{EDGE_ENV}
+for c in $old; do docker stop -t 40 "$c" >/dev/null 2>&1; docker rm -f "$c" >/dev/null 2>&1; done
+edge_assemble && edge_reload >/dev/null || return 1
+mkdir -p .berth && printf 'name=%s\ndir=%s\n' "$N" "$E" > .berth/{EDGE_ENV}
+}}
+run "$@"; rc=$?
+edge_unlock
+exit $rc
 "#
     );
     let mut argv = vec![
@@ -407,11 +465,12 @@ dir=%s
         script,
         "sh".into(),
         deploy_dir.to_string(),
-        edge.name,
-        edge.dir,
+        edge.name.clone(),
+        edge.dir.clone(),
         settings.image.clone(),
         head_json(&settings.ports),
         fallback_route(),
+        edge.network(project),
     ];
     argv.extend(ports);
     Cmd(argv)
@@ -432,6 +491,12 @@ pub fn load(deploy_dir: &str, project: &str, files: &[String]) -> Cmd {
     ];
     argv.extend(files.iter().cloned());
     Cmd(argv)
+}
+
+/// A deploy without `routes` after one with: the project's routes leave the edge.
+pub fn forget(deploy_dir: &str, project: &str) -> Cmd {
+    let script = format!("{FUNCTIONS}cd \"$1\" || exit 1\nedge_forget \"$2\"");
+    Cmd::new(["sh", "-c", &script, "sh", deploy_dir, project])
 }
 
 /// The candidates' routes beside what serves now: `release`'s header-only routes plus the
@@ -457,7 +522,7 @@ done
 n=$#
 set -- "$@" up -d --no-deps --no-recreate
 for s in $S; do
-  old=$(docker ps -q --filter "label=com.docker.compose.project=$P" --filter "label=com.docker.compose.service=$s" | wc -l)
+  old=$(docker ps -q --filter "label=com.docker.compose.project=$P" --filter "label=com.docker.compose.service=$s" --filter label=com.docker.compose.oneoff=False | wc -l)
   want=$((old * 2)); [ "$old" -gt 0 ] || want=1
   set -- "$@" --scale "$s=$want"
 done
@@ -483,9 +548,10 @@ echo "berth: candidates: $(docker ps --filter "label=com.docker.compose.project=
 pub fn up_others(compose: &Cmd, routed: &[String]) -> Cmd {
     let script = r#"S=" $1 "; shift
 others=
-for s in $("$@" config --services); do case "$S" in *" $s "*) ;; *) others="$others $s" ;; esac; done
+all=$("$@" config --services) || exit 1
+for s in $all; do case "$S" in *" $s "*) ;; *) others="$others $s" ;; esac; done
 [ -n "$others" ] || { echo "berth: every service is routed; nothing else to start"; exit 0; }
-"$@" up -d --no-deps $others
+"$@" up -d --no-deps --remove-orphans $others
 "#;
     let mut argv = vec![
         "sh".to_string(),
@@ -500,10 +566,12 @@ for s in $("$@" config --services); do case "$S" in *" $s "*) ;; *) others="$oth
 
 /// The switch: project `project`'s routes become release `release`'s (one config load),
 /// with the old release's containers as the fallback when it was routed too
-/// ([`SWITCH_FILE`], until the drain), then `current` points at it.
+/// ([`SWITCH_FILE`], until the drain), then `current` points at it. The candidates'
+/// header-only routes stay until the drain: the verdict window probes the new containers
+/// alone, never the fallback.
 pub fn switch(deploy_dir: &str, project: &str, release: &str, previous: Option<&str>) -> Cmd {
     let script = format!(
-        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3 O=$4\nedge_env || {{ echo 'berth: no edge recorded in .berth/{EDGE_ENV}'; exit 1; }}\nf=.berth/releases/$R/{SWITCH_FILE}\n# The fallback only to an old release that was routed (its containers have its alias).\n[ -n \"$O\" ] && [ -f \".berth/releases/$O/{ROUTES_FILE}\" ] && edge_ours_run \"$P\" \"$O\" && [ -s \"$f\" ] || f=.berth/releases/$R/{ROUTES_FILE}\nedge_load \"$P\" \"$f\" || exit 1\nln -sfn \".berth/releases/$R\" current.berth-tmp && mv -T current.berth-tmp current\necho \"berth: the edge routes to release $R\""
+        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3 O=$4\nedge_env || {{ echo 'berth: no edge recorded in .berth/{EDGE_ENV}'; exit 1; }}\nf=.berth/releases/$R/{SWITCH_FILE}\n# The fallback only to an old release that was routed (its containers have its alias).\n[ -n \"$O\" ] && [ -f \".berth/releases/$O/{ROUTES_FILE}\" ] && edge_ours_run \"$P\" \"$O\" && [ -s \"$f\" ] || f=.berth/releases/$R/{ROUTES_FILE}\nedge_load \"$P\" \".berth/releases/$R/{CANDIDATE_FILE}\" \"$f\" || exit 1\nln -sfn \".berth/releases/$R\" current.berth-tmp && mv -T current.berth-tmp current\necho \"berth: the edge routes to release $R\""
     );
     Cmd::new([
         "sh",
@@ -549,7 +617,7 @@ pub fn override_service(
 ) -> serde_json::Value {
     let mut networks = serde_json::Map::new();
     networks.insert(
-        edge.name.clone(),
+        edge.network(project),
         json!({ "aliases": [alias(project, service, release)] }),
     );
     if on_default {

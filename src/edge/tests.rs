@@ -112,7 +112,7 @@ fn a_routed_service_joins_the_edge_under_its_releases_alias_and_keeps_default() 
     let v = override_service("shop", "web", "R9", true, &edge);
     assert_eq!(v["labels"][RELEASE_LABEL], "R9");
     assert_eq!(
-        v["networks"]["berth-edge-8080"]["aliases"][0],
+        v["networks"]["berth-edge-8080-shop"]["aliases"][0],
         "web.r9.shop"
     );
     assert!(v["networks"]["default"].is_object());
@@ -120,5 +120,69 @@ fn a_routed_service_joins_the_edge_under_its_releases_alias_and_keeps_default() 
         override_service("shop", "web", "R9", false, &edge)["networks"]
             .get("default")
             .is_none()
+    );
+}
+
+/// A host and path belong to one project: a load that would take another project's is
+/// refused before the edge is touched, and the project's own routes stay as they were.
+#[test]
+fn a_load_that_claims_another_projects_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = dir.path();
+    std::fs::create_dir_all(e.join("routes")).unwrap();
+    let web = |host: &str| Route {
+        service: "web".into(),
+        port: 8080,
+        host: host.into(),
+        path: None,
+    };
+    std::fs::write(
+        e.join("routes/blog"),
+        routes_file("blog", "R1", &[web("blog.test")], None),
+    )
+    .unwrap();
+    std::fs::write(
+        e.join("routes/shop"),
+        routes_file("shop", "R1", &[web("shop.test")], None),
+    )
+    .unwrap();
+    let new = e.join("new");
+    std::fs::write(&new, routes_file("shop", "R2", &[web("blog.test")], None)).unwrap();
+    // A candidate's header-only route to the same host claims nothing.
+    let candidate = e.join("candidate");
+    std::fs::write(
+        &candidate,
+        routes_file("shop", "R2", &[web("blog.test")], Some("tok")),
+    )
+    .unwrap();
+    let load = |file: &std::path::Path| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{FUNCTIONS}E=$1 N=none; edge_assemble() {{ :; }}; edge_reload() {{ echo reloaded; }}; edge_load shop \"$2\""
+            ))
+            .arg("sh")
+            .arg(e)
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = load(&new);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("already routes blog.test/ (project blog)"),
+        "{said}"
+    );
+    let kept = std::fs::read_to_string(e.join("routes/shop")).unwrap();
+    assert!(
+        kept.contains("shop.test") && !kept.contains("blog.test"),
+        "{kept}"
+    );
+    let out = load(&candidate);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

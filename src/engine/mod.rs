@@ -520,9 +520,19 @@ impl<'a> Engine<'a> {
         report: &mut Report,
         health_started: Instant,
     ) -> Result<crate::health::HealthRecord, Fault> {
-        let record = self.verify_and_gate(hosts, report, health_started).await?;
-        if let Some(edge) = &self.spec.edge {
-            self.hold(hosts, edge.settings.verdict_window).await?;
+        // Through the edge, the new containers alone (their header-only routes stay until
+        // the drain), never the old ones that back them up.
+        let header = self
+            .spec
+            .edge
+            .as_ref()
+            .map(|e| (crate::edge::CANDIDATE_HEADER, e.token.as_str()));
+        let record = self
+            .verify_and_gate(hosts, report, health_started, header)
+            .await?;
+        if let (Some(edge), Some(header)) = (&self.spec.edge, header) {
+            self.hold(hosts, edge.settings.verdict_window, header)
+                .await?;
         }
         Ok(record)
     }

@@ -374,7 +374,8 @@ impl Engine<'_> {
                 started.elapsed(),
                 PhaseResult::Ok(format!("re-activated {}", targets.join(", "))),
             );
-            self.verify_and_gate(hosts, report, Instant::now()).await
+            self.verify_and_gate(hosts, report, Instant::now(), None)
+                .await
         };
         let health_started = Instant::now();
         let result = match judged {

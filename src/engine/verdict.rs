@@ -21,6 +21,7 @@ impl Engine<'_> {
         hosts: &[Host],
         report: &mut Report,
         started: Instant,
+        header: Option<(&str, &str)>,
     ) -> Result<HealthRecord, Fault> {
         let verify_started = Instant::now();
         let verify = async {
@@ -30,8 +31,10 @@ impl Engine<'_> {
                 verify_started.elapsed(),
             )
         };
-        let ((verify_error, verify_time), health) =
-            tokio::join!(verify, self.health_gate(hosts, report, started, false));
+        let ((verify_error, verify_time), health) = tokio::join!(
+            verify,
+            self.health_gate_with(hosts, report, started, false, header)
+        );
         if let Some(e) = verify_error {
             report.record(
                 Phase::Verify,
@@ -183,7 +186,12 @@ impl Engine<'_> {
     /// After the edge's switch: the new containers must stay healthy for `window`, every
     /// probe passing and nothing crash-looping. The old ones are kept meanwhile, so a
     /// failure here switches back in one config load.
-    pub(super) async fn hold(&self, hosts: &[Host], window: Duration) -> Result<(), Fault> {
+    pub(super) async fn hold(
+        &self,
+        hosts: &[Host],
+        window: Duration,
+        header: (&str, &str),
+    ) -> Result<(), Fault> {
         let specs: Vec<_> = hosts.iter().map(|h| h.spec.clone()).collect();
         let probes = self
             .cfg
@@ -191,7 +199,11 @@ impl Engine<'_> {
             .urls(&specs)
             .iter()
             // A config load closes idle connections: the window judges the app, not that.
-            .map(|url| HealthProbe::fresh_connections(&self.cfg.health, url))
+            // The header reaches the new containers alone, never the fallback.
+            .map(|url| {
+                HealthProbe::fresh_connections(&self.cfg.health, url)
+                    .map(|p| p.with_header(header.0, header.1))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Fault::Probe(e.to_string()))?;
         let started = Instant::now();

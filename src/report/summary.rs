@@ -30,7 +30,7 @@ impl Report {
                 "**{}**\n\n{}\n**What to do next:** {}\n\n",
                 w.text(&f.title),
                 w.fence("", &tail_of(&truncate_lines(&w.scrub(&f.message), 40))),
-                if self.users_unaffected {
+                if self.users_unaffected && self.outcome() == Outcome::RolledBack {
                     "users were not affected: the new containers failed their check through the edge before any user request reached them, and the previous release kept serving. Read the log tails below, fix, and deploy again."
                 } else {
                     next_step(f.cause, f.phase, self.outcome(), self.recovery.is_some())
@@ -265,8 +265,8 @@ impl Report {
         for f in &t.failures {
             md.push_str(&format!("- {}\n", w.text(f)));
         }
-        if self.users_unaffected {
-            md.push_str("\nThe release failed before the switch: no user request reached it, and the previous release never stopped serving.\n");
+        if self.users_unaffected && self.outcome() == Outcome::RolledBack {
+            md.push_str("\nThe release failed before the switch: no user request reached its routed services, and the previous release never stopped serving them (services no route names were updated, then restored, as without `routes`).\n");
         }
         if !self.routed && t.failed > 0 {
             md.push_str("\n`docker compose up` stops the old containers before the new ones listen. Set `routes` to start the new ones beside the old, prove them through the host's edge, and switch in one config load (README: Zero-downtime switch).\n");

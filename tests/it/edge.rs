@@ -20,7 +20,7 @@ impl Drop for EdgeGuard {
         let name = &self.0;
         let _ = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("docker ps -aq --filter name={name} | xargs -r docker rm -f; docker ps -aq --filter label=berth.release | xargs -r docker inspect -f '{{{{.Id}}}} {{{{range $k, $v := .NetworkSettings.Networks}}}}{{{{$k}}}} {{{{end}}}}' | awk '/ {name} /{{print $1}}' | xargs -r docker rm -f; docker network rm {name}; docker volume rm {name}-data {name}-config; rm -rf $HOME/.berth/edge-{port}", port = name.trim_start_matches("berth-edge-")))
+            .arg(format!("docker ps -aq --filter name={name} | xargs -r docker rm -f; docker ps -aq --filter label=berth.release | xargs -r docker inspect -f '{{{{.Id}}}} {{{{range $k, $v := .NetworkSettings.Networks}}}}{{{{$k}}}} {{{{end}}}}' | awk '/ {name}/{{print $1}}' | xargs -r docker rm -f; docker network ls -q --filter name={name} | xargs -r docker network rm; docker volume rm {name}-data {name}-config; rm -rf $HOME/.berth/edge-{port}", port = name.trim_start_matches("berth-edge-")))
             .output();
     }
 }
@@ -176,10 +176,13 @@ fn a_routed_deploy_is_switched_through_the_edge_and_users_see_no_failure() {
     let ip = crate::support::rig::sh(std::process::Command::new("docker").args([
         "inspect",
         "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
         &format!("berth-edge-{}", stage.port),
     ]));
-    for addr in [format!("{}:2019", ip.trim()), "127.0.0.1:2019".to_string()] {
+    let mut addrs: Vec<String> = ip.split_whitespace().map(|i| format!("{i}:2019")).collect();
+    assert!(!addrs.is_empty(), "the edge has no address");
+    addrs.push("127.0.0.1:2019".into());
+    for addr in addrs {
         assert!(
             TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_err(),
             "the edge's admin API answers at {addr}"
@@ -425,4 +428,20 @@ fn a_rollback_through_the_edge_starts_the_old_release_beside_and_drops_no_reques
         back.summary
     );
     assert_eq!(backends(&stage), 1);
+}
+
+#[test]
+fn a_health_url_the_edge_does_not_route_is_an_input_error() {
+    let stage = Stage::new();
+    let run = routed(&stage, &App::new("v1").routed())
+        .input("routes", "backend:8080 shop.example.com")
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let errors = run.errors().join("\n");
+    assert!(
+        errors.contains("health-url")
+            && errors.contains("which no line of `routes` sends to a service"),
+        "{errors}"
+    );
+    assert!(!stage.deploy_dir.exists());
 }

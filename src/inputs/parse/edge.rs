@@ -8,12 +8,13 @@ use serde_yaml_ng::Value;
 use super::Parser;
 use crate::edge::{parse_route, EdgeSettings, Route};
 use crate::inputs::grammar::{list_items, list_lines};
-use crate::inputs::TargetKind;
+use crate::inputs::{HealthSettings, TargetKind};
 
 pub(super) fn parse_edge(
     p: &mut Parser,
     kind: TargetKind,
     compose_file: &Path,
+    health: &HealthSettings,
 ) -> Option<EdgeSettings> {
     let lines = list_lines(&p.text("routes"));
     if lines.is_empty() {
@@ -45,6 +46,7 @@ pub(super) fn parse_edge(
         seen.push(key);
     }
     check_compose(p, &routes, compose_file);
+    check_health_url(p, &routes, health);
     let image = p.text("edge-image");
     if image.is_empty() || image.chars().any(|c| c.is_whitespace()) {
         p.fail(
@@ -111,6 +113,30 @@ fn check_compose(p: &mut Parser, routes: &[Route], compose_file: &Path) {
         if published {
             p.fail("routes", format!("service `{s}` publishes port {port} on the host, and `routes` sends `{host}` to it through the edge. Remove that `ports:` entry of `{s}` from the compose file: users reach it through the edge, and a published port would bypass the switch and stop a new container of `{s}` from starting beside the old one.", s = r.service, port = r.port, host = r.host));
         }
+    }
+}
+
+/// The candidates are proven by the health probe sent through the edge, so `health-url`
+/// must be a URL the edge routes: a routed host, under a routed path.
+fn check_health_url(p: &mut Parser, routes: &[Route], health: &HealthSettings) {
+    if health.url_template.is_some() {
+        p.fail("health-url", "has `{host}`, which probes each host directly; with `routes`, berth proves the new containers through the edge by the public host name. Use the public URL of a routed host, e.g. `https://staging.example.com/healthz`.");
+        return;
+    }
+    let Some(url) = &health.url else {
+        return;
+    };
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    let path = url.path();
+    let reached = routes.iter().any(|r| {
+        r.host == host
+            && r.path
+                .as_deref()
+                .is_none_or(|rp| path == rp || path.starts_with(&format!("{rp}/")))
+    });
+    if !reached && !routes.is_empty() {
+        let r = &routes[0];
+        p.fail("health-url", format!("goes to `{host}{path}`, which no line of `routes` sends to a service: berth proves the new containers by sending the probe through the edge, so it must reach a routed host and path. Point `health-url` at one, e.g. `https://{}{}/healthz`.", r.host, r.path.as_deref().unwrap_or("")));
     }
 }
 

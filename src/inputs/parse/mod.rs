@@ -51,7 +51,7 @@ pub fn parse(env: &Env, ctx: &GithubContext) -> Result<Config, InputErrors> {
     let target = parse_target(&mut p, ctx, mode, &build.images);
     let health = parse_health(&mut p, mode, &target.hosts);
     let rollback = parse_rollback(&mut p);
-    let edge = edge::parse_edge(&mut p, target.kind, &target.compose_file);
+    let edge = edge::parse_edge(&mut p, target.kind, &target.compose_file, &health);
     let report = parse_report(&mut p, health.url.as_ref());
 
     if !p.errors.is_empty() {

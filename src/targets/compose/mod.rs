@@ -79,6 +79,11 @@ pub struct ComposeHost {
     pub up_done: Option<Instant>,
     /// When the edge switched to this release (the drain counts from here).
     pub switched_at: Option<Instant>,
+    /// The release re-activated last (a restore, `mode: rollback`): `verify` proves its
+    /// containers, not the failed release's.
+    pub serving: Option<String>,
+    /// An earlier deploy put the project's routes in an edge (`.berth/edge.env`).
+    pub edge_joined: bool,
     /// `mode: rollback` through the edge: the release switched to.
     pub rollback_to: Option<String>,
     /// `drain-timeout`, for the drain step.
@@ -139,6 +144,8 @@ impl ComposeHost {
             switched_at: None,
             drain: Duration::ZERO,
             rollback_to: None,
+            edge_joined: false,
+            serving: None,
             lock_token: None,
             running: None,
             restoring: false,
@@ -364,6 +371,9 @@ impl ComposeHost {
             }
         };
         self.running = None;
+        if result.is_ok() && step.name == steps::EDGE_ENSURE {
+            self.edge_joined = true;
+        }
         if let (Err(e), Undo::Cleanup(cleanup)) = (&result, &step.undo) {
             // A command that exited ran its own cleanup; one cut off (connection lost,
             // timeout) may not have.
@@ -404,9 +414,10 @@ impl ComposeHost {
                 entry[k] = v.clone();
             }
         }
+        let net = network.network(&self.layout.project);
         let whole = serde_json::json!({
             "services": services,
-            "networks": { network.name.clone(): { "external": true, "name": network.name } },
+            "networks": { net.clone(): { "external": true, "name": net } },
         });
         serde_json::to_string_pretty(&whole).expect("json") + "\n"
     }
@@ -556,6 +567,7 @@ impl ComposeHost {
     /// another target's that uses the same release dir and records).
     pub(crate) fn reactivate_with(&mut self, id: &str, up: &Step) -> Result<(), ReleaseError> {
         self.pins = self.release_pins(id)?;
+        self.serving = Some(id.to_string());
         // One command, `up` then the switch of `current`, sent with `keep`: if berth is
         // gone before it ends (cancelled, killed), the host runs it to its end, and
         // `current` names the restored release only once `up` succeeded.

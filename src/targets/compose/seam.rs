@@ -77,7 +77,15 @@ impl Target for ComposeHost {
         ComposeHost::unlock(self)
     }
     fn snapshot(&mut self) -> Result<(), ReleaseError> {
-        ComposeHost::snapshot(self)
+        ComposeHost::snapshot(self)?;
+        // Whether the project's routes live in an edge (an earlier deploy with `routes`).
+        let joined = format!(
+            "{}/.berth/{}",
+            self.layout.deploy_dir,
+            crate::edge::EDGE_ENV
+        );
+        self.edge_joined = self.conn.exists(&joined)?;
+        Ok(())
     }
     fn release_steps(&self, spec: &ReleaseSpec) -> Vec<Step> {
         if let (Some(id), Some(edge)) = (&self.rollback_to, &spec.edge) {
@@ -93,6 +101,7 @@ impl Target for ComposeHost {
             spec,
             &self.docker_config,
             self.previous.as_deref(),
+            self.edge_joined,
         )
     }
     fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
@@ -109,6 +118,7 @@ impl Target for ComposeHost {
                 spec,
                 &self.docker_config,
                 self.previous.as_deref(),
+                self.edge_joined,
             )
             .iter()
             .map(Step::plan_line),
@@ -134,6 +144,10 @@ impl Target for ComposeHost {
         self.reactivate(id)
     }
     fn recovery_command(&self, id: &str) -> String {
+        // Through an edge, the restore itself: it routes the edge back too.
+        if self.edge_joined {
+            return crate::ssh::by_hand(&self.access.spec, &self.layout.settle_and_activate(id));
+        }
         let up = self.layout.compose(id, &["up", "-d", "--remove-orphans"]);
         crate::ssh::by_hand(&self.access.spec, &up)
     }
@@ -188,6 +202,7 @@ impl Target for ComposeHost {
         self.pins = self.release_pins(id)?;
         self.release = Some(id.to_string());
         self.rollback_to = Some(id.to_string());
+        self.serving = Some(id.to_string());
         Ok(true)
     }
     fn record_manual_rollback(&mut self, restored: &str) -> Result<(), ReleaseError> {

@@ -27,6 +27,7 @@ pub fn release_steps(
     spec: &ReleaseSpec,
     docker_config: &str,
     previous: Option<&str>,
+    edge_joined: bool,
 ) -> Vec<Step> {
     let mut steps = upload_steps(layout, spec, previous);
     steps.extend(pull_steps(layout, spec, docker_config));
@@ -45,7 +46,23 @@ pub fn release_steps(
     }
     match &spec.edge {
         Some(edge) => steps.extend(edge_steps(layout, &spec.id, edge, previous)),
-        None => steps.push(activation_step(layout, &spec.id, DEPLOY_UP)),
+        None => {
+            steps.push(activation_step(layout, &spec.id, DEPLOY_UP));
+            if edge_joined {
+                // `routes` was dropped: the project's routes leave the edge once its own
+                // ports serve again.
+                steps.push(
+                    Step::run(
+                        Phase::Up,
+                        EDGE_LEAVE,
+                        crate::edge::forget(&layout.deploy_dir, &layout.project),
+                        Output::Streamed,
+                        QUICK,
+                    )
+                    .undo(Undo::Restore),
+                );
+            }
+        }
     }
     steps
 }
@@ -65,7 +82,7 @@ fn edge_steps(layout: &Layout, id: &str, edge: &EdgeRelease, previous: Option<&s
         run(
             Phase::Up,
             EDGE_ENSURE,
-            crate::edge::ensure(settings, dir),
+            crate::edge::ensure(settings, dir, project),
             Output::Streamed,
             LONG,
         ),
@@ -160,6 +177,7 @@ pub const EDGE_UP_OTHERS: &str = "docker compose up (services not routed)";
 pub const EDGE_BESIDE: &str = "start the new containers beside the old";
 pub const EDGE_CANDIDATES: &str = "route the candidates (probe header only)";
 pub const EDGE_SWITCH: &str = "switch the edge to the new release, switch current";
+pub const EDGE_LEAVE: &str = "remove the project's routes from the edge (`routes` is empty)";
 pub const EDGE_DRAIN: &str = "drain, then stop the old containers";
 
 /// A file of release `id`, written over SFTP.
@@ -385,7 +403,13 @@ mod tests {
 
     #[test]
     fn a_release_is_its_steps_in_phase_order_and_only_up_on_needs_a_restore() {
-        let steps = release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc", None);
+        let steps = release_steps(
+            &layout(),
+            &spec(),
+            "/tmp/berth-docker-config.abc",
+            None,
+            false,
+        );
         let phases: Vec<(Phase, String)> = phase_summaries(&steps);
         assert_eq!(
             phases.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
@@ -415,11 +439,16 @@ mod tests {
 
     #[test]
     fn the_plan_shows_every_command_but_no_secret() {
-        let lines: Vec<String> =
-            release_steps(&layout(), &spec(), "/tmp/berth-docker-config.abc", None)
-                .iter()
-                .map(Step::plan_line)
-                .collect();
+        let lines: Vec<String> = release_steps(
+            &layout(),
+            &spec(),
+            "/tmp/berth-docker-config.abc",
+            None,
+            false,
+        )
+        .iter()
+        .map(Step::plan_line)
+        .collect();
         let text = lines.join("\n");
         assert!(!text.contains("env-secret-77") && !text.contains("registry-secret-88"));
         assert!(text.contains("redacted"), "{text}");

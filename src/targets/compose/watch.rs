@@ -34,7 +34,11 @@ impl ComposeHost {
             None,
             QUICK,
         )?;
-        let own = self.release.clone().unwrap_or_default();
+        let own = self
+            .serving
+            .clone()
+            .or_else(|| self.release.clone())
+            .unwrap_or_default();
         if let Some(n) = runs_the_pins(&listed.stdout, &self.pins, &own) {
             self.runner.line(&format!(
                 "{}: verified {n} container(s) run the pinned digests",
