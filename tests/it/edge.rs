@@ -445,3 +445,93 @@ fn a_health_url_the_edge_does_not_route_is_an_input_error() {
     );
     assert!(!stage.deploy_dir.exists());
 }
+
+/// v1 routed, then a user loop while v2's deploy is interrupted at `trigger`: what users
+/// saw, and the run.
+fn interrupted_v2(
+    stage: &Stage,
+    trigger: &str,
+    act: impl FnOnce(u32),
+) -> (String, crate::support::Run, Users) {
+    let v1 = routed(stage, &App::new("v1").routed()).run();
+    assert_eq!(v1.code, 0, "{}", v1.stdout);
+    let r1 = stage.current().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let users = Users::start(stage.port);
+    let b = routed(stage, &App::new("v2").routed()).input("verdict-window", "8s");
+    let run = crate::interrupt::run_acting_at(&b, trigger, Duration::from_millis(500), act);
+    (r1, run, users)
+}
+
+/// After an interruption: the edge routes to v1 alone, v1's one backend runs, no user
+/// request failed.
+fn assert_back_on_v1(stage: &Stage, r1: &str, users: Users) {
+    std::thread::sleep(Duration::from_secs(1));
+    let (seen, failed) = users.stop();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        seen.len()
+    );
+    assert_eq!(seen.last().map(|(_, v)| v.as_str()), Some("v1"));
+    assert_eq!(stage.current().as_deref(), Some(r1));
+    assert_eq!(backends(stage), 1);
+    for _ in 0..20 {
+        assert_eq!(get(stage.port), (200, "v1".into()));
+    }
+}
+
+#[test]
+fn sigterm_while_the_candidates_are_proven_leaves_the_edge_on_v1() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let (r1, run, users) = interrupted_v2(&stage, "Health of the new containers", |pid| {
+        crate::support::rig::sh(
+            std::process::Command::new("kill").args(["-TERM", &pid.to_string()]),
+        );
+    });
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.summary.contains("cancelled"), "{}", run.summary);
+    assert_back_on_v1(&stage, &r1, users);
+}
+
+#[test]
+fn a_connection_lost_after_the_switch_switches_back_to_v1() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let sshd = stage.sshd.pid().to_string();
+    let (r1, run, users) = interrupted_v2(&stage, "the edge routes to release", |_| {
+        crate::support::rig::sh(std::process::Command::new("pkill").args(["-9", "-P", &sshd]));
+    });
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(
+        run.output("status").as_deref(),
+        Some("rolled-back"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.summary.contains("lost its connection"),
+        "{}",
+        run.summary
+    );
+    assert_back_on_v1(&stage, &r1, users);
+}
+
+#[test]
+fn a_berth_killed_after_the_switch_leaves_a_host_that_switches_back_by_itself() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let (r1, run, users) = interrupted_v2(&stage, "the edge routes to release", |pid| {
+        crate::support::rig::sh(
+            std::process::Command::new("kill").args(["-KILL", &pid.to_string()]),
+        );
+    });
+    assert_eq!(run.code, -1, "killed: {}", run.stdout);
+    // The edge routed to v2, under proof when berth died; the host's heal, after its wait
+    // for a reconnect, routes back to v1 (one load) and removes v2's containers.
+    crate::interrupt::lock_gone_within(&stage, Duration::from_secs(150));
+    crate::interrupt::assert_healed_to(&stage, &r1);
+    assert_back_on_v1(&stage, &r1, users);
+}

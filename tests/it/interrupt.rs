@@ -16,7 +16,7 @@ use crate::support::{Berth, Run};
 
 /// Runs `b`; once a line of its output contains `trigger`, waits `delay`, then sends
 /// `signal` to berth. Fails the test if the line never comes.
-fn run_interrupting(b: &Berth, trigger: &str, delay: Duration, signal: &str) -> Run {
+pub(crate) fn run_interrupting(b: &Berth, trigger: &str, delay: Duration, signal: &str) -> Run {
     run_acting_at(b, trigger, delay, |berth| {
         sh(Command::new("kill").args([&format!("-{signal}"), &berth.to_string()]));
     })
@@ -24,7 +24,12 @@ fn run_interrupting(b: &Berth, trigger: &str, delay: Duration, signal: &str) -> 
 
 /// Runs `b`; once a line of its output contains `trigger`, waits `delay`, then does `act`
 /// (given berth's pid). Fails the test if the line never comes.
-fn run_acting_at(b: &Berth, trigger: &str, delay: Duration, act: impl FnOnce(u32)) -> Run {
+pub(crate) fn run_acting_at(
+    b: &Berth,
+    trigger: &str,
+    delay: Duration,
+    act: impl FnOnce(u32),
+) -> Run {
     let mut child = b
         .command()
         .stdout(Stdio::piped())
@@ -90,7 +95,7 @@ fn signalled_when(b: &Berth, signal: &str, ready: impl Fn() -> bool) -> Run {
 }
 
 /// Waits (bounded) until the host's deploy lock is gone: berth's, or its heal's.
-fn lock_gone_within(stage: &Stage, bound: Duration) -> Duration {
+pub(crate) fn lock_gone_within(stage: &Stage, bound: Duration) -> Duration {
     let started = Instant::now();
     let lock = stage.deploy_dir.join(".berth/lock");
     while lock.exists() {
@@ -130,13 +135,13 @@ fn serves_for(stage: &Stage, version: &str, secs: u64) -> usize {
 }
 
 /// The note the host's self-heal left, if any.
-fn healed_note(stage: &Stage) -> Option<serde_json::Value> {
+pub(crate) fn healed_note(stage: &Stage) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(stage.deploy_dir.join(".berth/healed.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
 
 /// The note, which must say the heal proved `release` (the log of the heal otherwise).
-fn assert_healed_to(stage: &Stage, release: &str) {
+pub(crate) fn assert_healed_to(stage: &Stage, release: &str) {
     let note = healed_note(stage).expect("the heal left no note");
     let log = std::fs::read_to_string(stage.deploy_dir.join(".berth/heal.log")).unwrap_or_default();
     assert_eq!(note["restored"], release, "{note}\n{log}");
