@@ -78,6 +78,23 @@ rig_start_dockerd() {
   return 1
 }
 
+# The edge's proxy as a local image (no image can be pulled here): Debian's Caddy 2 and the
+# libraries it links, with busybox, FROM scratch. Prints the image's name.
+rig_caddy_image() {
+  local tag=berth-local/caddy:debian ctx f i=0 copies=
+  if docker image inspect "$tag" >/dev/null 2>&1; then echo "$tag"; return 0; fi
+  ctx=$(mktemp -d)
+  cp /bin/busybox "$ctx/busybox"
+  for f in /usr/bin/caddy /lib/x86_64-linux-gnu/libzstd.so.1 /lib/x86_64-linux-gnu/libc.so.6 /lib64/ld-linux-x86-64.so.2; do
+    cp "$(readlink -f "$f")" "$ctx/f$i"; copies="${copies}COPY f$i $f
+"; i=$((i + 1))
+  done
+  printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n%sRUN mkdir -p /tmp /data /config && chmod 1777 /tmp\n' "$copies" > "$ctx/Dockerfile"
+  docker build -q -t "$tag" "$ctx" >/dev/null
+  rm -rf "$ctx"
+  echo "$tag"
+}
+
 rig_up() {
   rig_install_packages
   rig_install_compose

@@ -175,8 +175,8 @@ pub fn alias(project: &str, service: &str, release: &str) -> String {
 
 /// One route as a line of a project's routes file: the sort key, then Caddy's JSON.
 /// `upstreams` in order of preference: with a second one (the old release, during the
-/// verdict window), a request the first refuses goes to the next, and a refused upstream
-/// is left alone for a while (Caddy's passive health check).
+/// verdict window), a request the first refuses goes to the next, and an upstream that
+/// refused or answered a 5xx is left alone for a while (Caddy's passive health check).
 fn route_line(route: &Route, upstreams: &[String], candidate: Option<&str>) -> String {
     let mut matcher = json!({ "host": [route.host] });
     if let Some(p) = &route.path {
@@ -199,7 +199,14 @@ fn route_line(route: &Route, upstreams: &[String], candidate: Option<&str>) -> S
         },
     });
     if upstreams.len() > 1 {
-        handler["health_checks"] = json!({ "passive": { "fail_duration": "10s", "max_fails": 1 } });
+        // A connection the first refuses, or a 5xx it answers, takes it out for 10 s: the
+        // requests after it go to the old release, before berth has even switched back.
+        let unhealthy: Vec<u16> = (500..=599).collect();
+        handler["health_checks"] = json!({ "passive": {
+            "fail_duration": "10s",
+            "max_fails": 1,
+            "unhealthy_status": unhealthy,
+        } });
     }
     let route_json = json!({ "match": [matcher], "handle": [handler], "terminal": true });
     let key = route.path.as_deref().map_or(0, str::len);
@@ -493,6 +500,16 @@ pub fn load(deploy_dir: &str, project: &str, files: &[String]) -> Cmd {
     Cmd(argv)
 }
 
+/// After a failure past the switch: the edge routes to release `back` again (one config
+/// load) when its containers still run; nothing is removed yet (the diagnostics read the
+/// failed containers first).
+pub fn route_back(deploy_dir: &str, project: &str, back: &str) -> Cmd {
+    let script = format!(
+        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3\nedge_env || exit 0\nedge_ours_run \"$P\" \"$R\" || exit 0\nedge_install \"$P\" \"$R\" && echo \"berth: the edge routes back to release $R\""
+    );
+    Cmd::new(["sh", "-c", &script, "sh", deploy_dir, project, back])
+}
+
 /// A deploy without `routes` after one with: the project's routes leave the edge.
 pub fn forget(deploy_dir: &str, project: &str) -> Cmd {
     let script = format!("{FUNCTIONS}cd \"$1\" || exit 1\nedge_forget \"$2\"");
@@ -509,27 +526,34 @@ pub fn load_candidates(deploy_dir: &str, project: &str, release: &str) -> Cmd {
 }
 
 /// The routed services' containers of `release` started beside the running ones: per
-/// service, `up --no-deps --no-recreate --scale` to twice the running count (one when
-/// none runs): compose keeps the old containers as they are and creates the new ones
-/// from this release's config. Stopped containers of those services are removed first
-/// (a scale would start them as they are). `compose` is the release's compose argv.
-/// Prints the candidates' names.
-pub fn start_beside(compose: &Cmd, project: &str, release: &str, services: &[String]) -> Cmd {
+/// service, `up --no-deps --no-recreate --scale` to the running count plus the release's
+/// own (its `deploy.replicas` or `scale`, else 1): compose keeps the old containers as they
+/// are and creates the new ones from this release's config. Stopped containers of those
+/// services are removed first (a scale would start them as they are). `compose` is the
+/// release's compose argv; `services` pairs each routed service with its replicas. Prints
+/// the candidates' names.
+pub fn start_beside(
+    compose: &Cmd,
+    project: &str,
+    release: &str,
+    services: &[(String, u32)],
+) -> Cmd {
     let script = r#"P=$1 R=$2 S=$3; shift 3
-for s in $S; do
+names=
+for sc in $S; do
+  s=${sc%=*}; names="$names $s"
   docker ps -aq --filter "label=com.docker.compose.project=$P" --filter "label=com.docker.compose.service=$s" --filter status=exited --filter status=created --filter status=dead | xargs -r docker rm -f >/dev/null
 done
-n=$#
 set -- "$@" up -d --no-deps --no-recreate
-for s in $S; do
+for sc in $S; do
+  s=${sc%=*} n=${sc#*=}
   old=$(docker ps -q --filter "label=com.docker.compose.project=$P" --filter "label=com.docker.compose.service=$s" --filter label=com.docker.compose.oneoff=False | wc -l)
-  want=$((old * 2)); [ "$old" -gt 0 ] || want=1
-  set -- "$@" --scale "$s=$want"
+  set -- "$@" --scale "$s=$((old + n))"
 done
-"$@" $S || exit 1
-echo "berth: candidates: $(docker ps --filter "label=com.docker.compose.project=$P" --filter "label=berth.release=$R" --format '{{.Names}}' | tr '
-' ' ')"
+"$@" $names || exit 1
+echo "berth: candidates: $(docker ps --filter "label=com.docker.compose.project=$P" --filter "label=berth.release=$R" --format '{{.Names}}' | tr '\n' ' ')"
 "#;
+    let pairs: Vec<String> = services.iter().map(|(s, n)| format!("{s}={n}")).collect();
     let mut argv = vec![
         "sh".to_string(),
         "-c".into(),
@@ -537,7 +561,7 @@ echo "berth: candidates: $(docker ps --filter "label=com.docker.compose.project=
         "sh".into(),
         project.to_string(),
         release.to_string(),
-        services.join(" "),
+        pairs.join(" "),
     ];
     argv.extend(compose.0.iter().cloned());
     Cmd(argv)

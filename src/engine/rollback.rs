@@ -51,6 +51,20 @@ impl Engine<'_> {
             .filter(|(_, s)| !s.lock_lost)
             .unzip();
         let hosts = ours.as_slice();
+        // Through an edge that was switched: users go back to the previous release at
+        // once (one config load), before anything else.
+        for (ok, name) in on_all(hosts, |t| (t.route_back(), t.state().name)).await {
+            match ok {
+                Ok(true) => self
+                    .runner
+                    .line(&format!("{name}: the edge routes back to the previous release")),
+                Ok(false) => {}
+                Err(e) => report.warn(
+                    "berth: switch back failed",
+                    format!("Routing the edge on {name} back to the previous release failed ({e}); the restore below does it again."),
+                ),
+            }
+        }
         // A cancelled run has seconds left: the restore goes first, the logs after it.
         let cancelled = crate::cancel::is_cancelled();
         if !cancelled {

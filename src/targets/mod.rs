@@ -88,6 +88,12 @@ pub trait Target: Send {
     fn switch_to(&mut self, _id: &str, _spec: &ReleaseSpec) -> Result<bool, ReleaseError> {
         Ok(false)
     }
+    /// With `routes`, the first thing after a failure once the edge was switched: the
+    /// edge routes back to the previous release's containers, which still run (one config
+    /// load), before the diagnostics and the rest of the restore. `true` when it did.
+    fn route_back(&mut self) -> Result<bool, ReleaseError> {
+        Ok(false)
+    }
     /// A cancelled run is leaving: the host finishes what berth cannot (see
     /// `remote::heal`).
     fn hand_over(&mut self) -> Result<(), ReleaseError> {

@@ -2,6 +2,7 @@
 //! `scripts/bench` runs this with `--full` (5 samples each) and writes BENCHMARKS.md;
 //! plain `cargo test` runs it once in quick mode, which asserts no timings.
 
+mod edge;
 #[allow(dead_code)]
 #[path = "../it/support/mod.rs"]
 mod support;
@@ -380,6 +381,9 @@ fn main() {
     if std::env::args().any(|a| a == "--swarm-only") {
         return swarm_only(&o);
     }
+    if std::env::args().any(|a| a == "--edge-only") {
+        return edge_only(&o);
+    }
     let machine = format!(
         "{} cores, {}; {}; Docker engine {}",
         sh(&mut Command::new("nproc")).trim(),
@@ -757,6 +761,7 @@ fn main() {
     ));
 
     md.push_str(&swarm::section(o.runs, &mut goals));
+    md.push_str(&edge::section(o.runs, &mut goals));
 
     let mut head = format!(
         "# Benchmarks\n\nMeasured by `scripts/bench` ({} mode) on {} ({machine}). Every figure is the median of {} run(s), and every comparison is a ratio taken in the same invocation. Reproduce with `scripts/bench` (it writes this file).\n\n## Goals\n\n| goal | met | measured |\n|---|---|---|\n",
@@ -815,6 +820,43 @@ fn swarm_only(o: &Opts) {
     text = text.replacen(
         "\n## 8. Docker Swarm\n",
         &format!("\n## 8. Docker Swarm\n\nMeasured by `scripts/bench --swarm` on {} ({} run(s) per figure).\n", when.trim(), o.runs),
+        1,
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// `--edge-only`: section 9 alone, put in place in `--out` (or printed), with its goal
+/// rows; the other sections keep the figures of their own run.
+fn edge_only(o: &Opts) {
+    let mut goals = Vec::new();
+    let section = edge::section(o.runs, &mut goals);
+    let Some(path) = &o.out else {
+        println!("{section}");
+        return;
+    };
+    let mut text = std::fs::read_to_string(path).unwrap();
+    if let Some(start) = text.find("\n## 9. What users see") {
+        let end = text[start + 1..]
+            .find("\n## ")
+            .map_or(text.len(), |i| start + 1 + i);
+        text.replace_range(start..end, "");
+    }
+    let at = text.find("\n## Where the time goes").unwrap_or(text.len());
+    text.insert_str(at, &section);
+    for (g, ok, m) in &goals {
+        let row = format!("| {g} | {} | {m} |", if *ok { "yes" } else { "**no**" });
+        match text.lines().find(|l| l.starts_with(&format!("| {g} |"))) {
+            Some(old) => text = text.replace(old, &row),
+            None => {
+                let at = text.find("\n\n## 1.").unwrap_or(0);
+                text.insert_str(at, &format!("\n{row}"));
+            }
+        }
+    }
+    let when = sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
+    text = text.replacen(
+        "\n## 9. What users see during a deploy\n",
+        &format!("\n## 9. What users see during a deploy\n\nMeasured by `scripts/bench --edge` on {} ({} run(s) per figure).\n", when.trim(), o.runs),
         1,
     );
     std::fs::write(path, text).unwrap();

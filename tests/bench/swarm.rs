@@ -64,14 +64,14 @@ fn berth_swarm(s: &SwarmStage, image: &str) -> crate::support::Berth {
 }
 
 /// A berth run with the wall-clock time of each stdout line.
-struct Lines {
-    lines: Vec<(SystemTime, String)>,
-    stdout: String,
-    code: i32,
+pub(crate) struct Lines {
+    pub(crate) lines: Vec<(SystemTime, String)>,
+    pub(crate) stdout: String,
+    pub(crate) code: i32,
 }
 
 impl Lines {
-    fn first(&self, text: &str) -> Option<SystemTime> {
+    pub(crate) fn first(&self, text: &str) -> Option<SystemTime> {
         self.lines
             .iter()
             .find(|(_, l)| l.contains(text))
@@ -79,7 +79,7 @@ impl Lines {
     }
 }
 
-fn timed_lines(b: &crate::support::Berth) -> Lines {
+pub(crate) fn timed_lines(b: &crate::support::Berth) -> Lines {
     use std::io::BufRead;
     let mut child = b
         .command()

@@ -422,6 +422,16 @@ impl ComposeHost {
         serde_json::to_string_pretty(&whole).expect("json") + "\n"
     }
 
+    /// How many containers of `service` the release's model asks for (`deploy.replicas`,
+    /// else `scale`, else 1); 1 before the model is known.
+    pub(crate) fn replicas(&self, service: &str) -> u32 {
+        let def = self.model.as_ref().map(|m| &m["services"][service]);
+        def.and_then(|d| d["deploy"]["replicas"].as_u64().or(d["scale"].as_u64()))
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(1)
+    }
+
     /// The release's compose model, once `compose config` resolved it on the host.
     pub(crate) fn model(&self) -> Option<&Value> {
         self.model.as_ref()

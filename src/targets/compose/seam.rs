@@ -94,6 +94,7 @@ impl Target for ComposeHost {
                 id,
                 edge,
                 self.previous.as_deref(),
+                &|s| self.replicas(s),
             );
         }
         release_steps(
@@ -102,6 +103,7 @@ impl Target for ComposeHost {
             &self.docker_config,
             self.previous.as_deref(),
             self.edge_joined,
+            &|s| self.replicas(s),
         )
     }
     fn plan(&self, spec: &ReleaseSpec) -> Vec<String> {
@@ -119,6 +121,7 @@ impl Target for ComposeHost {
                 &self.docker_config,
                 self.previous.as_deref(),
                 self.edge_joined,
+                &|s| self.replicas(s),
             )
             .iter()
             .map(Step::plan_line),
@@ -179,6 +182,16 @@ impl Target for ComposeHost {
         wanted: Option<&str>,
     ) -> Result<(String, Option<String>), ReleaseError> {
         ComposeHost::choose_rollback(self, wanted)
+    }
+    fn route_back(&mut self) -> Result<bool, ReleaseError> {
+        let (Some(_), Some(back)) = (self.switched_at, self.restore_target()) else {
+            return Ok(false);
+        };
+        self.still_ours()?;
+        let cmd = crate::edge::route_back(&self.layout.deploy_dir, &self.layout.project, &back);
+        let out = self.step("route the edge back", &cmd, None, super::QUICK)?;
+        self.switched_at = None;
+        Ok(out.stdout.contains("routes back"))
     }
     fn switch_to(&mut self, id: &str, spec: &ReleaseSpec) -> Result<bool, ReleaseError> {
         if spec.edge.is_none() {

@@ -28,6 +28,7 @@ pub fn release_steps(
     docker_config: &str,
     previous: Option<&str>,
     edge_joined: bool,
+    replicas: &dyn Fn(&str) -> u32,
 ) -> Vec<Step> {
     let mut steps = upload_steps(layout, spec, previous);
     steps.extend(pull_steps(layout, spec, docker_config));
@@ -45,7 +46,7 @@ pub fn release_steps(
         ));
     }
     match &spec.edge {
-        Some(edge) => steps.extend(edge_steps(layout, &spec.id, edge, previous)),
+        Some(edge) => steps.extend(edge_steps(layout, &spec.id, edge, previous, replicas)),
         None => {
             steps.push(activation_step(layout, &spec.id, DEPLOY_UP));
             if edge_joined {
@@ -71,11 +72,18 @@ pub fn release_steps(
 /// The engine proves the candidates through the edge (their header-only routes) between
 /// the `up` steps and the switch, judges the release after the switch, and runs the
 /// drain after its verdict.
-fn edge_steps(layout: &Layout, id: &str, edge: &EdgeRelease, previous: Option<&str>) -> Vec<Step> {
+fn edge_steps(
+    layout: &Layout,
+    id: &str,
+    edge: &EdgeRelease,
+    previous: Option<&str>,
+    replicas: &dyn Fn(&str) -> u32,
+) -> Vec<Step> {
     let settings = &edge.settings;
     let dir = layout.deploy_dir.as_str();
     let project = layout.project.as_str();
     let routed = settings.services();
+    let beside: Vec<(String, u32)> = routed.iter().map(|s| (s.clone(), replicas(s))).collect();
     let compose = layout.compose(id, &[]);
     let run = |phase, name, cmd, output, bound| Step::run(phase, name, cmd, output, bound);
     vec![
@@ -97,7 +105,7 @@ fn edge_steps(layout: &Layout, id: &str, edge: &EdgeRelease, previous: Option<&s
         run(
             Phase::Up,
             EDGE_BESIDE,
-            crate::edge::start_beside(&compose, project, id, &routed),
+            crate::edge::start_beside(&compose, project, id, &beside),
             Output::Streamed,
             LONG,
         )
@@ -136,6 +144,7 @@ pub fn switch_back_steps(
     id: &str,
     edge: &EdgeRelease,
     previous: Option<&str>,
+    replicas: &dyn Fn(&str) -> u32,
 ) -> Vec<Step> {
     let project = layout.project.as_str();
     let routes = &edge.settings.routes;
@@ -167,7 +176,7 @@ pub fn switch_back_steps(
             0o644,
         ),
     ];
-    steps.extend(edge_steps(layout, id, edge, previous));
+    steps.extend(edge_steps(layout, id, edge, previous, replicas));
     steps
 }
 
@@ -409,6 +418,7 @@ mod tests {
             "/tmp/berth-docker-config.abc",
             None,
             false,
+            &|_| 1,
         );
         let phases: Vec<(Phase, String)> = phase_summaries(&steps);
         assert_eq!(
@@ -445,6 +455,7 @@ mod tests {
             "/tmp/berth-docker-config.abc",
             None,
             false,
+            &|_| 1,
         )
         .iter()
         .map(Step::plan_line)

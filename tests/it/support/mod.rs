@@ -1,3 +1,4 @@
+pub mod edge;
 pub mod fake_github;
 pub mod fleet;
 pub mod rig;

@@ -26,7 +26,8 @@ pub struct App {
     pub version: String,
     /// healthy | 500 | degraded | crash | inject500 | injectcrash (these two print text
     /// that a careless tool would hand to the runner as workflow commands) | ignoreterm
-    /// (healthy, but ignores SIGTERM) | dieafter (healthy for 4 s, then exits)
+    /// (healthy, but ignores SIGTERM) | dieafter (healthy for 4 s, then exits) | failafter (healthy for 6 s, then
+    /// answers 500)
     pub mode: &'static str,
     pub start_delay: u32,
     /// Reached through the edge (`routes`): the backend publishes no port.
@@ -71,6 +72,8 @@ impl App {
         write_exec(
             &backend.join("www/cgi-bin/health"),
             r#"#!/bin/sh
+# failafter: healthy for 6 s after the start, then 500.
+if [ "$MODE" = failafter ] && [ $(( $(date +%s) - $(cat /started 2>/dev/null || echo 0) )) -ge 6 ]; then MODE=500; fi
 case "$MODE" in
   500) printf 'HTTP/1.0 500 Internal Server Error\r\nContent-Type: application/json\r\n\r\n{"success":false,"error":"database unavailable"}' ;;
   degraded) printf 'Content-Type: application/json\r\n\r\n{"success":true,"data":{"status":"degraded"}}' ;;
@@ -91,6 +94,7 @@ if [ "$MODE" = injectcrash ]; then
   exit 3
 fi
 sleep "$START_DELAY"
+date +%s > /started
 # Healthy for 4 s, then the listener goes (requests in flight finish) and the app exits.
 if [ "$MODE" = dieafter ]; then httpd -p 8080 -h /www; sleep 4; killall httpd; sleep 1; exit 3; fi
 # SIG_IGN survives exec: httpd then ignores the SIGTERM that `docker stop` sends.
