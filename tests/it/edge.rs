@@ -417,3 +417,33 @@ fn a_berth_killed_after_the_switch_leaves_a_host_that_switches_back_by_itself() 
     crate::interrupt::assert_healed_to(&stage, &r1);
     assert_back_on_v1(&stage, &r1, users);
 }
+
+#[test]
+fn sigterm_in_the_verdict_window_switches_back_to_v1() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let (r1, run, users) = interrupted_v2(&stage, "Verdict window", |pid| {
+        crate::support::rig::sh(
+            std::process::Command::new("kill").args(["-TERM", &pid.to_string()]),
+        );
+    });
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.summary.contains("cancelled"), "{}", run.summary);
+    assert_back_on_v1(&stage, &r1, users);
+}
+
+#[test]
+fn a_berth_killed_while_the_candidates_are_proven_leaves_the_edge_on_v1_and_the_host_cleans_up() {
+    let stage = Stage::new();
+    let _edge = EdgeGuard(format!("berth-edge-{}", stage.port));
+    let (r1, run, users) = interrupted_v2(&stage, "Health of the new containers", |pid| {
+        crate::support::rig::sh(
+            std::process::Command::new("kill").args(["-KILL", &pid.to_string()]),
+        );
+    });
+    assert_eq!(run.code, -1, "killed: {}", run.stdout);
+    // The edge never left v1; the heal removes the candidates.
+    crate::interrupt::lock_gone_within(&stage, Duration::from_secs(150));
+    crate::interrupt::assert_healed_to(&stage, &r1);
+    assert_back_on_v1(&stage, &r1, users);
+}

@@ -32,6 +32,17 @@ pub fn release_steps(
 ) -> Vec<Step> {
     let mut steps = upload_steps(layout, spec, previous);
     steps.extend(pull_steps(layout, spec, docker_config));
+    // The edge and the project's network to it exist before anything runs with the
+    // release's override, which names that network (the pre-deploy's `compose run` too).
+    if let Some(edge) = &spec.edge {
+        steps.push(Step::run(
+            Phase::Pull,
+            EDGE_ENSURE,
+            crate::edge::ensure(&edge.settings, &layout.deploy_dir, &layout.project),
+            Output::Streamed,
+            LONG,
+        ));
+    }
     steps.extend(pre_deploy_step(layout, spec));
     // From here the running containers may change: if berth is gone before its verdict,
     // the host restores the newest proven release by itself (see `remote::heal`), unless
@@ -87,13 +98,6 @@ fn edge_steps(
     let compose = layout.compose(id, &[]);
     let run = |phase, name, cmd, output, bound| Step::run(phase, name, cmd, output, bound);
     vec![
-        run(
-            Phase::Up,
-            EDGE_ENSURE,
-            crate::edge::ensure(settings, dir, project),
-            Output::Streamed,
-            LONG,
-        ),
         run(
             Phase::Up,
             EDGE_UP_OTHERS,
@@ -176,6 +180,16 @@ pub fn switch_back_steps(
             0o644,
         ),
     ];
+    steps.insert(
+        0,
+        Step::run(
+            Phase::Up,
+            EDGE_ENSURE,
+            crate::edge::ensure(&edge.settings, &layout.deploy_dir, project),
+            Output::Streamed,
+            LONG,
+        ),
+    );
     steps.extend(edge_steps(layout, id, edge, previous, replicas));
     steps
 }
