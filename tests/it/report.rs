@@ -22,7 +22,7 @@ fn normalise(text: &str) -> String {
         // What the background probe met depends on timing (how long `up` left nothing
         // listening).
         (
-            r"(?s)### What users saw\n.*?(\n### |\z)",
+            r"(?s)### What users saw\n.*?(\n### |\n<details>|\z)",
             "### What users saw\n\nMEASURED\n$1",
         ),
         (r"sha256:[0-9a-f]{64}", "sha256:DIGEST"),
