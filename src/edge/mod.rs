@@ -176,7 +176,7 @@ pub fn alias(project: &str, service: &str, release: &str) -> String {
 /// One route as a line of a project's routes file: the sort key, then Caddy's JSON.
 /// `upstreams` in order of preference: with a second one (the old release, during the
 /// verdict window), a request the first refuses goes to the next, and an upstream that
-/// refused or answered a 5xx is left alone for a while (Caddy's passive health check).
+/// refused is left alone for a while (Caddy's passive health check).
 fn route_line(route: &Route, upstreams: &[String], candidate: Option<&str>) -> String {
     let mut matcher = json!({ "host": [route.host] });
     if let Some(p) = &route.path {
@@ -199,14 +199,10 @@ fn route_line(route: &Route, upstreams: &[String], candidate: Option<&str>) -> S
         },
     });
     if upstreams.len() > 1 {
-        // A connection the first refuses, or a 5xx it answers, takes it out for 10 s: the
-        // requests after it go to the old release, before berth has even switched back.
-        let unhealthy: Vec<u16> = (500..=599).collect();
-        handler["health_checks"] = json!({ "passive": {
-            "fail_duration": "10s",
-            "max_fails": 1,
-            "unhealthy_status": unhealthy,
-        } });
+        // A connection the first refuses takes it out for 10 s: the requests after it go
+        // to the old release, before berth has even switched back. Only refusals: a 5xx
+        // of one path may be the old release's too, and counting it would take both out.
+        handler["health_checks"] = json!({ "passive": { "fail_duration": "10s", "max_fails": 1 } });
     }
     let route_json = json!({ "match": [matcher], "handle": [handler], "terminal": true });
     let key = route.path.as_deref().map_or(0, str::len);
@@ -307,7 +303,7 @@ edge_lock() {
   # flock: the kernel frees the lock when its holder dies, however it dies.
   command -v flock >/dev/null 2>&1 || { echo "berth: the edge needs flock (util-linux) on the host"; return 1; }
   exec 8>>"$E/lock" || return 1
-  flock -w 50 8 || { echo "berth: another deploy held the edge's config lock ($E/lock) for 50 s"; exec 8>&-; return 1; }
+  flock -w 150 8 || { echo "berth: another deploy held the edge's config lock ($E/lock) for 150 s"; exec 8>&-; return 1; }
 }
 edge_unlock() { exec 8>&-; }
 edge_assemble() {
@@ -320,17 +316,22 @@ edge_assemble() {
 edge_reload() {
   # Every running proxy of the edge, each through its own socket (under the lock, so no
   # upgrade is half-way).
-  ps=$(docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running)
+  ps=$(docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running | grep -vxF -f "$E/retiring" 2>/dev/null || docker ps -q --filter "label=berth.edge.proxy=$N" --filter status=running)
   [ -n "$ps" ] || { echo "error: no proxy of the edge $N runs"; return 0; }
   for x in $ps; do docker exec "$x" caddy reload --config /etc/berth-edge/caddy.json --force 2>&1 | tail -n 3; done
 }
 edge_claimed() {
-  # A host/path this project's new routes claim that another project's routes serve.
+  # A host/path this project's new routes claim that overlaps one another project's
+  # routes serve: the same host, and one path the other's or under it ("/" is the whole
+  # host).
   for f in "$E"/routes/*; do
     [ -f "$f" ] && [ "$f" != "$E/routes/$1" ] || continue
-    awk '$1 !~ /1$/ { print $2 }' "$f" | while read -r hp; do
-      awk -v hp="$hp" '$1 !~ /1$/ && $2 == hp { print hp; exit }' "$E/.new.$1" | sed "s#\$# (project ${f##*/})#"
-    done
+    awk -v other="${f##*/}" 'FNR == NR { if ($1 !~ /1$/) theirs[$2] = 1; next }
+      $1 !~ /1$/ { for (t in theirs) {
+        h1 = substr($2, 1, index($2, "/") - 1); p1 = substr($2, index($2, "/"))
+        h2 = substr(t, 1, index(t, "/") - 1); p2 = substr(t, index(t, "/"))
+        if (h1 == h2 && (p1 == "/" || p2 == "/" || p1 == p2 || index(p1, p2 "/") == 1 || index(p2, p1 "/") == 1)) { print $2 " (project " other " routes " t ")"; exit }
+      } }' "$f" "$E/.new.$1"
   done | head -n 1
 }
 edge_load() {
@@ -357,7 +358,10 @@ edge_others() {
   # failed candidate's.
   docker ps -aq --filter "label=com.docker.compose.project=$1" | xargs -r docker inspect -f '{{.Id}} {{index .Config.Labels "com.docker.compose.service"}} {{index .Config.Labels "berth.release"}}' 2>/dev/null | awk -v r="$2" '{ s[$1] = $2; l[$1] = $3; if ($3 == r) routed[$2] = 1 } END { for (i in s) if (l[i] != r && (routed[s[i]] || (l[i] != "<no value>" && l[i] != ""))) print i }'
 }
-edge_ours_run() { [ -n "$(docker ps -q --filter "label=com.docker.compose.project=$1" --filter "label=berth.release=$2")" ]; }
+edge_ours_run() {
+  # Release $2 runs a container of every routed service that runs at all.
+  docker ps -q --filter "label=com.docker.compose.project=$1" --filter label=berth.release | xargs -r docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}} {{index .Config.Labels "berth.release"}}' 2>/dev/null | awk -v r="$2" '{ any[$1] = 1; if ($2 == r) ours[$1] = 1 } END { n = 0; for (s in any) { n++; if (!(s in ours)) exit 1 } exit (n == 0) }'
+}
 edge_install() {
   if [ -f ".berth/releases/$2/edge.routes" ]; then edge_load "$1" ".berth/releases/$2/edge.routes"; else edge_load "$1"; fi
 }
@@ -423,7 +427,7 @@ if [ -n "$hold" ]; then
   [ "$(echo "$3" | tr , ' ')" = "$want" ] || {{ echo "berth: the edge $N on this host listens on port(s) $(echo "$3" | tr , ' '), but \`edge-ports\` says $want. Projects that share an edge must name the same ports; changing them needs a new edge, which drops connections (remove $N by hand in a quiet moment)"; return 1; }}
   state=$1
 fi
-[ -f "$E/head.json" ] || printf '%s' "$HEAD" > "$E/head.json" || return 1
+printf '%s' "$HEAD" > "$E/head.json" || return 1
 printf '%s' "$FOOT" > "$E/foot.json" || return 1
 docker network inspect "$N" >/dev/null 2>&1 || docker network create "$N" >/dev/null || return 1
 [ -f "$E/caddy.json" ] || edge_assemble || return 1
@@ -456,13 +460,16 @@ else
   done
   if [ -n "$old" ]; then echo "berth: upgraded the edge $N to $IMG beside the old proxy"; else echo "berth: started the edge $N ($IMG) on port(s) $want"; fi
 fi
-# The old proxies finish what they serve, then go (Caddy's graceful stop on SIGTERM).
-for c in $old; do docker stop -t 40 "$c" >/dev/null 2>&1; docker rm -f "$c" >/dev/null 2>&1; done
+# The old proxies are retiring: no load goes to them any more; they stop after the lock.
+for c in $old; do echo "$c" >> "$E/retiring"; done
 edge_assemble && edge_reload >/dev/null || return 1
-mkdir -p .berth && printf 'name=%s\ndir=%s\n' "$N" "$E" > .berth/{EDGE_ENV}
+mkdir -p .berth && printf "name='%s'\ndir='%s'\n" "$N" "$E" > .berth/{EDGE_ENV}
 }}
 run "$@"; rc=$?
 edge_unlock
+# The old proxies finish what they serve, then go (Caddy's graceful stop on SIGTERM).
+for c in $(cat "$E/retiring" 2>/dev/null); do docker stop -t 40 "$c" >/dev/null 2>&1; docker rm -f "$c" >/dev/null 2>&1; done
+[ -z "$old" ] || {{ edge_lock && : > "$E/retiring"; edge_unlock; }}
 exit $rc
 "#
     );
@@ -568,14 +575,15 @@ echo "berth: candidates: $(docker ps --filter "label=com.docker.compose.project=
 }
 
 /// `up` of the services no route names (workers, databases), as a deploy without routes
-/// does it: compose recreates only what changed.
+/// does it: compose recreates only what changed. Orphans go at the drain, once the edge no
+/// longer routes to any of them.
 pub fn up_others(compose: &Cmd, routed: &[String]) -> Cmd {
     let script = r#"S=" $1 "; shift
 others=
 all=$("$@" config --services) || exit 1
 for s in $all; do case "$S" in *" $s "*) ;; *) others="$others $s" ;; esac; done
 [ -n "$others" ] || { echo "berth: every service is routed; nothing else to start"; exit 0; }
-"$@" up -d --no-deps --remove-orphans $others
+"$@" up -d --no-deps $others
 "#;
     let mut argv = vec![
         "sh".to_string(),
@@ -613,11 +621,25 @@ pub fn switch(deploy_dir: &str, project: &str, release: &str, previous: Option<&
 /// wait until `wait` has passed since the switch (requests in flight on the old
 /// containers finish), then the routed containers of every release but `release` are
 /// stopped (each with its own stop timeout) and removed. Prints what it stopped.
-pub fn drain(deploy_dir: &str, project: &str, release: &str, wait: Duration) -> Cmd {
+pub fn drain(deploy_dir: &str, project: &str, release: &str, wait: Duration, compose: &Cmd) -> Cmd {
     let script = format!(
-        "{FUNCTIONS}cd \"$1\" || exit 1; P=$2 R=$3 W=$4\nedge_env && edge_load \"$P\" \".berth/releases/$R/{ROUTES_FILE}\" || exit 1\nsleep \"$W\"\nothers=$(edge_others \"$P\" \"$R\")\n[ -n \"$others\" ] || exit 0\ndocker stop $others >/dev/null && docker rm $others >/dev/null || exit 1\necho \"berth: drained and stopped $(echo $others | wc -w) old container(s)\""
+        r#"{FUNCTIONS}cd "$1" || exit 1; P=$2 R=$3 W=$4; shift 4
+edge_env && edge_load "$P" ".berth/releases/$R/{ROUTES_FILE}" || exit 1
+sleep "$W"
+others=$(edge_others "$P" "$R")
+if [ -n "$others" ]; then
+  docker stop $others >/dev/null && docker rm $others >/dev/null || exit 1
+  echo "berth: drained and stopped $(echo $others | wc -w) old container(s)"
+fi
+# Services the release no longer has (a routed service renamed, say) go only now, once
+# the edge routes to the release alone.
+svc=$("$@" config --services) && [ -n "$svc" ] || exit 1
+all=" $(echo $svc) "
+gone=$(docker ps -aq --filter "label=com.docker.compose.project=$P" --filter label=com.docker.compose.oneoff=False | xargs -r docker inspect -f '{{{{.Id}}}} {{{{index .Config.Labels "com.docker.compose.service"}}}}' | while read -r id s; do case "$all" in *" $s "*) ;; *) echo "$id" ;; esac; done)
+[ -z "$gone" ] || {{ docker rm -f $gone >/dev/null && echo "berth: removed $(echo $gone | wc -w) container(s) of services the release no longer has"; }}
+exit 0"#
     );
-    Cmd::new([
+    let mut argv = vec![
         "sh".to_string(),
         "-c".into(),
         script,
@@ -626,8 +648,13 @@ pub fn drain(deploy_dir: &str, project: &str, release: &str, wait: Duration) -> 
         project.to_string(),
         release.to_string(),
         format!("{:.1}", wait.as_secs_f64()),
-    ])
+    ];
+    argv.extend(compose.0.iter().cloned());
+    Cmd(argv)
 }
+
+/// Where [`drain`] has its wait: filled in when it runs, from the time of the switch.
+pub const DRAIN_WAIT_ARG: usize = 7;
 
 /// The compose override's part for a routed service: the edge network with the
 /// release's alias, the release label, and the networks the service is on already (an

@@ -171,7 +171,7 @@ fn a_load_that_claims_another_projects_host_is_refused() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{said}");
     assert!(
-        said.contains("already routes blog.test/ (project blog)"),
+        said.contains("already routes blog.test/ (project blog routes blog.test/)"),
         "{said}"
     );
     let kept = std::fs::read_to_string(e.join("routes/shop")).unwrap();
@@ -185,4 +185,30 @@ fn a_load_that_claims_another_projects_host_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Paths: one under another on the same host overlaps; side by side does not.
+    let path = |host: &str, p: &str| Route {
+        service: "web".into(),
+        port: 8080,
+        host: host.into(),
+        path: Some(p.into()),
+    };
+    std::fs::write(
+        e.join("routes/blog"),
+        routes_file("blog", "R1", &[path("a.test", "/api")], None),
+    )
+    .unwrap();
+    std::fs::write(
+        &new,
+        routes_file("shop", "R3", &[path("a.test", "/api/v2")], None),
+    )
+    .unwrap();
+    assert!(!load(&new).status.success());
+    std::fs::write(
+        &new,
+        routes_file("shop", "R3", &[path("a.test", "/apiary")], None),
+    )
+    .unwrap();
+    assert!(load(&new).status.success());
+    std::fs::write(&new, routes_file("shop", "R3", &[web("a.test")], None)).unwrap();
+    assert!(!load(&new).status.success());
 }

@@ -52,8 +52,22 @@ impl Engine<'_> {
             .unzip();
         let hosts = ours.as_slice();
         // Through an edge that was switched: users go back to the previous release at
-        // once (one config load), before anything else.
-        for (ok, name) in on_all(hosts, |t| (t.route_back(), t.state().name)).await {
+        // once (one config load), before anything else (not with `rollback: off`, which
+        // leaves the host as the failure left it).
+        let route_back = self.cfg.rollback != crate::inputs::RollbackPolicy::Off;
+        for (ok, name) in on_all(hosts, move |t| {
+            let name = t.state().name;
+            (
+                if route_back {
+                    t.route_back()
+                } else {
+                    Ok(false)
+                },
+                name,
+            )
+        })
+        .await
+        {
             match ok {
                 Ok(true) => self
                     .runner
@@ -415,6 +429,14 @@ impl Engine<'_> {
             }
             Err(fault) => {
                 super::verdict::record_unproven(report, &fault, health_started);
+                if through_edge {
+                    // Users first: back to what served (one load), then the logs.
+                    for r in on_all(hosts, |t| t.route_back()).await {
+                        if let Err(e) = r {
+                            report.warn("berth: switch back failed", format!("Routing the edge back failed ({e}); the restore below does it again."));
+                        }
+                    }
+                }
                 report.diagnostics = on_all(hosts, |t| t.diagnostics(LOG_LINES)).await;
                 if through_edge {
                     // Back to what served: its containers still run, so this is one config

@@ -48,7 +48,7 @@ pub(super) fn parse_edge(
     check_compose(p, &routes, compose_file);
     check_health_url(p, &routes, health);
     let image = p.text("edge-image");
-    if image.is_empty() || image.chars().any(|c| c.is_whitespace()) {
+    if image.is_empty() || image.starts_with('-') || image.chars().any(|c| c.is_whitespace()) {
         p.fail(
             "edge-image",
             format!("`{image}` is not an image reference, e.g. `caddy:2.8.4`."),

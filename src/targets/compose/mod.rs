@@ -495,7 +495,7 @@ impl ComposeHost {
                 let mut cmd = cmd.clone();
                 let drain = self.drain;
                 let since = self.switched_at.map_or(Duration::ZERO, |t| t.elapsed());
-                if let Some(wait) = cmd.0.last_mut() {
+                if let Some(wait) = cmd.0.get_mut(crate::edge::DRAIN_WAIT_ARG) {
                     *wait = format!("{:.1}", drain.saturating_sub(since).as_secs_f64());
                 }
                 self.streamed(step.name, &cmd, stdin, step.bound).map(drop)

@@ -184,7 +184,8 @@ impl Target for ComposeHost {
         ComposeHost::choose_rollback(self, wanted)
     }
     fn route_back(&mut self) -> Result<bool, ReleaseError> {
-        let (Some(_), Some(back)) = (self.switched_at, self.restore_target()) else {
+        // Back to what the switch had as its fallback: what served when the run began.
+        let (Some(_), Some(back)) = (self.switched_at, self.previous.clone()) else {
             return Ok(false);
         };
         self.still_ours()?;
@@ -212,6 +213,37 @@ impl Target for ComposeHost {
         if routed.stdout.trim() != "routed" {
             return Ok(false);
         }
+        // The release's routes as it was deployed must be this run's `routes`: the switch
+        // is made from these, and the drain installs the release's own.
+        let edge = spec.edge.as_ref().expect("checked above");
+        let want = crate::edge::routes_file(&self.layout.project, id, &edge.settings.routes, None);
+        let had = self.step(
+            "read the release's routes",
+            &crate::argv::Cmd::new([
+                "cat".to_string(),
+                format!(
+                    "{}/{}",
+                    self.layout.release_dir(id),
+                    crate::edge::ROUTES_FILE
+                ),
+            ]),
+            None,
+            super::QUICK,
+        )?;
+        if had.stdout != want {
+            return Err(ReleaseError::Preflight {
+                host: self.conn.name.clone(),
+                problem: format!("release {id} was deployed with other `routes` than this run's. Run `mode: rollback` with the `routes` that release was deployed with (its routes are in {}/{}).", self.layout.release_dir(id), crate::edge::ROUTES_FILE),
+            });
+        }
+        // Its model, for the replicas of its routed services (no pull runs here).
+        let config = self.step(
+            "read the release's compose model",
+            &self.layout.compose(id, &["config", "--format", "json"]),
+            None,
+            super::QUICK,
+        )?;
+        self.model = serde_json::from_str(&config.stdout).ok();
         self.pins = self.release_pins(id)?;
         self.release = Some(id.to_string());
         self.rollback_to = Some(id.to_string());

@@ -133,7 +133,7 @@ fn edge_steps(
         run(
             Phase::Drain,
             EDGE_DRAIN,
-            crate::edge::drain(dir, project, id, settings.drain),
+            crate::edge::drain(dir, project, id, settings.drain, &compose),
             Output::Drain,
             LONG,
         ),
