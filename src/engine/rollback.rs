@@ -287,10 +287,16 @@ impl Engine<'_> {
             }
         };
         let proof = async {
+            // A restored container that goes down during the probe is what the steady
+            // window is for (a stop still in flight that `settle` could not see, e.g. its
+            // event past the daemon's ring on a busy host): done once more, outlasting it.
             let record = self
                 .health_gate(touched, report, Instant::now(), true)
                 .await
-                .map_err(Unproven::Fault)?;
+                .map_err(|f| match f {
+                    Fault::CrashLoop(why) => Unproven::WentDown(why),
+                    other => Unproven::Fault(other),
+                })?;
             let verified = on_all(touched, |t| t.verify()).await;
             if let Some(e) = verified.into_iter().find_map(Result::err) {
                 return Err(Unproven::Fault(Fault::host(HostStep::Verify)(e)));
