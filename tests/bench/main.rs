@@ -793,57 +793,46 @@ fn main() {
 fn swarm_only(o: &Opts) {
     let mut goals = Vec::new();
     let section = swarm::section(o.runs, &mut goals);
-    let Some(path) = &o.out else {
-        println!("{section}");
-        return;
-    };
-    let mut text = std::fs::read_to_string(path).unwrap();
-    if let Some(start) = text.find("\n## 8. Docker Swarm") {
-        let end = text[start + 1..]
-            .find("\n## ")
-            .map_or(text.len(), |i| start + 1 + i);
-        text.replace_range(start..end, "");
-    }
-    let at = text.find("\n## Where the time goes").unwrap_or(text.len());
-    text.insert_str(at, &section);
-    for (g, ok, m) in &goals {
-        let row = format!("| {g} | {} | {m} |", if *ok { "yes" } else { "**no**" });
-        match text.lines().find(|l| l.starts_with(&format!("| {g} |"))) {
-            Some(old) => text = text.replace(old, &row),
-            None => {
-                let at = text.find("\n\n## 1.").unwrap_or(0);
-                text.insert_str(at, &format!("\n{row}"));
-            }
-        }
-    }
-    let when = sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
-    text = text.replacen(
-        "\n## 8. Docker Swarm\n",
-        &format!("\n## 8. Docker Swarm\n\nMeasured by `scripts/bench --swarm` on {} ({} run(s) per figure).\n", when.trim(), o.runs),
-        1,
-    );
-    std::fs::write(path, text).unwrap();
+    section_only(o, "## 8. Docker Swarm", "--swarm", &section, &goals);
 }
 
-/// `--edge-only`: section 9 alone, put in place in `--out` (or printed), with its goal
-/// rows; the other sections keep the figures of their own run.
+/// `--edge-only`: section 9 alone, the same way.
 fn edge_only(o: &Opts) {
     let mut goals = Vec::new();
     let section = edge::section(o.runs, &mut goals);
+    section_only(
+        o,
+        "## 9. What users see during a deploy",
+        "--edge",
+        &section,
+        &goals,
+    );
+}
+
+/// Puts `section` (headed `heading`) in place of its earlier run in `--out` (or prints
+/// it), with its goal rows, and says which `scripts/bench` flag measured it when.
+fn section_only(
+    o: &Opts,
+    heading: &str,
+    flag: &str,
+    section: &str,
+    goals: &[(String, bool, String)],
+) {
     let Some(path) = &o.out else {
         println!("{section}");
         return;
     };
     let mut text = std::fs::read_to_string(path).unwrap();
-    if let Some(start) = text.find("\n## 9. What users see") {
+    let marker = format!("\n{heading}");
+    if let Some(start) = text.find(&marker) {
         let end = text[start + 1..]
             .find("\n## ")
             .map_or(text.len(), |i| start + 1 + i);
         text.replace_range(start..end, "");
     }
     let at = text.find("\n## Where the time goes").unwrap_or(text.len());
-    text.insert_str(at, &section);
-    for (g, ok, m) in &goals {
+    text.insert_str(at, section);
+    for (g, ok, m) in goals {
         let row = format!("| {g} | {} | {m} |", if *ok { "yes" } else { "**no**" });
         match text.lines().find(|l| l.starts_with(&format!("| {g} |"))) {
             Some(old) => text = text.replace(old, &row),
@@ -855,8 +844,12 @@ fn edge_only(o: &Opts) {
     }
     let when = sh(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
     text = text.replacen(
-        "\n## 9. What users see during a deploy\n",
-        &format!("\n## 9. What users see during a deploy\n\nMeasured by `scripts/bench --edge` on {} ({} run(s) per figure).\n", when.trim(), o.runs),
+        &format!("{marker}\n"),
+        &format!(
+            "{marker}\n\nMeasured by `scripts/bench {flag}` on {} ({} run(s) per figure).\n",
+            when.trim(),
+            o.runs
+        ),
         1,
     );
     std::fs::write(path, text).unwrap();

@@ -114,18 +114,7 @@ impl Target for ComposeHost {
             quoted(self.layout.lock_acquire(&spec.holder.token, &holder, stale)),
             quoted(self.layout.snapshot()),
         ];
-        lines.extend(
-            release_steps(
-                &self.layout,
-                spec,
-                &self.docker_config,
-                self.previous.as_deref(),
-                self.edge_joined,
-                &|s| self.replicas(s),
-            )
-            .iter()
-            .map(Step::plan_line),
-        );
+        lines.extend(self.release_steps(spec).iter().map(Step::plan_line));
         lines
     }
     fn run_step(&mut self, spec: &ReleaseSpec, step: &Step) -> Result<(), ReleaseError> {
@@ -198,29 +187,14 @@ impl Target for ComposeHost {
         if spec.edge.is_none() {
             return Ok(false);
         }
-        let routed = self.step(
-            "is the release routed",
-            &crate::argv::Cmd::new([
-                "sh",
-                "-c",
-                r#"test -f "$1/edge.routes" && echo routed || echo not"#,
-                "sh",
-                &self.layout.release_dir(id),
-            ]),
-            None,
-            super::QUICK,
-        )?;
-        if routed.stdout.trim() != "routed" {
-            return Ok(false);
-        }
-        // The release's routes as it was deployed must be this run's `routes`: the switch
-        // is made from these, and the drain installs the release's own.
-        let edge = spec.edge.as_ref().expect("checked above");
-        let want = crate::edge::routes_file(&self.layout.project, id, &edge.settings.routes, None);
+        // Its routes as deployed (none: it was not deployed with `routes`), in one look.
         let had = self.step(
             "read the release's routes",
             &crate::argv::Cmd::new([
-                "cat".to_string(),
+                "sh".to_string(),
+                "-c".into(),
+                r#"cat "$1" 2>/dev/null || true"#.into(),
+                "sh".into(),
                 format!(
                     "{}/{}",
                     self.layout.release_dir(id),
@@ -230,6 +204,13 @@ impl Target for ComposeHost {
             None,
             super::QUICK,
         )?;
+        if had.stdout.is_empty() {
+            return Ok(false);
+        }
+        // They must be this run's `routes`: the switch is made from these, and the drain
+        // installs the release's own.
+        let edge = spec.edge.as_ref().expect("checked above");
+        let want = crate::edge::routes_file(&self.layout.project, id, &edge.settings.routes, None);
         if had.stdout != want {
             return Err(ReleaseError::Preflight {
                 host: self.conn.name.clone(),

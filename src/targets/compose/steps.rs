@@ -35,13 +35,7 @@ pub fn release_steps(
     // The edge and the project's network to it exist before anything runs with the
     // release's override, which names that network (the pre-deploy's `compose run` too).
     if let Some(edge) = &spec.edge {
-        steps.push(Step::run(
-            Phase::Pull,
-            EDGE_ENSURE,
-            crate::edge::ensure(&edge.settings, &layout.deploy_dir, &layout.project),
-            Output::Streamed,
-            LONG,
-        ));
+        steps.push(ensure_step(layout, edge, Phase::Pull));
     }
     steps.extend(pre_deploy_step(layout, spec));
     // From here the running containers may change: if berth is gone before its verdict,
@@ -150,48 +144,53 @@ pub fn switch_back_steps(
     previous: Option<&str>,
     replicas: &dyn Fn(&str) -> u32,
 ) -> Vec<Step> {
-    let project = layout.project.as_str();
-    let routes = &edge.settings.routes;
-    let mut steps = vec![
-        release_file(
-            layout,
-            id,
-            Phase::Up,
-            "edge candidate routes",
-            crate::edge::CANDIDATE_FILE,
-            Body::Text(
-                "header-only routes",
-                crate::edge::routes_file(project, id, routes, Some(&edge.token)),
-            ),
-            0o600,
-        ),
-        release_file(
-            layout,
-            id,
-            Phase::Up,
-            "edge routes with the current release as fallback",
-            crate::edge::SWITCH_FILE,
-            Body::Text(
-                "routes",
-                previous
-                    .map(|old| crate::edge::switch_file(project, id, old, routes))
-                    .unwrap_or_default(),
-            ),
-            0o644,
-        ),
-    ];
-    steps.insert(
-        0,
-        Step::run(
-            Phase::Up,
-            EDGE_ENSURE,
-            crate::edge::ensure(&edge.settings, &layout.deploy_dir, project),
-            Output::Streamed,
-            LONG,
-        ),
-    );
+    let mut steps = vec![ensure_step(layout, edge, Phase::Up)];
+    steps.extend(edge_files(layout, id, Phase::Up, edge, previous));
     steps.extend(edge_steps(layout, id, edge, previous, replicas));
     steps
+}
+
+/// The edge and the project's network to it, made if missing.
+fn ensure_step(layout: &Layout, edge: &EdgeRelease, phase: Phase) -> Step {
+    let cmd = crate::edge::ensure(&edge.settings, &layout.deploy_dir, &layout.project);
+    Step::run(phase, EDGE_ENSURE, cmd, Output::Streamed, LONG)
+}
+
+/// Release `id`'s routes for this run: with `previous` (what serves now) as the fallback
+/// until the drain, and header-only to its candidates with this run's token.
+fn edge_files(
+    layout: &Layout,
+    id: &str,
+    phase: Phase,
+    edge: &EdgeRelease,
+    previous: Option<&str>,
+) -> [Step; 2] {
+    let project = layout.project.as_str();
+    let routes = &edge.settings.routes;
+    let switch = previous
+        .map(|old| crate::edge::switch_file(project, id, old, routes))
+        .unwrap_or_default();
+    let candidate = crate::edge::routes_file(project, id, routes, Some(&edge.token));
+    [
+        release_file(
+            layout,
+            id,
+            phase,
+            "edge routes with the old release as fallback",
+            crate::edge::SWITCH_FILE,
+            Body::Text("routes", switch),
+            0o644,
+        ),
+        release_file(
+            layout,
+            id,
+            phase,
+            "edge candidate routes",
+            crate::edge::CANDIDATE_FILE,
+            Body::Text("header-only routes", candidate),
+            0o600,
+        ),
+    ]
 }
 
 /// The edge's steps, by name.
@@ -261,39 +260,14 @@ pub(crate) fn upload_steps(
     ]
     .into_iter()
     .chain(spec.edge.iter().flat_map(|edge| {
-        let routes = &edge.settings.routes;
-        let project = layout.project.as_str();
-        [
-            file(
-                "edge routes",
-                crate::edge::ROUTES_FILE,
-                Body::Text(
-                    "routes",
-                    crate::edge::routes_file(project, id, routes, None),
-                ),
-                0o644,
-            ),
-            file(
-                "edge routes with the old release as fallback",
-                crate::edge::SWITCH_FILE,
-                Body::Text(
-                    "routes",
-                    previous
-                        .map(|old| crate::edge::switch_file(project, id, old, routes))
-                        .unwrap_or_default(),
-                ),
-                0o644,
-            ),
-            file(
-                "edge candidate routes",
-                crate::edge::CANDIDATE_FILE,
-                Body::Text(
-                    "header-only routes",
-                    crate::edge::routes_file(project, id, routes, Some(&edge.token)),
-                ),
-                0o600,
-            ),
-        ]
+        let routes = crate::edge::routes_file(&layout.project, id, &edge.settings.routes, None);
+        let own = file(
+            "edge routes",
+            crate::edge::ROUTES_FILE,
+            Body::Text("routes", routes),
+            0o644,
+        );
+        std::iter::once(own).chain(edge_files(layout, id, Phase::Upload, edge, previous))
     }))
     .collect()
 }
